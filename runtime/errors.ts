@@ -1,0 +1,56 @@
+/**
+ * The module's typed errors. Bad arguments use the built-in `TypeError` (wrong type or shape)
+ * and `RangeError` (value out of range); everything that comes from the GPU or from a file
+ * uses one of the few classes below, so callers (the CLI, the web endpoint) can map each to a
+ * message or an HTTP status in one place.
+ *
+ * @module
+ */
+
+/** No WebGPU adapter could be found, or the adapter refused to give a device. */
+export class GpuUnavailableError extends Error {
+  override name = "GpuUnavailableError";
+}
+
+/** The adapter lacks a feature or a limit that the requested work needs. */
+export class GpuFeatureError extends Error {
+  override name = "GpuFeatureError";
+}
+
+/** The device was lost (driver reset, out of memory, destroyed); the next `getGpu()` re-initialises. */
+export class GpuDeviceLostError extends Error {
+  override name = "GpuDeviceLostError";
+}
+
+/**
+ * A WebGPU call failed validation, ran out of memory, or hit an internal error.
+ * `step` names what the module was doing (e.g. `pipeline gemm_f16`).
+ */
+export class GpuValidationError extends Error {
+  override name = "GpuValidationError";
+  /** The step that failed, e.g. `buffer gemm_f16.y` or `pipeline gemm_w4a4_lowrank`. */
+  readonly step: string;
+  constructor(step: string, message: string) {
+    super(`Cannot ${step}: ${message}`);
+    this.step = step;
+  }
+}
+
+/** The start-up self-test found that the driver computes wrong values. */
+export class GpuSelfTestError extends Error {
+  override name = "GpuSelfTestError";
+}
+
+/** A weight or checkpoint file is malformed; `file` and, where known, `tensor` say where. */
+export class FormatError extends Error {
+  override name = "FormatError";
+  /** The file that was being read or written. */
+  readonly file: string;
+  /** The tensor concerned, when the error is about one tensor. */
+  readonly tensor?: string;
+  constructor(file: string, message: string, tensor?: string) {
+    super(`Cannot read ${file}${tensor ? ` (tensor ${tensor})` : ""}: ${message}`);
+    this.file = file;
+    this.tensor = tensor;
+  }
+}
