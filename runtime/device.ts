@@ -232,7 +232,7 @@ export class Gpu {
   /** `queue.writeBuffer`, padded to a multiple of 4 bytes. */
   write(buffer: GPUBuffer, data: ArrayBufferView, offset = 0): void {
     this.assertAlive();
-    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
     if (bytes.byteLength % 4 === 0) {
       this.device.queue.writeBuffer(buffer, offset, bytes);
     } else {
