@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import { getGpu, Gpu } from "./device.ts";
+import { GpuDeviceLostError, GpuValidationError } from "./errors.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
+
+const ignore = !HAS_GPU; // NO_GPU_REASON
+if (ignore) console.warn(`device tests skipped: ${NO_GPU_REASON}`);
+
+Deno.test({
+  name: "device: create reports capabilities and passes the self-test",
+  ignore,
+  fn: async () => {
+    const gpu = await testGpu();
+    assert.ok(gpu, "a GPU exists when HAS_GPU");
+    assert.ok(gpu.caps.adapter.length > 0);
+    assert.ok(gpu.caps.maxStorageBufferBindingSize >= 128 * 2 ** 20);
+    // the adapter's own limits were requested, not the defaults
+    assert.equal(gpu.caps.maxBufferSize, gpu.adapter.limits.maxBufferSize);
+  },
+});
+
+Deno.test({
+  name: "device: upload/read round trip, odd byte lengths padded",
+  ignore,
+  fn: async () => {
+    const gpu = (await testGpu())!;
+    const data = Uint8Array.from({ length: 13 }, (_, i) => i * 7);
+    const buf = await gpu.upload("buffer round trip", data);
+    const back = new Uint8Array(await gpu.read(buf, 13));
+    assert.deepEqual(back, data);
+    gpu.destroy(buf);
+  },
+});
+
+Deno.test({
+  name: "device: a bad shader is a GpuValidationError naming the step",
+  ignore,
+  fn: async () => {
+    const gpu = (await testGpu())!;
+    await assert.rejects(
+      gpu.pipeline(
+        "broken_kernel",
+        "@compute @workgroup_size(1) fn broken_kernel() { let x: u32 = 1.5; }",
+      ),
+      (e: unknown) => e instanceof GpuValidationError && e.step === "pipeline broken_kernel",
+    );
+  },
+});
+
+Deno.test({
+  name: "device: the pipeline cache keys on name and constants",
+  ignore,
+  fn: async () => {
+    const gpu = (await testGpu())!;
+    const src = "override W: u32 = 1u;\n@compute @workgroup_size(W) fn cached() {}";
+    const a = await gpu.pipeline("cached", src, { W: 4 });
+    const b = await gpu.pipeline("cached", src, { W: 4 });
+    const c = await gpu.pipeline("cached", src, { W: 8 });
+    assert.equal(a, b);
+    assert.notEqual(a, c);
+  },
+});
+
+Deno.test({
+  name: "device: a buffer over maxBufferSize is refused before allocation",
+  ignore,
+  fn: async () => {
+    const gpu = (await testGpu())!;
+    assert.throws(
+      () => gpu.createBuffer("buffer too big", gpu.caps.maxBufferSize + 4),
+      (e: unknown) => e instanceof RangeError && /maxBufferSize/.test(e.message),
+    );
+  },
+});
+
+Deno.test({
+  name: "device: upload + destroy in a loop keeps host memory flat (the writeBuffer trap)",
+  ignore,
+  fn: async () => {
+    const gpu = (await testGpu())!;
+    const chunk = new Uint8Array(8 << 20);
+    const cycle = async () => {
+      const b = await gpu.createBuffer("buffer leak probe", chunk.byteLength);
+      gpu.write(b, chunk);
+      gpu.destroy(b); // destroy must submit the pending write first
+    };
+    for (let i = 0; i < 5; i++) await cycle();
+    await gpu.sync();
+    const before = Deno.memoryUsage().rss;
+    for (let i = 0; i < 60; i++) await cycle();
+    await gpu.sync();
+    const grown = (Deno.memoryUsage().rss - before) / 2 ** 20;
+    // 60 × 8 MiB = 480 MiB would leak without the submit; allow allocator noise
+    assert.ok(grown < 120, `host memory grew by ${grown.toFixed(0)} MiB over 60 cycles`);
+  },
+});
+
+Deno.test({
+  name: "device: a lost device throws GpuDeviceLostError and getGpu re-initialises",
+  ignore,
+  fn: async () => {
+    const gpu = await getGpu({ selfTest: false });
+    gpu.device.destroy();
+    await gpu.device.lost;
+    await new Promise((r) => setTimeout(r, 0));
+    assert.ok(gpu.lost);
+    await assert.rejects(
+      () => gpu.upload("buffer after loss", new Uint8Array(4)),
+      (e: unknown) => e instanceof GpuDeviceLostError && /getGpu/.test(e.message),
+    );
+    const again = await getGpu({ selfTest: false });
+    assert.notEqual(again, gpu);
+    assert.ok(!again.lost);
+    again.close();
+  },
+});
+
+Deno.test({
+  name: "device: Gpu.create without self-test still works",
+  ignore,
+  fn: async () => {
+    const gpu = await Gpu.create({ selfTest: false, disableF16: true });
+    assert.equal(gpu.caps.shaderF16, false);
+    gpu.close();
+  },
+});
