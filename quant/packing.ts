@@ -85,3 +85,554 @@ export interface QuantAct {
   /** f32 [M, K/G] per-token, per-group scales (NVFP4: values on the E4M3 grid). */
   ascales: Float32Array;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rounding and f16
+
+/** Round to the nearest integer, ties to even (`2.5 → 2`, `3.5 → 4`, `-2.5 → -2`). */
+export function roundHalfEven(x: number): number {
+  const r = Math.round(x); // ties go up (toward +∞)
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** Round to the nearest f16 value (ties to even; overflow gives ±Infinity), as a number. */
+export function roundF16(x: number): number {
+  return Math.f16round(x);
+}
+
+/**
+ * f16 bits of `values`, two per u32: element `i` in half `i & 1` of word `i >> 1`, low half
+ * first; an odd count leaves the last high half zero.
+ *
+ * @example
+ * ```ts
+ * import { packF16, unpackF16 } from "./packing.ts";
+ * const words = packF16([1, -2, 0.5]); // Uint32Array [0xC0003C00, 0x00003800]
+ * unpackF16(words, 3); // Float32Array [1, -2, 0.5]
+ * ```
+ */
+export function packF16(values: ArrayLike<number>): Uint32Array {
+  const bits = new Uint16Array(Float16Array.from(values).buffer);
+  const words = new Uint32Array((bits.length + 1) >> 1);
+  for (let i = 0; i < bits.length; i++) words[i >> 1] |= bits[i] << ((i & 1) << 4);
+  return words;
+}
+
+/** The first `count` f16 values of words written by {@linkcode packF16}, as f32. */
+export function unpackF16(words: Uint32Array, count: number): Float32Array {
+  checkCount("unpack f16 values", "words", words.length, Math.ceil(count / 2), `${count} f16`);
+  const bits = new Uint16Array(count);
+  for (let i = 0; i < count; i++) bits[i] = words[i >> 1] >>> ((i & 1) << 4);
+  return Float32Array.from(new Float16Array(bits.buffer));
+}
+
+// ---------------------------------------------------------------------------------------------
+// FP8 E4M3 and FP4 E2M1
+
+/** E4M3 value of each byte code (0x7F and 0xFF are NaN). */
+const E4M3_TABLE: Float64Array = (() => {
+  const t = new Float64Array(256);
+  for (let c = 0; c < 256; c++) {
+    const e = (c >> 3) & 15, m = c & 7;
+    const v = (c & 0x7f) === 0x7f ? NaN : e === 0 ? m * 2 ** -9 : (8 + m) * 2 ** (e - 10);
+    t[c] = c & 0x80 ? -v : v;
+  }
+  return t;
+})();
+
+/** 2·e2m1(code): the int8 the GEMM multiplies for an E2M1 code. */
+const E2M1_TWICE: Int8Array = Int8Array.from(E2M1_VALUES, (v) => 2 * v);
+
+/**
+ * Encode `x` as an FP8 E4M3 byte: round to nearest, ties to even (also between subnormals and
+ * at the subnormal/normal boundary), saturating to ±448 (0x7E/0xFE; ±Infinity saturates too).
+ * The sign is kept: negative values that round to zero, and -0, give 0x80. NaN throws.
+ */
+export function encodeE4M3(x: number): number {
+  if (x !== x) throw new RangeError("Cannot encode NaN as E4M3: the value must be a number");
+  const sign = x < 0 || 1 / x < 0 ? 0x80 : 0;
+  const a = Math.abs(x);
+  if (a >= E4M3_MAX) return sign | 0x7e;
+  let e = -6; // exponent of the binade; subnormals share the step of binade -6
+  if (a >= 2 ** -6) {
+    e = Math.floor(Math.log2(a));
+    if (2 ** e > a) e--;
+    else if (2 ** (e + 1) <= a) e++;
+  }
+  // 8 steps per binade: the mantissa (with implicit 8) rounds to an integer; a carry to 16
+  // moves into the next exponent by itself, and subnormal codes are the integer itself.
+  return sign | ((e + 6) * 8 + roundHalfEven(a * 2 ** (3 - e)));
+}
+
+/** Value of an E4M3 byte code (NaN for 0x7F/0xFF); a code outside 0..255 throws. */
+export function decodeE4M3(code: number): number {
+  if ((code & 0xff) !== code) {
+    throw new RangeError(`Cannot decode E4M3 code ${code}: codes are integers in 0..255`);
+  }
+  return E4M3_TABLE[code];
+}
+
+/** E2M1 magnitude code of `a >= 0` (not NaN): nearest of {0,.5,1,1.5,2,3,4,6}, ties to even. */
+function e2m1Magnitude(a: number): number {
+  return a <= 0.25
+    ? 0
+    : a < 0.75
+    ? 1
+    : a <= 1.25
+    ? 2
+    : a < 1.75
+    ? 3
+    : a <= 2.5
+    ? 4
+    : a < 3.5
+    ? 5
+    : a <= 5
+    ? 6
+    : 7;
+}
+
+/** E2M1 code of a number that is known not to be NaN. */
+function e2m1Code(x: number): number {
+  return x < 0 || 1 / x < 0 ? 8 | e2m1Magnitude(-x) : e2m1Magnitude(x);
+}
+
+/**
+ * Encode `x` as an FP4 E2M1 code (see {@linkcode E2M1_VALUES}): round to nearest, ties to even
+ * (`0.25 → 0`, `0.75 → 1`, `2.5 → 2`, `5 → 4`), saturating at ±6. The sign is kept: negative
+ * values that round to zero, and -0, give code 8. NaN throws.
+ */
+export function encodeE2M1(x: number): number {
+  if (x !== x) throw new RangeError("Cannot encode NaN as E2M1: the value must be a number");
+  return e2m1Code(x);
+}
+
+/** Value of an E2M1 code 0..15 (code 8 is -0); other codes throw. */
+export function decodeE2M1(code: number): number {
+  if ((code & 15) !== code) {
+    throw new RangeError(`Cannot decode E2M1 code ${code}: codes are integers in 0..15`);
+  }
+  return E2M1_VALUES[code];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nibbles and bytes
+
+/**
+ * Pack 4-bit codes of a row-major [rows, cols] array (cols a multiple of 8) into u32 words:
+ * element `8w+j` of the flat array goes to bits `4j..4j+3` of word `w`. Only the low 4 bits of
+ * each code are kept, so int4 values in [-8, 7] land as two's complement.
+ *
+ * @example
+ * ```ts
+ * import { packNibbles, unpackNibbles } from "./packing.ts";
+ * const words = packNibbles([1, 2, 3, 4, 5, 6, 7, -8], 1, 8); // Uint32Array [0x87654321]
+ * unpackNibbles(words, 1, 8, true); // Int8Array [1, 2, 3, 4, 5, 6, 7, -8]
+ * ```
+ */
+export function packNibbles(codes: ArrayLike<number>, rows: number, cols: number): Uint32Array {
+  checkNibbleShape("pack nibbles", rows, cols);
+  if (codes.length !== rows * cols) {
+    throw new TypeError(
+      `Cannot pack nibbles: codes has ${codes.length} elements, expected [${rows}, ${cols}] = ` +
+        `${rows * cols}`,
+    );
+  }
+  const words = new Uint32Array((rows * cols) >> 3);
+  for (let w = 0, i = 0; w < words.length; w++, i += 8) {
+    words[w] = (codes[i] & 15) | (codes[i + 1] & 15) << 4 | (codes[i + 2] & 15) << 8 |
+      (codes[i + 3] & 15) << 12 | (codes[i + 4] & 15) << 16 | (codes[i + 5] & 15) << 20 |
+      (codes[i + 6] & 15) << 24 | (codes[i + 7] & 15) << 28;
+  }
+  return words;
+}
+
+/**
+ * Unpack [rows, cols] 4-bit codes written by {@linkcode packNibbles}: sign-extended to [-8, 7]
+ * when `signed`, raw 0..15 otherwise.
+ */
+export function unpackNibbles(
+  words: Uint32Array,
+  rows: number,
+  cols: number,
+  signed: boolean,
+): Int8Array {
+  checkNibbleShape("unpack nibbles", rows, cols);
+  const count = rows * cols;
+  checkCount("unpack nibbles", "words", words.length, count >> 3, `[${rows}, ${cols}] 4-bit`);
+  const out = new Int8Array(count);
+  for (let i = 0; i < count; i++) {
+    const v = words[i >> 3], j = (i & 7) << 2;
+    out[i] = signed ? (v << (28 - j)) >> 28 : (v >>> j) & 15;
+  }
+  return out;
+}
+
+/** Pack bytes flat, 4 per u32: byte `j` of word `w` = element `4w+j` (low 8 bits of each). */
+export function packBytes(codes: ArrayLike<number>): Uint32Array {
+  const words = new Uint32Array((codes.length + 3) >> 2);
+  for (let i = 0; i < codes.length; i++) words[i >> 2] |= (codes[i] & 0xff) << ((i & 3) << 3);
+  return words;
+}
+
+/** The first `count` bytes of words written by {@linkcode packBytes}. */
+export function unpackBytes(words: Uint32Array, count: number): Uint8Array {
+  checkCount("unpack bytes", "words", words.length, Math.ceil(count / 4), `${count} u8`);
+  const out = new Uint8Array(count);
+  for (let i = 0; i < count; i++) out[i] = words[i >> 2] >>> ((i & 3) << 3);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights
+
+/**
+ * Quantize a row-major weight W [N, K] to a packed 4-bit format, round-to-nearest per group of
+ * G along K (G = 64 for int4, 16 for nvfp4); `clipRatio` (default 1) scales each group's amax
+ * before its scale is computed, for a clipping search.
+ *
+ * - int4: `s = roundF16(amax·clip/7)`, `q = clamp(roundHalfEven(w/s), -8, 7)` (0 when s = 0).
+ * - nvfp4: `tensorScale = f32(amax(|W|)/(6·448))` (1 when that is 0); per group the E4M3 code of
+ *   `amax·clip/6/tensorScale`; each value's E2M1 code of `w / S`, where `S` is the f32 product
+ *   `e4m3(scale)·tensorScale` the dequantizer applies (all zeros when the scale decodes to 0).
+ *
+ * Throws `TypeError` for a wrong length, `RangeError` for K not a multiple of G, a non-finite
+ * element (naming `opts.name`, default "weight", and the first bad index) or an int4 scale past
+ * the f16 range.
+ *
+ * @example
+ * ```ts
+ * import { dequantizeWeight, quantizeWeight } from "./packing.ts";
+ * const w = Float32Array.from({ length: 4 * 64 }, (_, i) => Math.sin(i));
+ * const p = quantizeWeight(w, 4, 64, "int4", { name: "blocks.0.attn.qkv" });
+ * const approx = dequantizeWeight(p); // |approx[i] - w[i]| <= p.wscales[group] / 2
+ * ```
+ */
+export function quantizeWeight(
+  w: Float32Array,
+  n: number,
+  k: number,
+  format: WeightFormat,
+  opts: { clipRatio?: number; name?: string } = {},
+): PackedWeight {
+  const name = opts.name ?? "weight";
+  if (format !== "int4" && format !== "nvfp4") {
+    throw new TypeError(
+      `Cannot quantize ${name}: unknown format "${format}", use "int4" or "nvfp4"`,
+    );
+  }
+  checkMatrix(`quantize ${name}`, w.length, n, k, "N", groupSize(format), format);
+  const clip = opts.clipRatio ?? 1;
+  if (!(clip > 0 && clip < Infinity)) {
+    throw new RangeError(
+      `Cannot quantize ${name}: clipRatio is ${clip}, expected a finite value > 0`,
+    );
+  }
+  checkFinite(`quantize ${name}`, w, k, "weights");
+  return format === "int4" ? quantizeInt4(w, n, k, clip, name) : quantizeNvfp4(w, n, k, clip);
+}
+
+function quantizeInt4(w: Float32Array, n: number, k: number, clip: number, name: string) {
+  const G = GROUP_SIZE_INT4, groups = k / G;
+  const qweight = new Uint32Array((n * k) >> 3);
+  const wscales = new Float32Array(n * groups);
+  for (let gi = 0; gi < n * groups; gi++) {
+    const base = gi * G; // rows are whole groups, so group gi starts at gi·G in the flat array
+    let amax = 0;
+    for (let t = 0; t < G; t++) amax = Math.max(amax, Math.abs(w[base + t]));
+    const s = roundF16(amax * clip / 7);
+    if (s === Infinity) {
+      throw new RangeError(
+        `Cannot quantize ${name}: group ${gi % groups} of row ${Math.floor(gi / groups)} has ` +
+          `amax ${amax}, its int4 scale overflows f16; scale the weight down or use nvfp4`,
+      );
+    }
+    wscales[gi] = s;
+    if (s === 0) continue;
+    for (let t = 0; t < G; t += 8) {
+      let word = 0;
+      for (let j = 0; j < 8; j++) {
+        const q = Math.min(7, Math.max(-8, roundHalfEven(w[base + t + j] / s)));
+        word |= (q & 15) << (j << 2);
+      }
+      qweight[(base + t) >> 3] = word;
+    }
+  }
+  return { format: "int4", n, k, qweight, wscales } satisfies Int4Weight;
+}
+
+function quantizeNvfp4(w: Float32Array, n: number, k: number, clip: number) {
+  const G = GROUP_SIZE_NVFP4, groups = k / G;
+  let tmax = 0;
+  for (let i = 0; i < w.length; i++) tmax = Math.max(tmax, Math.abs(w[i]));
+  const tensorScale = Math.fround(tmax / (6 * E4M3_MAX)) || 1;
+  const qweight = new Uint32Array((n * k) >> 3);
+  const wscales = new Uint8Array(n * groups);
+  for (let gi = 0; gi < n * groups; gi++) {
+    const base = gi * G;
+    let amax = 0;
+    for (let t = 0; t < G; t++) amax = Math.max(amax, Math.abs(w[base + t]));
+    const code = encodeE4M3(amax * clip / 6 / tensorScale);
+    wscales[gi] = code;
+    const S = Math.fround(E4M3_TABLE[code] * tensorScale);
+    if (S === 0) continue;
+    for (let t = 0; t < G; t += 8) {
+      let word = 0;
+      for (let j = 0; j < 8; j++) word |= e2m1Code(w[base + t + j] / S) << (j << 2);
+      qweight[(base + t) >> 3] = word;
+    }
+  }
+  return { format: "nvfp4", n, k, qweight, wscales, tensorScale } satisfies Nvfp4Weight;
+}
+
+/**
+ * Integer codes [N, K] as the GEMM multiplies them: int4 `q` in [-8, 7]; nvfp4 `2·e2m1` in
+ * {0, ±1, ±2, ±3, ±4, ±6, ±8, ±12}. `code · weightGroupScales` reproduces
+ * {@linkcode dequantizeWeight}.
+ */
+export function weightCodes(p: PackedWeight): Int8Array {
+  checkPacked(p);
+  if (p.format === "int4") return unpackNibbles(p.qweight, p.n, p.k, true);
+  const codes = unpackNibbles(p.qweight, p.n, p.k, false);
+  for (let i = 0; i < codes.length; i++) codes[i] = E2M1_TWICE[codes[i]];
+  return codes;
+}
+
+/**
+ * Per-group f32 factor [N, K/G] with `W ≈ weightCode · factor`: int4 the f16 scale; nvfp4
+ * `f32(e4m3(scale) · tensorScale) / 2`.
+ */
+export function weightGroupScales(p: PackedWeight): Float32Array {
+  checkPacked(p);
+  if (p.format === "int4") return Float32Array.from(p.wscales);
+  const out = new Float32Array(p.wscales.length);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = Math.fround(E4M3_TABLE[p.wscales[i]] * p.tensorScale) / 2;
+  }
+  return out;
+}
+
+/** Dequantized weight [N, K] (f32): `weightCode · weightGroupScale` per element. */
+export function dequantizeWeight(p: PackedWeight): Float32Array {
+  const codes = weightCodes(p), scales = weightGroupScales(p), G = groupSize(p.format);
+  const out = new Float32Array(codes.length);
+  for (let i = 0; i < out.length; i++) out[i] = codes[i] * scales[(i / G) | 0];
+  return out;
+}
+
+/** Scales in their GPU form: f16 bits 2 per u32 (int4) or E4M3 bytes 4 per u32 (nvfp4). */
+export function weightScaleWords(p: PackedWeight): Uint32Array {
+  checkPacked(p);
+  return p.format === "int4" ? packF16(p.wscales) : packBytes(p.wscales);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations
+
+/**
+ * The CPU mirror of `quantize_act_lowrank` (f32 arithmetic, `Math.fround` at each step): per
+ * token and group of G, `xs = x / smooth[k]` (+ {@linkcode GELU_SHIFT} for `int4_unsigned`), then
+ *
+ * - int4: `s = amax|xs| / 7`, `q = clamp(roundHalfEven(xs / s), -8, 7)`;
+ * - int4_unsigned: `s = max(xs, 0) / 15`, `q = clamp(roundHalfEven(xs / s), 0, 15)`;
+ * - nvfp4: `s = e4m3(amax|xs| / 6)` (saturates at 448, so |xs| past 2688 clips), code =
+ *   `encodeE2M1(xs / s)`;
+ *
+ * with all codes 0 where `s` is 0. `smooth` omitted means all ones. Non-finite inputs (or an
+ * `x / smooth` that overflows f32) throw a `RangeError` naming the first bad index.
+ *
+ * @example
+ * ```ts
+ * import { dequantizeAct, quantizeAct } from "./packing.ts";
+ * const x = Float32Array.from({ length: 2 * 64 }, (_, i) => Math.cos(i));
+ * const q = quantizeAct(x, 2, 64, "int4");
+ * const approx = dequantizeAct(q); // |approx[i] - x[i]| <= q.ascales[group] / 2
+ * ```
+ */
+export function quantizeAct(
+  x: Float32Array,
+  m: number,
+  k: number,
+  mode: ActMode,
+  smooth?: Float32Array,
+): QuantAct {
+  if (mode !== "int4" && mode !== "int4_unsigned" && mode !== "nvfp4") {
+    throw new TypeError(
+      `Cannot quantize activation: unknown mode "${mode}", use "int4", "int4_unsigned" or "nvfp4"`,
+    );
+  }
+  const G = groupSize(mode), groups = k / G;
+  checkMatrix("quantize activation", x.length, m, k, "M", G, mode);
+  if (smooth) {
+    if (smooth.length !== k) {
+      throw new TypeError(
+        `Cannot quantize activation: smooth has ${smooth.length} elements, expected [K=${k}]`,
+      );
+    }
+    for (let i = 0; i < k; i++) {
+      if (!(Number.isFinite(smooth[i]) && smooth[i] !== 0)) {
+        throw new RangeError(
+          `Cannot quantize activation: smooth[${i}] is ${smooth[i]}; smoothing factors must be ` +
+            `finite and non-zero`,
+        );
+      }
+    }
+  }
+  checkFinite("quantize activation", x, k, "activations");
+  const unsigned = mode === "int4_unsigned", nvfp4 = mode === "nvfp4";
+  const qmin = unsigned ? 0 : -8, qmax = unsigned ? 15 : 7;
+  const qact = new Uint32Array((m * k) >> 3);
+  const ascales = new Float32Array(m * groups);
+  const xs = new Float32Array(G);
+  for (let gi = 0; gi < m * groups; gi++) {
+    const base = gi * G, col0 = (gi % groups) * G;
+    let amax = 0;
+    for (let t = 0; t < G; t++) {
+      let v = smooth ? Math.fround(x[base + t] / smooth[col0 + t]) : x[base + t];
+      if (unsigned) v = Math.fround(v + GELU_SHIFT);
+      if (!Number.isFinite(v)) {
+        throw new RangeError(
+          `Cannot quantize activation: element ${base + t} (row ${Math.floor(gi / groups)}, ` +
+            `column ${col0 + t}) divided by smooth[${col0 + t}] overflows f32; check the ` +
+            `smoothing factors`,
+        );
+      }
+      xs[t] = v;
+      amax = Math.max(amax, unsigned ? v : Math.abs(v));
+    }
+    const s = nvfp4
+      ? E4M3_TABLE[encodeE4M3(Math.fround(amax / 6))]
+      : Math.fround(amax / (unsigned ? 15 : 7));
+    ascales[gi] = s;
+    if (s === 0) continue;
+    for (let t = 0; t < G; t += 8) {
+      let word = 0;
+      for (let j = 0; j < 8; j++) {
+        const r = Math.fround(xs[t + j] / s);
+        const c = nvfp4 ? e2m1Code(r) : Math.min(qmax, Math.max(qmin, roundHalfEven(r)));
+        word |= (c & 15) << (j << 2);
+      }
+      qact[(base + t) >> 3] = word;
+    }
+  }
+  return { mode, m, k, qact, ascales };
+}
+
+/**
+ * Integer codes [M, K] as the GEMM multiplies them: int4 `q` in [-8, 7]; int4_unsigned `q` in
+ * [0, 15]; nvfp4 `2·e2m1`.
+ */
+export function actCodes(q: QuantAct): Int8Array {
+  checkAct(q);
+  if (q.mode === "int4") return unpackNibbles(q.qact, q.m, q.k, true);
+  const codes = unpackNibbles(q.qact, q.m, q.k, false);
+  if (q.mode === "nvfp4") {
+    for (let i = 0; i < codes.length; i++) {
+      codes[i] = E2M1_TWICE[codes[i]];
+    }
+  }
+  return codes;
+}
+
+/** Per-token, per-group factor [M, K/G] with `xs ≈ actCode · factor` (nvfp4: `s / 2`). */
+export function actGroupScales(q: QuantAct): Float32Array {
+  checkAct(q);
+  const out = Float32Array.from(q.ascales);
+  if (q.mode === "nvfp4") { for (let i = 0; i < out.length; i++) out[i] /= 2; }
+  return out;
+}
+
+/**
+ * Dequantized activations [M, K] (f32), approximating `x / smooth`: `code · factor`, minus
+ * {@linkcode GELU_SHIFT} for `int4_unsigned`.
+ */
+export function dequantizeAct(q: QuantAct): Float32Array {
+  const codes = actCodes(q), scales = actGroupScales(q), G = groupSize(q.mode);
+  const shift = q.mode === "int4_unsigned" ? GELU_SHIFT : 0;
+  const out = new Float32Array(codes.length);
+  for (let i = 0; i < out.length; i++) out[i] = codes[i] * scales[(i / G) | 0] - shift;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+function isCount(v: number): boolean {
+  return Number.isSafeInteger(v) && v >= 0;
+}
+
+function checkCount(action: string, tensor: string, have: number, need: number, what: string) {
+  if (!isCount(need)) throw new RangeError(`Cannot ${action}: count must be an integer >= 0`);
+  if (have < need) {
+    throw new TypeError(
+      `Cannot ${action}: ${tensor} has ${have} u32 words, expected ${need} or more (${what})`,
+    );
+  }
+}
+
+function checkNibbleShape(action: string, rows: number, cols: number) {
+  if (!isCount(rows) || !isCount(cols) || cols % 8 !== 0) {
+    throw new RangeError(
+      `Cannot ${action}: shape [${rows}, ${cols}] is invalid, expected integer rows >= 0 and ` +
+        `cols a multiple of 8`,
+    );
+  }
+}
+
+/** A [rows, K] matrix of `length` elements with K a positive multiple of the group size. */
+function checkMatrix(
+  action: string,
+  length: number,
+  rows: number,
+  k: number,
+  rowName: string,
+  G: number,
+  format: string,
+) {
+  if (!isCount(rows) || !(isCount(k) && k > 0 && k % G === 0)) {
+    throw new RangeError(
+      `Cannot ${action}: shape [${rowName}=${rows}, K=${k}] is invalid, expected integer ` +
+        `${rowName} >= 0 and K a positive multiple of the ${format} group size ${G}`,
+    );
+  }
+  if (length !== rows * k) {
+    throw new TypeError(
+      `Cannot ${action}: it has ${length} elements, expected [${rowName}=${rows}, K=${k}] = ` +
+        `${rows * k}`,
+    );
+  }
+}
+
+function checkFinite(action: string, a: Float32Array, k: number, what: string) {
+  for (let i = 0; i < a.length; i++) {
+    if (!Number.isFinite(a[i])) {
+      throw new RangeError(
+        `Cannot ${action}: element ${i} (row ${Math.floor(i / k)}, column ${i % k}) is ${a[i]}; ` +
+          `${what} must be finite`,
+      );
+    }
+  }
+}
+
+function checkPacked(p: PackedWeight) {
+  const G = groupSize(p.format);
+  checkMatrix("read packed weight", p.n * p.k, p.n, p.k, "N", G, p.format);
+  if (p.qweight.length < (p.n * p.k) >> 3 || p.wscales.length < p.n * (p.k / G)) {
+    throw new TypeError(
+      `Cannot read packed weight: qweight has ${p.qweight.length} words and wscales ` +
+        `${p.wscales.length} elements, expected [N=${p.n}, K/8=${p.k / 8}] and ` +
+        `[N=${p.n}, K/${G}=${p.k / G}]`,
+    );
+  }
+}
+
+function checkAct(q: QuantAct) {
+  const G = groupSize(q.mode);
+  checkMatrix("read quantized activation", q.m * q.k, q.m, q.k, "M", G, q.mode);
+  if (q.qact.length < (q.m * q.k) >> 3 || q.ascales.length < q.m * (q.k / G)) {
+    throw new TypeError(
+      `Cannot read quantized activation: qact has ${q.qact.length} words and ascales ` +
+        `${q.ascales.length} elements, expected [M=${q.m}, K/8=${q.k / 8}] and ` +
+        `[M=${q.m}, K/${G}=${q.k / G}]`,
+    );
+  }
+}
