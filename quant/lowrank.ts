@@ -1,0 +1,140 @@
+/**
+ * The SVDQuant low-rank branch: split a (smoothed) weight Ŵ into a 16-bit rank-R part
+ * L = L1·L2 and a 4-bit residual Q(Ŵ − L), with the alternating refinement of the reference
+ * ("SVD of Ŵ − deq(residual)", "re-quantise Ŵ − L"), keeping the best candidate.
+ *
+ * @module
+ */
+import { quantizeWeightClipped } from "./clip.ts";
+import { cpuMatMul, frobeniusNorm, type MatMul } from "./linalg.ts";
+import { dequantizeWeight, type PackedWeight, type WeightFormat } from "./packing.ts";
+import { type LowRank, topRSvd } from "./svd.ts";
+
+/** Result of {@link lowRankQuantize}. */
+export interface LowRankResult {
+  /** The rank-R branch (empty factors for R = 0). */
+  lowRank: LowRank;
+  /** The 4-bit residual, canonical packed layout. */
+  residual: PackedWeight;
+  /**
+   * Relative error of the kept candidate: `‖X·(Ŵ − L − deq(residual))ᵀ‖_F / ‖X·Ŵᵀ‖_F` on the
+   * samples `x`, or `‖Ŵ − L − deq(residual)‖_F / ‖Ŵ‖_F` without them (0 when the denominator is 0).
+   */
+  error: number;
+  /** The error of every candidate in order: the initial split, then one per refinement round. */
+  history: number[];
+}
+
+/** Options of {@link lowRankQuantize}. */
+export interface LowRankOptions {
+  /** Rank R of the branch; 0 gives plain (clipped) quantization. */
+  r: number;
+  /** Residual format. */
+  format: WeightFormat;
+  /** Refinement rounds after the initial split. Default 2. */
+  rounds?: number;
+  /** Sample activations `[m, K]` (already divided by the smoothing factor, like Ŵ is multiplied). */
+  x?: Float32Array;
+  /** Rows of `x`. */
+  m?: number;
+  /** Product used for every N×K-sized product (SVD sketches, L1·L2, X·Dᵀ). Default CPU. */
+  matmul?: MatMul;
+  /** Options passed on to {@link topRSvd}. */
+  svd?: { iters?: number; oversample?: number; seed?: number };
+  /** Tensor name for error messages. */
+  name?: string;
+}
+
+/**
+ * SVDQuant's decomposition of a smoothed weight `Ŵ [N, K]`: `L = topRSvd(Ŵ, R)`, residual =
+ * `quantizeWeightClipped(Ŵ − L)`; then `rounds` times `L = topRSvd(Ŵ − deq(residual))`,
+ * residual = `quantizeWeightClipped(Ŵ − L)`. Every candidate is scored (output error on `x` when
+ * given, else weight error; the clipping search uses the same samples) and the best one is kept,
+ * so more rounds never give a larger error.
+ *
+ * @example
+ * ```ts
+ * import { lowRankQuantize } from "./lowrank.ts";
+ * const w = Float32Array.from({ length: 64 * 128 }, (_, i) => Math.sin(i * 0.37) * (i % 128 === 5 ? 40 : 1));
+ * const { lowRank, residual, error } = await lowRankQuantize(w, 64, 128, { r: 8, format: "int4" });
+ * // runtime weight: lowRank.up · lowRank.down + dequantizeWeight(residual)
+ * ```
+ */
+export async function lowRankQuantize(
+  wHat: Float32Array,
+  n: number,
+  k: number,
+  opts: LowRankOptions,
+): Promise<LowRankResult> {
+  const name = opts.name ?? "weight";
+  const op = `Cannot split ${name} into low-rank + 4-bit`;
+  if (!Number.isInteger(n) || !Number.isInteger(k) || n < 1 || k < 1) {
+    throw new RangeError(`${op}: N and K must be positive integers, got N=${n}, K=${k}`);
+  }
+  if (wHat.length !== n * k) {
+    throw new TypeError(
+      `${op}: ${name} has ${wHat.length} elements, expected [N=${n}, K=${k}] = ${n * k}`,
+    );
+  }
+  const { r, format, x, m } = opts;
+  const rounds = opts.rounds ?? 2;
+  if (!Number.isInteger(r) || r < 0 || r > Math.min(n, k)) {
+    throw new RangeError(
+      `${op}: rank R=${r} must be an integer in [0, min(N, K) = ${Math.min(n, k)}]`,
+    );
+  }
+  if (!Number.isInteger(rounds) || rounds < 0) {
+    throw new RangeError(`${op}: rounds must be a non-negative integer, got ${rounds}`);
+  }
+  if (x !== undefined && (m === undefined || !Number.isInteger(m) || m < 1 || x.length !== m * k)) {
+    throw new TypeError(
+      `${op}: sample activations x have ${x.length} elements, expected [m=${m}, K=${k}] with m >= 1`,
+    );
+  }
+  const mm = opts.matmul ?? cpuMatMul;
+  const clip = { x, m, name };
+
+  // Score of a candidate from D = Ŵ − L − deq(residual).
+  const reference = x === undefined
+    ? frobeniusNorm(wHat)
+    : frobeniusNorm(await mm(x, wHat, m!, k, n, true));
+  const score = async (diff: Float32Array) => {
+    const num = x === undefined
+      ? frobeniusNorm(diff)
+      : frobeniusNorm(await mm(x, diff, m!, k, n, true));
+    return reference > 0 ? num / reference : num;
+  };
+
+  if (r === 0) {
+    const residual = quantizeWeightClipped(wHat, n, k, format, clip);
+    const dq = dequantizeWeight(residual);
+    for (let i = 0; i < dq.length; i++) dq[i] = wHat[i] - dq[i];
+    const error = await score(dq);
+    return {
+      lowRank: { r: 0, up: new Float32Array(0), down: new Float32Array(0) },
+      residual,
+      error,
+      history: [error],
+    };
+  }
+
+  let best: LowRankResult | null = null;
+  const history: number[] = [];
+  let target = wHat;
+  for (let round = 0; round <= rounds; round++) {
+    const lowRank = await topRSvd(target, n, k, r, { ...opts.svd, matmul: mm });
+    const res = await mm(lowRank.up, lowRank.down, n, r, k, false); // L, then Ŵ − L in place
+    for (let i = 0; i < res.length; i++) res[i] = wHat[i] - res[i];
+    const residual = quantizeWeightClipped(res, n, k, format, clip);
+    const dq = dequantizeWeight(residual);
+    if (round < rounds) {
+      if (target === wHat) target = new Float32Array(n * k);
+      for (let i = 0; i < dq.length; i++) target[i] = wHat[i] - dq[i];
+    }
+    for (let i = 0; i < dq.length; i++) dq[i] = res[i] - dq[i];
+    const error = await score(dq);
+    history.push(error);
+    if (best === null || error < best.error) best = { lowRank, residual, error, history };
+  }
+  return best!;
+}
