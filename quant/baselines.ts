@@ -1,0 +1,392 @@
+/**
+ * The runtime's arithmetic, simulated on the CPU (or through an injected {@linkcode MatMul}), and
+ * the baselines that are not W4A4: weight-only INT4 (W4A16), simulated W8A8 and 16-bit float.
+ *
+ * The W4A4 simulation mirrors `quantize_act_lowrank` + `gemm_w4a4_lowrank` exactly in its codes
+ * and scales (through quant/packing.ts): activation codes from {@linkcode quantizeAct}, weight codes
+ * and group factors from {@linkcode weightCodes}/{@linkcode weightGroupScales}, the low-rank
+ * factors rounded to f16 as stored, `lora_act` rounded to f32, plus the stored f32 bias. Only the
+ * order and precision of the sums differ from the GPU (they are those of the MatMul: f32 products
+ * of `code·factor`), a difference far below the quantization error being measured.
+ *
+ * ### The post-GELU shift, folded into the bias
+ * In `int4_unsigned` mode the kernel quantizes `X̂ + c` (X̂ = X/λ, c = {@linkcode GELU_SHIFT}), so
+ * the 4-bit GEMM computes `Σ_g s_x·s_w·Σ_k q_x·q_w = (X̂ + c + e)·R̂ᵀ`, with R̂ the dequantized
+ * residual (smoothed domain) and e the activation rounding error. Row n therefore carries the
+ * extra constant `c·Σ_k R̂[n,k]`, independent of the token; storing
+ * `b_eff[n] = b[n] − c·Σ_k R̂[n,k]` cancels it exactly, leaving `(X̂ + e)·R̂ᵀ`, the same product the
+ * signed mode computes. The low-rank branch runs on raw X and needs no correction.
+ *
+ * @module
+ */
+import { cpuMatMul, type MatMul } from "./linalg.ts";
+import type { LowRank } from "./svd.ts";
+import { quantizeWeightClipped } from "./clip.ts";
+import { lowRankQuantize } from "./lowrank.ts";
+import {
+  actCodes,
+  actGroupScales,
+  type ActMode,
+  GELU_SHIFT,
+  groupSize,
+  type PackedWeight,
+  quantizeAct,
+  quantizeWeight,
+  roundHalfEven,
+  weightCodes,
+  type WeightFormat,
+  weightGroupScales,
+} from "./packing.ts";
+
+/** Tensor dtypes the quantizer writes. */
+export type TensorDtype = "U32" | "F16" | "F32" | "F8_E4M3" | "I8" | "U8";
+
+/** One output tensor: little-endian bytes of exactly `shape × dtype` size. */
+export interface TensorEntry {
+  dtype: TensorDtype;
+  shape: number[];
+  data: Uint8Array;
+}
+
+/** A W4A4 (+ low-rank) layer as the runtime evaluates it. */
+export interface W4A4Layer {
+  n: number;
+  k: number;
+  /** Residual R̂ in the smoothed domain. */
+  residual: PackedWeight;
+  /** λ [K] (X̂ = X/λ), or null for none. */
+  smooth: Float32Array | null;
+  /** Rank R (0: no low-rank branch). */
+  r: number;
+  /** lora_down [R, K], f16-rounded, already divided by λ (applies to raw X). */
+  down: Float32Array;
+  /** lora_up [N, R], f16-rounded. */
+  up: Float32Array;
+  /** Effective f32 bias [N] (post-GELU shift folded in), or null. */
+  bias: Float32Array | null;
+  actMode: ActMode;
+}
+
+/** f16 tensor entry from values (rounded to f16). */
+export function f16Tensor(values: ArrayLike<number>, shape: number[]): TensorEntry {
+  return { dtype: "F16", shape, data: new Uint8Array(Float16Array.from(values).buffer) };
+}
+
+/** f32 tensor entry (copies). */
+export function f32Tensor(values: ArrayLike<number>, shape: number[]): TensorEntry {
+  return { dtype: "F32", shape, data: new Uint8Array(Float32Array.from(values).buffer) };
+}
+
+/** Raw bytes of a typed array as a tensor entry (exactly `byteLength` bytes, copied). */
+export function rawTensor(
+  a: Uint32Array | Int8Array | Uint8Array,
+  dtype: TensorDtype,
+  shape: number[],
+): TensorEntry {
+  return { dtype, shape, data: new Uint8Array(a.buffer, a.byteOffset, a.byteLength).slice() };
+}
+
+/** `||a − b|| / ||b||` (Frobenius); 0 when both are zero, Infinity when only b is. */
+export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < b.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  if (b.length === 0) return NaN;
+  return den === 0 ? (num === 0 ? 0 : Infinity) : Math.sqrt(num / den);
+}
+
+/** Adds `bias` [N] to every row of `y` [M, N] in place (f32). */
+function addBias(y: Float32Array, bias: Float32Array | null, n: number): Float32Array {
+  if (!bias) return y;
+  for (let i = 0; i < y.length; i++) y[i] = Math.fround(y[i] + bias[i % n]);
+  return y;
+}
+
+/** The float layer's output `X·Wᵀ + b` [M, N]. */
+export async function floatOutput(
+  w: Float32Array,
+  bias: Float32Array | null,
+  x: Float32Array,
+  dims: { m: number; n: number; k: number },
+  matmul: MatMul = cpuMatMul,
+): Promise<Float32Array> {
+  const y = Float32Array.from(await matmul(x, w, dims.m, dims.k, dims.n, true));
+  return addBias(y, bias, dims.n);
+}
+
+/** Values `code · factor` of a packed weight, exactly as the GEMM multiplies them ([N, K]). */
+export function gemmWeightValues(p: PackedWeight): Float32Array {
+  const codes = weightCodes(p), scales = weightGroupScales(p), G = groupSize(p.format);
+  const out = new Float32Array(codes.length);
+  for (let i = 0; i < out.length; i++) out[i] = codes[i] * scales[(i / G) | 0];
+  return out;
+}
+
+/**
+ * `b_eff[n] = b[n] − GELU_SHIFT · Σ_k R̂[n,k]` (sum in f64, stored f32): the bias that cancels the
+ * shift the unsigned activation mode adds (see the module docs for the derivation).
+ */
+export function foldGeluShift(residual: PackedWeight, bias: Float32Array | null): Float32Array {
+  const v = gemmWeightValues(residual), n = residual.n, k = residual.k;
+  const out = new Float32Array(n);
+  for (let row = 0; row < n; row++) {
+    let s = 0;
+    for (let c = 0; c < k; c++) s += v[row * k + c];
+    out[row] = Math.fround((bias ? bias[row] : 0) - GELU_SHIFT * s);
+  }
+  return out;
+}
+
+/**
+ * The stored low-rank factors: `down = L2 / λ` (so it applies to raw X) and `up = L1`, each rank
+ * component rescaled by a power of two (exact) that balances the magnitudes of its down row and
+ * up column, then rounded to f16. Throws `RangeError` when a factor overflows f16.
+ */
+export function loraFactors(
+  lowRank: LowRank,
+  lambda: Float32Array | null,
+  n: number,
+  k: number,
+  name = "layer",
+): { down: Float32Array; up: Float32Array } {
+  const r = lowRank.r;
+  const down = new Float32Array(r * k), up = new Float32Array(n * r);
+  for (let j = 0; j < r; j++) {
+    let maxD = 0, maxU = 0;
+    for (let c = 0; c < k; c++) {
+      const v = lambda ? Math.fround(lowRank.down[j * k + c] / lambda[c]) : lowRank.down[j * k + c];
+      down[j * k + c] = v;
+      maxD = Math.max(maxD, Math.abs(v));
+    }
+    for (let row = 0; row < n; row++) maxU = Math.max(maxU, Math.abs(lowRank.up[row * r + j]));
+    const shift = maxD > 0 && maxU > 0 ? Math.round(0.5 * Math.log2(maxU / maxD)) : 0;
+    const f = 2 ** shift;
+    for (let c = 0; c < k; c++) down[j * k + c] = Math.f16round(down[j * k + c] * f);
+    for (let row = 0; row < n; row++) up[row * r + j] = Math.f16round(lowRank.up[row * r + j] / f);
+  }
+  for (const [t, a] of [["lora_down", down], ["lora_up", up]] as const) {
+    const bad = a.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) {
+      throw new RangeError(
+        `Cannot store the low-rank branch of ${name}: ${t}[${bad}] overflows f16; check the ` +
+          `weight and the smoothing factors`,
+      );
+    }
+  }
+  return { down, up };
+}
+
+/**
+ * Output [M, N] of a W4A4 layer on raw inputs `x` [M, K], as the runtime computes it:
+ * `Σ_g s_x·s_w·Σ q_x·q_w + (X·downᵀ)·upᵀ + b_eff`.
+ *
+ * @example
+ * ```ts
+ * import { buildW4A4, floatOutput, relativeError, simulateW4A4 } from "./baselines.ts";
+ * const n = 16, k = 64, m = 4;
+ * const w = Float32Array.from({ length: n * k }, (_, i) => Math.sin(i) * 0.1);
+ * const x = Float32Array.from({ length: m * k }, (_, i) => Math.cos(i * 0.7));
+ * const layer = await buildW4A4(w, n, k, {
+ *   lambda: null, r: 4, format: "int4", actMode: "int4", bias: null,
+ * });
+ * const y = await simulateW4A4(layer, x, m);
+ * const err = relativeError(y, await floatOutput(w, null, x, { m, n, k })); // ≈ 0.1
+ * ```
+ */
+export async function simulateW4A4(
+  layer: W4A4Layer,
+  x: Float32Array,
+  m: number,
+  matmul: MatMul = cpuMatMul,
+): Promise<Float32Array> {
+  const { n, k, r } = layer;
+  const qa = quantizeAct(x, m, k, layer.actMode, layer.smooth ?? undefined);
+  const codes = actCodes(qa), scales = actGroupScales(qa), G = groupSize(layer.actMode);
+  const xa = new Float32Array(codes.length);
+  for (let i = 0; i < xa.length; i++) xa[i] = codes[i] * scales[(i / G) | 0];
+  const y = Float32Array.from(await matmul(xa, gemmWeightValues(layer.residual), m, k, n, true));
+  if (r > 0) {
+    const act = Float32Array.from(await matmul(x, layer.down, m, k, r, true)); // lora_act, f32
+    const lo = await matmul(act, layer.up, m, r, n, true);
+    for (let i = 0; i < y.length; i++) y[i] = Math.fround(y[i] + lo[i]);
+  }
+  return addBias(y, layer.bias, n);
+}
+
+/** What a baseline returns: its tensors (by suffix), format and measured error. */
+export interface BaselineResult {
+  format: "int4" | "int8" | "f16";
+  tensors: Map<string, TensorEntry>;
+  relError: number;
+}
+
+interface BaselineInput {
+  w: Float32Array;
+  bias: Float32Array | null;
+  n: number;
+  k: number;
+  /** Sample inputs [S, K] for the error (and W4A16's clipping search). */
+  x: Float32Array;
+  s: number;
+  /** `X·Wᵀ + b` on the samples. */
+  yRef: Float32Array;
+  matmul: MatMul;
+}
+
+function biasTensor(tensors: Map<string, TensorEntry>, bias: Float32Array | null, n: number) {
+  if (bias) tensors.set("bias", f32Tensor(bias, [n]));
+}
+
+/**
+ * Weight-only INT4 (g64, f16 scales) with a per-group clipping search scored on the sample
+ * outputs; activations stay 16-bit. Tensors: qweight U32 [N, K/8], wscales F16 [N, K/64], bias.
+ * The error uses f32 products of the dequantized weight (activation rounding to f16 is not
+ * simulated).
+ */
+export async function quantizeW4A16(inp: BaselineInput): Promise<BaselineResult> {
+  const { w, n, k, x, s } = inp;
+  const p = quantizeWeightClipped(w, n, k, "int4", s > 0 ? { x, m: s } : {});
+  if (p.format !== "int4") throw new TypeError("Cannot quantize W4A16: expected an int4 weight");
+  const tensors = new Map<string, TensorEntry>();
+  tensors.set("qweight", rawTensor(p.qweight, "U32", [n, k / 8]));
+  tensors.set("wscales", f16Tensor(p.wscales, [n, k / 64]));
+  biasTensor(tensors, inp.bias, n);
+  const y = await floatOutput(gemmWeightValues(p), inp.bias, x, { m: s, n, k }, inp.matmul);
+  return { format: "int4", tensors, relError: relativeError(y, inp.yRef) };
+}
+
+/** Symmetric int8 codes and f32 scales per row of a [rows, K] matrix (scale = amax/127). */
+export function quantizeRowsInt8(
+  a: Float32Array,
+  rows: number,
+  k: number,
+): { q: Int8Array; scale: Float32Array } {
+  const q = new Int8Array(rows * k), scale = new Float32Array(rows);
+  for (let i = 0; i < rows; i++) {
+    let amax = 0;
+    for (let c = 0; c < k; c++) amax = Math.max(amax, Math.abs(a[i * k + c]));
+    const sc = Math.fround(amax / 127);
+    scale[i] = sc;
+    if (sc === 0) continue;
+    for (let c = 0; c < k; c++) {
+      const v = roundHalfEven(Math.fround(a[i * k + c] / sc));
+      q[i * k + c] = Math.max(-127, Math.min(127, v));
+    }
+  }
+  return { q, scale };
+}
+
+/**
+ * Simulated W8A8: int8 weights with one f32 scale per out-channel, activations int8 per token
+ * (absmax/127). Tensors: qweight I8 [N, K], wscales F32 [N], bias. (No kernel runs it yet; it is
+ * a baseline for the error table.)
+ */
+export async function quantizeW8A8(inp: BaselineInput): Promise<BaselineResult> {
+  const { w, n, k, x, s } = inp;
+  const qw = quantizeRowsInt8(w, n, k), qx = quantizeRowsInt8(x, s, k);
+  const wv = new Float32Array(n * k), xv = new Float32Array(s * k);
+  for (let i = 0; i < wv.length; i++) wv[i] = qw.q[i] * qw.scale[(i / k) | 0];
+  for (let i = 0; i < xv.length; i++) xv[i] = qx.q[i] * qx.scale[(i / k) | 0];
+  const tensors = new Map<string, TensorEntry>();
+  tensors.set("qweight", rawTensor(qw.q, "I8", [n, k]));
+  tensors.set("wscales", f32Tensor(qw.scale, [n]));
+  biasTensor(tensors, inp.bias, n);
+  const y = await floatOutput(wv, inp.bias, xv, { m: s, n, k }, inp.matmul);
+  return { format: "int8", tensors, relError: relativeError(y, inp.yRef) };
+}
+
+/** 16-bit float: weight F16 [N, K] and bias F32 [N]. */
+export async function quantizeFloat(inp: BaselineInput): Promise<BaselineResult> {
+  const { w, n, k, x, s } = inp;
+  const w16 = Float32Array.from(w, (v) => Math.f16round(v));
+  const bad = w16.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) {
+    throw new RangeError(`Cannot store weight as f16: element ${bad} (${w[bad]}) overflows f16`);
+  }
+  const tensors = new Map<string, TensorEntry>();
+  tensors.set("weight", f16Tensor(w16, [n, k]));
+  biasTensor(tensors, inp.bias, n);
+  const y = await floatOutput(w16, inp.bias, x, { m: s, n, k }, inp.matmul);
+  return { format: "f16", tensors, relError: relativeError(y, inp.yRef) };
+}
+
+/** `Ŵ = W·diag(λ)` [N, K] in f32 (each element `fround(w·λ_k)`). */
+export function smoothWeight(w: Float32Array, n: number, k: number, lambda: Float32Array) {
+  const out = new Float32Array(n * k);
+  for (let i = 0; i < out.length; i++) out[i] = w[i] * lambda[i % k];
+  return out;
+}
+
+/** `X̂ = X / λ` [M, K] in f32, as the activation kernel divides. */
+export function smoothActivations(x: Float32Array, m: number, k: number, lambda: Float32Array) {
+  const out = new Float32Array(m * k);
+  for (let i = 0; i < out.length; i++) out[i] = x[i] / lambda[i % k];
+  return out;
+}
+
+/** Options of {@linkcode buildW4A4}. */
+export interface BuildW4A4Options {
+  /** λ [K], or null for no scaling. */
+  lambda: Float32Array | null;
+  r: number;
+  format: WeightFormat;
+  actMode: ActMode;
+  /** Refinement rounds of the low-rank branch (lowRankQuantize's `rounds`). */
+  rounds?: number;
+  /** Plain round-to-nearest residual (the RTN baseline): no clipping search, no low-rank. */
+  rtn?: boolean;
+  /** The float bias [N] (the post-GELU shift is folded into a copy). */
+  bias: Float32Array | null;
+  /** Raw sample inputs [S, K] guiding the low-rank rounds and clipping (optional). */
+  x?: Float32Array;
+  s?: number;
+  matmul?: MatMul;
+  name?: string;
+}
+
+/**
+ * Assembles a W4A4 layer: `Ŵ = W·diag(λ)`, the low-rank branch and the clipped residual from
+ * lowRankQuantize (on the smoothed samples X/λ), the stored f16 low-rank factors and, in
+ * `int4_unsigned` mode, the bias with the GELU shift folded in.
+ */
+export async function buildW4A4(
+  w: Float32Array,
+  n: number,
+  k: number,
+  opts: BuildW4A4Options,
+): Promise<W4A4Layer> {
+  const { lambda, format, actMode } = opts;
+  const wHat = lambda ? smoothWeight(w, n, k, lambda) : w;
+  let residual: PackedWeight, lowRank: LowRank;
+  if (opts.rtn) {
+    residual = quantizeWeight(wHat, n, k, format, { name: opts.name });
+    lowRank = { r: 0, up: new Float32Array(0), down: new Float32Array(0) };
+  } else {
+    const s = opts.s ?? 0;
+    const xHat = opts.x && s > 0
+      ? (lambda ? smoothActivations(opts.x, s, k, lambda) : opts.x)
+      : undefined;
+    const res = await lowRankQuantize(wHat, n, k, {
+      r: opts.r,
+      format,
+      rounds: opts.rounds,
+      ...(xHat ? { x: xHat, m: s } : {}),
+      matmul: opts.matmul ?? cpuMatMul,
+      name: opts.name,
+    });
+    residual = res.residual;
+    lowRank = res.lowRank;
+  }
+  const { down, up } = loraFactors(lowRank, lambda, n, k, opts.name);
+  const bias = actMode === "int4_unsigned"
+    ? foldGeluShift(residual, opts.bias)
+    : opts.bias && Float32Array.from(opts.bias);
+  return { n, k, residual, smooth: lambda, r: lowRank.r, down, up, bias, actMode };
+}
+
+/** The activation mode of a W4A4 layer: NVFP4, or INT4 (unsigned after a GELU). */
+export function actModeFor(format: WeightFormat, postGelu: boolean): ActMode {
+  return format === "nvfp4" ? "nvfp4" : postGelu ? "int4_unsigned" : "int4";
+}

@@ -1,0 +1,358 @@
+/**
+ * Quantize one linear layer `Y = X·Wᵀ + b` by a named method into the canonical packed tensors of
+ * quant/packing.ts, and measure its relative output error on calibration samples by simulating
+ * the runtime's arithmetic (quant/baselines.ts).
+ *
+ * | method     | scaling              | low-rank | weights          | activations            |
+ * | ---------- | -------------------- | -------- | ---------------- | ---------------------- |
+ * | `svdquant` | smoothing (searched) | rank R   | 4-bit, clipped   | 4-bit per token, group |
+ * | `dilate`   | dilation             | rank R   | 4-bit, clipped   | 4-bit                  |
+ * | `smooth`   | smoothing (searched) | none     | 4-bit, clipped   | 4-bit                  |
+ * | `rtn`      | none                 | none     | 4-bit, RTN       | 4-bit                  |
+ * | `w4a16`    | none                 | none     | INT4 g64 clipped | 16-bit                 |
+ * | `w8a8`     | none                 | none     | int8 per channel | int8 per token         |
+ * | `float`    | none                 | none     | f16              | 16-bit                 |
+ *
+ * Tensors (by suffix; `<name>.<suffix>` in the file): W4A4 methods write `qweight` U32 [N, K/8],
+ * `wscales` F16 [N, K/64] (int4) or F8_E4M3 [N, K/16] + `tensor_scale` F32 [1] (nvfp4), `smooth`
+ * F32 [K] (omitted when λ = 1, i.e. rtn), `lora_down` F16 [R, K] (already divided by λ) and
+ * `lora_up` F16 [N, R] (omitted when R = 0), `bias` F32 [N] (when the layer has one or the
+ * post-GELU shift is folded in). W4A16: `qweight`, `wscales` F16, `bias`. W8A8: `qweight` I8
+ * [N, K], `wscales` F32 [N], `bias`. Float: `weight` F16 [N, K], `bias`.
+ *
+ * @module
+ */
+import { type LayerStats, syntheticStats } from "./calib.ts";
+import { cpuMatMul, type MatMul } from "./linalg.ts";
+import { type ActMode, groupSize, type PackedWeight, type WeightFormat } from "./packing.ts";
+import {
+  actModeFor,
+  type BaselineResult,
+  buildW4A4,
+  f16Tensor,
+  f32Tensor,
+  floatOutput,
+  gemmWeightValues,
+  quantizeFloat,
+  quantizeRowsInt8,
+  quantizeW4A16,
+  quantizeW8A8,
+  rawTensor,
+  relativeError,
+  simulateW4A4,
+  type TensorEntry,
+  type W4A4Layer,
+} from "./baselines.ts";
+import { DEFAULT_ALPHAS, searchSmoothing } from "./smooth.ts";
+import { dilationFactors } from "./dilate.ts";
+
+export type { TensorEntry };
+
+/** Quantization methods, per layer. */
+export type Method = "svdquant" | "dilate" | "smooth" | "rtn" | "w4a16" | "w8a8" | "float";
+
+/** Every {@linkcode Method}, for argument parsing. */
+export const METHODS: readonly Method[] = [
+  "svdquant",
+  "dilate",
+  "smooth",
+  "rtn",
+  "w4a16",
+  "w8a8",
+  "float",
+];
+
+/** A quantized layer: its tensors by suffix, and what it cost. */
+export interface QuantizedLinear {
+  name: string;
+  method: Method;
+  format: WeightFormat | "int8" | "f16";
+  n: number;
+  k: number;
+  /** Rank of the low-rank branch actually stored (0 when none). */
+  r: number;
+  /** Activation mode of W4A4 methods. */
+  actMode?: ActMode;
+  /** Tensors by suffix: qweight, wscales, tensor_scale, smooth, lora_down, lora_up, bias, weight. */
+  tensors: Map<string, TensorEntry>;
+  /** `||Y_q − Y|| / ||Y||` on the calibration samples (Y = X·Wᵀ + b; NaN without samples). */
+  relError: number;
+  /** Bytes of the float weight and bias (at `sourceBytes` per element). */
+  bytesBefore: number;
+  /** Bytes of all tensors written. */
+  bytesAfter: number;
+  /** The smoothing chosen by the search (svdquant, smooth). */
+  alpha?: number;
+  beta?: number;
+}
+
+/** Options of {@linkcode quantizeLinear}. */
+export interface QuantizeLinearOptions {
+  method: Method;
+  /** 4-bit format of W4A4 methods (W4A16 is always INT4 g64). */
+  format: WeightFormat;
+  /** Rank R of the low-rank branch (svdquant, dilate). */
+  r: number;
+  /** Calibration statistics of this layer's input; default: {@linkcode syntheticStats}. */
+  stats?: LayerStats;
+  /** The input follows a GELU: INT4 activations use the unsigned shifted mode. */
+  postGelu?: boolean;
+  matmul?: MatMul;
+  /** α grid of the smoothing search (default {0, 0.05, …, 1}). */
+  alphas?: readonly number[];
+  /** lowRankQuantize rounds per search candidate (default 0). */
+  searchRounds?: number;
+  /** lowRankQuantize rounds of the final fit (default 3). */
+  rounds?: number;
+  /** Bytes per element of the source checkpoint, for `bytesBefore` (default 4). */
+  sourceBytes?: number;
+}
+
+function w4a4Tensors(layer: W4A4Layer): Map<string, TensorEntry> {
+  const { n, k, r, residual: p } = layer;
+  const t = new Map<string, TensorEntry>();
+  t.set("qweight", rawTensor(p.qweight, "U32", [n, k / 8]));
+  if (p.format === "int4") t.set("wscales", f16Tensor(p.wscales, [n, k / 64]));
+  else {
+    t.set("wscales", rawTensor(p.wscales, "F8_E4M3", [n, k / 16]));
+    t.set("tensor_scale", f32Tensor([p.tensorScale], [1]));
+  }
+  if (layer.smooth) t.set("smooth", f32Tensor(layer.smooth, [k]));
+  if (r > 0) {
+    t.set("lora_down", f16Tensor(layer.down, [r, k]));
+    t.set("lora_up", f16Tensor(layer.up, [n, r]));
+  }
+  if (layer.bias) t.set("bias", f32Tensor(layer.bias, [n]));
+  return t;
+}
+
+function validate(
+  name: string,
+  w: Float32Array,
+  bias: Float32Array | null,
+  n: number,
+  k: number,
+  opts: QuantizeLinearOptions,
+) {
+  if (!(Number.isSafeInteger(n) && n >= 1 && Number.isSafeInteger(k) && k >= 1)) {
+    throw new RangeError(`Cannot quantize ${name}: shape [N=${n}, K=${k}] is invalid`);
+  }
+  if (w.length !== n * k) {
+    throw new TypeError(
+      `Cannot quantize ${name}: ${name}.weight has ${w.length} elements, expected [N=${n}, K=${k}]`,
+    );
+  }
+  if (bias && bias.length !== n) {
+    throw new TypeError(
+      `Cannot quantize ${name}: ${name}.bias has ${bias.length} elements, expected [N=${n}]`,
+    );
+  }
+  const { method } = opts;
+  if (!METHODS.includes(method)) {
+    throw new RangeError(
+      `Cannot quantize ${name}: unknown method "${method}", use one of ${METHODS.join(", ")}`,
+    );
+  }
+  if (opts.format !== "int4" && opts.format !== "nvfp4") {
+    throw new RangeError(
+      `Cannot quantize ${name}: unknown format "${opts.format}", use int4 or nvfp4`,
+    );
+  }
+  const G = method === "w4a16"
+    ? 64
+    : method === "w8a8" || method === "float"
+    ? 1
+    : groupSize(opts.format);
+  if (k % G !== 0) {
+    throw new RangeError(
+      `Cannot quantize ${name} with ${method}: K=${k} is not a multiple of the group size ${G}; ` +
+        `use method float for this layer`,
+    );
+  }
+  const usesRank = method === "svdquant" || method === "dilate";
+  if (usesRank && !(Number.isSafeInteger(opts.r) && opts.r >= 0 && opts.r <= Math.min(n, k))) {
+    throw new RangeError(
+      `Cannot quantize ${name}: rank ${opts.r} must be an integer in [0, min(N, K) = ${
+        Math.min(n, k)
+      }]`,
+    );
+  }
+  const bad = w.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) {
+    throw new RangeError(
+      `Cannot quantize ${name}: weight element ${bad} is ${w[bad]}; weights must be finite`,
+    );
+  }
+  if (opts.stats && (opts.stats.k !== k || opts.stats.samples.length !== opts.stats.s * k)) {
+    throw new TypeError(
+      `Cannot quantize ${name}: its statistics have K=${opts.stats.k} and ${opts.stats.samples.length} ` +
+        `sample values, expected K=${k} and [S=${opts.stats.s}, K=${k}]`,
+    );
+  }
+}
+
+/**
+ * Quantize the linear layer `name` (W [N, K] row-major, optional bias [N]) with `opts.method`.
+ * Without `opts.stats`, synthetic heavy-tailed statistics (seeded by the name) stand in.
+ *
+ * @example
+ * ```ts ignore
+ * import { quantizeLinear } from "./layer.ts";
+ * const q = await quantizeLinear("blocks.0.attn.qkv", w, b, 3456, 1152, {
+ *   method: "svdquant", format: "int4", r: 32, stats,
+ * });
+ * for (const [suffix, t] of q.tensors) console.log(`${q.name}.${suffix}`, t.dtype, t.shape);
+ * console.log(q.relError, q.bytesBefore, q.bytesAfter);
+ * ```
+ */
+export async function quantizeLinear(
+  name: string,
+  w: Float32Array,
+  bias: Float32Array | null,
+  n: number,
+  k: number,
+  opts: QuantizeLinearOptions,
+): Promise<QuantizedLinear> {
+  validate(name, w, bias, n, k, opts);
+  const { method, format } = opts;
+  const postGelu = opts.postGelu ?? false, matmul = opts.matmul ?? cpuMatMul;
+  const stats = opts.stats ??
+    syntheticStats(new Map([[name, k]]), { postGelu: postGelu ? [name] : [] }).layers.get(name)!;
+  const { samples: x, s } = stats;
+  const yRef = await floatOutput(w, bias, x, { m: s, n, k }, matmul);
+  const sourceBytes = opts.sourceBytes ?? 4;
+  const base = { name, method, n, k, bytesBefore: (n * k + (bias ? n : 0)) * sourceBytes };
+  const finish = (q: Omit<QuantizedLinear, "bytesAfter">): QuantizedLinear => {
+    let bytes = 0;
+    for (const t of q.tensors.values()) bytes += t.data.byteLength;
+    return { ...q, bytesAfter: bytes };
+  };
+
+  if (method === "w4a16" || method === "w8a8" || method === "float") {
+    const f = method === "w4a16" ? quantizeW4A16 : method === "w8a8" ? quantizeW8A8 : quantizeFloat;
+    const res: BaselineResult = await f({ w, bias, n, k, x, s, yRef, matmul });
+    return finish({
+      ...base,
+      format: res.format,
+      r: 0,
+      tensors: res.tensors,
+      relError: res.relError,
+    });
+  }
+
+  const actMode = actModeFor(format, postGelu);
+  let lambda: Float32Array | null = null, alpha: number | undefined, beta: number | undefined;
+  const r = method === "svdquant" || method === "dilate" ? opts.r : 0;
+  if (method === "svdquant" || method === "smooth") {
+    const found = await searchSmoothing(w, n, k, stats, {
+      r,
+      format,
+      alphas: opts.alphas ?? DEFAULT_ALPHAS,
+      rounds: opts.searchRounds ?? 0,
+      postGelu,
+      matmul,
+      name,
+    });
+    ({ lambda, alpha, beta } = found);
+  } else if (method === "dilate") {
+    lambda = dilationFactors(w, n, k);
+  }
+  const layer = await buildW4A4(w, n, k, {
+    lambda,
+    r,
+    format,
+    actMode,
+    rounds: opts.rounds ?? 3,
+    rtn: method === "rtn",
+    bias,
+    x,
+    s,
+    matmul,
+    name,
+  });
+  const y = await simulateW4A4(layer, x, s, matmul);
+  return finish({
+    ...base,
+    format,
+    r: layer.r,
+    actMode,
+    tensors: w4a4Tensors(layer),
+    relError: relativeError(y, yRef),
+    ...(alpha !== undefined ? { alpha, beta } : {}),
+  });
+}
+
+function tensorOf(q: QuantizedLinear, suffix: string): TensorEntry {
+  const t = q.tensors.get(suffix);
+  if (!t) throw new TypeError(`Cannot evaluate ${q.name}: tensor ${q.name}.${suffix} is missing`);
+  return t;
+}
+
+function bytesAs<T>(t: TensorEntry, make: (b: ArrayBuffer) => T): T {
+  return make(t.data.slice().buffer);
+}
+
+function f16Values(t: TensorEntry): Float32Array {
+  return bytesAs(t, (b) => Float32Array.from(new Float16Array(b)));
+}
+
+function f32Values(t: TensorEntry): Float32Array {
+  return bytesAs(t, (b) => new Float32Array(b));
+}
+
+/**
+ * Output [M, N] of a quantized layer on raw inputs `x` [M, K], computed **from its stored
+ * tensors** with the runtime's arithmetic (the same simulation that produced `relError`); use it
+ * to score a layer on held-out inputs, or to check that the tensors say what was measured.
+ */
+export async function evaluateQuantized(
+  q: QuantizedLinear,
+  x: Float32Array,
+  m: number,
+  matmul: MatMul = cpuMatMul,
+): Promise<Float32Array> {
+  const { n, k } = q;
+  if (x.length !== m * k) {
+    throw new TypeError(
+      `Cannot evaluate ${q.name}: x has ${x.length} elements, expected [M=${m}, K=${k}]`,
+    );
+  }
+  const bias = q.tensors.has("bias") ? f32Values(tensorOf(q, "bias")) : null;
+  if (q.method === "float") {
+    return await floatOutput(f16Values(tensorOf(q, "weight")), bias, x, { m, n, k }, matmul);
+  }
+  if (q.method === "w8a8") {
+    const qw = new Int8Array(tensorOf(q, "qweight").data.slice().buffer);
+    const sw = f32Values(tensorOf(q, "wscales"));
+    const qx = quantizeRowsInt8(x, m, k);
+    const wv = Float32Array.from(qw, (v, i) => v * sw[(i / k) | 0]);
+    const xv = Float32Array.from(qx.q, (v, i) => v * qx.scale[(i / k) | 0]);
+    return await floatOutput(wv, bias, xv, { m, n, k }, matmul);
+  }
+  const qweight = bytesAs(tensorOf(q, "qweight"), (b) => new Uint32Array(b));
+  const residual: PackedWeight = q.format === "nvfp4"
+    ? {
+      format: "nvfp4",
+      n,
+      k,
+      qweight,
+      wscales: tensorOf(q, "wscales").data.slice(),
+      tensorScale: f32Values(tensorOf(q, "tensor_scale"))[0],
+    }
+    : { format: "int4", n, k, qweight, wscales: f16Values(tensorOf(q, "wscales")) };
+  if (q.method === "w4a16") {
+    return await floatOutput(gemmWeightValues(residual), bias, x, { m, n, k }, matmul);
+  }
+  const layer: W4A4Layer = {
+    n,
+    k,
+    residual,
+    smooth: q.tensors.has("smooth") ? f32Values(tensorOf(q, "smooth")) : null,
+    r: q.r,
+    down: q.r > 0 ? f16Values(tensorOf(q, "lora_down")) : new Float32Array(0),
+    up: q.r > 0 ? f16Values(tensorOf(q, "lora_up")) : new Float32Array(0),
+    bias,
+    actMode: q.actMode ?? actModeFor(q.format as WeightFormat, false),
+  };
+  return await simulateW4A4(layer, x, m, matmul);
+}
