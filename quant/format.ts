@@ -164,7 +164,8 @@ function specOf(t: QuantTensor): TensorSpec {
 
 /**
  * Writes a quantized model file atomically (temp file + rename; nothing is left at `path` or
- * beside it on error). Tensors are written in the order given. Pass an array, or `opts.specs`
+ * beside it on error). With a non-array iterable and no `opts.specs`, `meta` is read again after
+ * the last tensor, so it may be completed while the tensors stream. Tensors are written in the order given. Pass an array, or `opts.specs`
  * (the tensors' names/dtypes/shapes in order) with any iterable, for the one-pass path; see the
  * module doc. A tensor whose data length is not shape × dtype size is a TypeError.
  */
@@ -178,7 +179,9 @@ export async function writeQuantFile(
   if (Array.isArray(tensors)) { for (const t of tensors) checkTensor(path, t); }
   const specs = opts.specs ?? (Array.isArray(tensors) ? tensors.map(specOf) : undefined);
   if (specs) return await writeOnePass(path, metadata, specs, tensors);
-  return await writeSpooled(path, metadata, tensors);
+  // metadata is encoded again after the last tensor: a caller may fill `meta` (e.g. the policy
+  // actually applied) while the tensors stream
+  return await writeSpooled(path, () => encodeMeta(meta), tensors);
 }
 
 async function writeOnePass(
@@ -211,7 +214,7 @@ async function writeOnePass(
 
 async function writeSpooled(
   path: string,
-  metadata: Record<string, string>,
+  finalMetadata: () => Record<string, string>,
   tensors: Iterable<QuantTensor> | AsyncIterable<QuantTensor>,
 ): Promise<void> {
   const rand = crypto.getRandomValues(new Uint32Array(2)).join("");
@@ -234,6 +237,7 @@ async function writeSpooled(
       for (let done = 0; done < t.data.length;) done += await spool.write(t.data.subarray(done));
       sum.update(t.data);
     }
+    const metadata = finalMetadata();
     let offset = 0;
     const infos = specs.map((s) => {
       const info = { ...s, begin: offset, end: offset + s.byteLength };

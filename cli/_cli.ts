@@ -1,0 +1,70 @@
+/**
+ * Shared CLI plumbing: usage errors and the module's typed errors become one readable line and
+ * exit code 1 (2 for usage); only an unexpected bug prints a stack trace.
+ *
+ * @module
+ */
+import {
+  FormatError,
+  GpuDeviceLostError,
+  GpuFeatureError,
+  GpuSelfTestError,
+  GpuUnavailableError,
+  GpuValidationError,
+} from "../runtime/errors.ts";
+
+/** A command-line usage error (exit code 2). */
+export class UsageError extends Error {
+  override name = "UsageError";
+  readonly usage?: string;
+  constructor(message: string, usage?: string) {
+    super(message);
+    this.usage = usage;
+  }
+}
+
+/** Throw a {@linkcode UsageError}. */
+export function fail(message: string, usage?: string): never {
+  throw new UsageError(message, usage);
+}
+
+const KNOWN = [
+  FormatError,
+  GpuUnavailableError,
+  GpuFeatureError,
+  GpuDeviceLostError,
+  GpuValidationError,
+  GpuSelfTestError,
+  RangeError,
+  TypeError,
+];
+
+/** Run a CLI entry point, turning expected errors into one line on stderr and an exit code. */
+export async function runCli(main: () => Promise<void>): Promise<void> {
+  try {
+    await main();
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`error: ${e.message}`);
+      if (e.usage) console.error(`\n${e.usage}`);
+      Deno.exit(2);
+    }
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {
+      console.error(`error: ${(e as Error).message}`);
+      Deno.exit(1);
+    }
+    if (e instanceof Error && (KNOWN.some((k) => e instanceof k) || e.name === "TypeError")) {
+      console.error(`error: ${e.message}`);
+      Deno.exit(1);
+    }
+    throw e;
+  }
+}
+
+/** Human-readable bytes (B, KB, MB, GB; powers of 1000). */
+export function formatBytes(n: number): string {
+  if (n < 1e3) return `${n} B`;
+  if (n < 1e6) return `${(n / 1e3).toFixed(1)} KB`;
+  if (n < 1e9) return `${(n / 1e6).toFixed(2)} MB`;
+  return `${(n / 1e9).toFixed(2)} GB`;
+}

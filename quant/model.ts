@@ -1,0 +1,218 @@
+/**
+ * Whole-checkpoint quantization: reads a float safetensors checkpoint tensor by tensor, applies
+ * the layer policy (W4A4 + low-rank, W4A16, or 16-bit per layer), and streams the result into a
+ * self-describing pre-quantized file. Peak host memory stays a small multiple of the largest
+ * layer; the output appears atomically (temp file + rename) or not at all.
+ *
+ * @module
+ */
+import { FormatError } from "../runtime/errors.ts";
+import type { CalibStats, LayerStats } from "./calib.ts";
+import { writeQuantFile } from "./format.ts";
+import type { LayerPolicyEntry, QuantConfig, QuantTensor } from "./format.ts";
+import { type Method, type QuantizedLinear, quantizeLinear } from "./layer.ts";
+import type { MatMul } from "./linalg.ts";
+import { groupSize, type WeightFormat } from "./packing.ts";
+import { DEFAULT_DIT_POLICY, type LayerPolicyRule, policyFor } from "./policy.ts";
+import { fromFloat32, SafetensorsReader } from "./safetensors.ts";
+
+/** Methods that replace the policy's W4A4 method for every W4A4 layer. */
+export type ModelMethod = Exclude<Method, "float">;
+
+/** Options of {@linkcode quantizeCheckpoint}. */
+export interface QuantizeModelOptions {
+  /** Method for the policy's W4A4 layers (default "svdquant"). */
+  method?: ModelMethod;
+  /** 4-bit residual format (default "int4"). */
+  format?: WeightFormat;
+  /** Low-rank rank R (default 32). */
+  rank?: number;
+  /** Calibration statistics; layers without statistics use synthetic ones. */
+  calib?: CalibStats;
+  /** Layer policy (default {@linkcode DEFAULT_DIT_POLICY}). */
+  policy?: readonly LayerPolicyRule[];
+  /** α grid of the smoothing search. */
+  alphas?: readonly number[];
+  /** Low-rank refinement rounds of the final fit (default 3). */
+  rounds?: number;
+  /** Big matrix products (e.g. a GPU GEMM); default CPU. */
+  matmul?: MatMul;
+  /** Called once per tensor written. */
+  onLayer?: (report: LayerReport, index: number, total: number) => void;
+}
+
+/** What happened to one tensor (a quantized linear, or a copied 16-bit tensor). */
+export interface LayerReport {
+  name: string;
+  method: Method | "copy";
+  format: string;
+  r: number;
+  /** Relative output error on calibration samples (NaN for copied tensors). */
+  relError: number;
+  bytesBefore: number;
+  bytesAfter: number;
+  seconds: number;
+}
+
+/** Policy rules with the W4A4 method replaced by `method`. */
+function rulesFor(policy: readonly LayerPolicyRule[], method: ModelMethod): LayerPolicyRule[] {
+  const w4a4: Method[] = ["svdquant", "dilate", "smooth", "rtn"];
+  return policy.map((r) => (w4a4.includes(r.method) ? { ...r, method } : r));
+}
+
+/**
+ * Quantize the float checkpoint `input` into the pre-quantized file `output`.
+ *
+ * @example
+ * ```ts ignore
+ * import { quantizeCheckpoint } from "./model.ts";
+ * const reports = await quantizeCheckpoint("tests/fixtures/tiny_dit.safetensors", "/tmp/q.safetensors", {
+ *   format: "nvfp4", onLayer: (r, i, n) => console.log(`${i + 1}/${n} ${r.name} ${r.relError}`),
+ * });
+ * ```
+ */
+export async function quantizeCheckpoint(
+  input: string,
+  output: string,
+  opts: QuantizeModelOptions = {},
+): Promise<LayerReport[]> {
+  const method = opts.method ?? "svdquant";
+  const format = opts.format ?? "int4";
+  const rank = opts.rank ?? 32;
+  if (!Number.isInteger(rank) || rank < 0 || rank > 256) {
+    throw new RangeError(`Cannot quantize with rank ${rank}: use an integer in 0..256`);
+  }
+  const rules = rulesFor(opts.policy ?? DEFAULT_DIT_POLICY, method);
+  const reader = await SafetensorsReader.open(input);
+  try {
+    const family = reader.metadata.family ?? "dit";
+    let modelConfig: Record<string, unknown> = {};
+    if (reader.metadata.model_config) {
+      try {
+        modelConfig = JSON.parse(reader.metadata.model_config);
+      } catch {
+        throw new FormatError(input, "metadata model_config is not JSON");
+      }
+    }
+    const names = [...reader.tensors.keys()];
+    const reports: LayerReport[] = [];
+    const report = (r: LayerReport, i: number) => {
+      reports.push(r);
+      opts.onLayer?.(r, i, names.length);
+    };
+    const isLinear = (name: string): boolean => {
+      const info = reader.tensors.get(name);
+      return Boolean(
+        info && name.endsWith(".weight") && info.shape.length === 2 &&
+          !name.includes("embedding"),
+      );
+    };
+    const policy: Record<string, LayerPolicyEntry> = {};
+    const sourceBytes = (name: string) => {
+      const d = reader.tensors.get(name)!.dtype;
+      return d === "F32" ? 4 : d === "F64" ? 8 : 2;
+    };
+
+    const tensors = async function* (): AsyncGenerator<QuantTensor> {
+      for (let i = 0; i < names.length; i++) {
+        const name = names[i];
+        const info = reader.tensors.get(name)!;
+        const t0 = performance.now();
+        if (name.endsWith(".bias") && isLinear(name.slice(0, -5) + ".weight")) continue;
+        const base = name.endsWith(".weight") ? name.slice(0, -7) : name;
+        const rule = policyFor(base, rules);
+        if (isLinear(name)) {
+          const [n, k] = info.shape;
+          const w = await reader.readFloat32(name);
+          const biasName = base + ".bias";
+          const bias = reader.tensors.has(biasName) ? await reader.readFloat32(biasName) : null;
+          const layerMethod = rule.method;
+          const w4a4 = ["svdquant", "dilate", "smooth", "rtn"].includes(layerMethod);
+          if (w4a4 && k % groupSize(format) !== 0) {
+            throw new FormatError(
+              input,
+              `in-features K=${k} is not a multiple of the ${format} group size ` +
+                `${groupSize(format)}; keep this layer 16-bit with a policy rule`,
+              name,
+            );
+          }
+          const q: QuantizedLinear = await quantizeLinear(base, w, bias, n, k, {
+            method: layerMethod,
+            format,
+            r: rank,
+            stats: statsFor(opts.calib, base, k),
+            postGelu: rule.postGelu,
+            matmul: opts.matmul,
+            alphas: opts.alphas,
+            rounds: opts.rounds,
+            sourceBytes: sourceBytes(name),
+          });
+          policy[base] = { method: q.method, format: q.format, r: q.r, actMode: q.actMode };
+          for (const [suffix, t] of q.tensors) {
+            yield { name: `${base}.${suffix}`, dtype: t.dtype, shape: t.shape, data: t.data };
+          }
+          report({
+            name: base,
+            method: q.method,
+            format: q.format,
+            r: q.r,
+            relError: q.relError,
+            bytesBefore: q.bytesBefore,
+            bytesAfter: q.bytesAfter,
+            seconds: (performance.now() - t0) / 1000,
+          }, i);
+        } else {
+          const copy = await copyTensor(reader, name);
+          yield copy;
+          report({
+            name,
+            method: "copy",
+            format: copy.dtype,
+            r: 0,
+            relError: NaN,
+            bytesBefore: info.end - info.begin,
+            bytesAfter: copy.data.byteLength,
+            seconds: (performance.now() - t0) / 1000,
+          }, i);
+        }
+      }
+    };
+
+    const quantConfig: QuantConfig = {
+      method,
+      weightFormat: format,
+      groupSize: groupSize(format),
+      rank,
+      actFormat: method === "w4a16" ? "f16" : method === "w8a8" ? "int8" : format,
+      scaling: method === "dilate" ? "dilate" : method === "rtn" ? "none" : "smooth",
+    };
+    // `policy` is filled while the tensors stream; writeQuantFile encodes the metadata after the
+    // last tensor on this (async iterable) path.
+    await writeQuantFile(output, { quantConfig, modelConfig, family, policy }, tensors());
+    return reports;
+  } finally {
+    reader.close();
+  }
+}
+
+function statsFor(calib: CalibStats | undefined, base: string, k: number): LayerStats | undefined {
+  const s = calib?.layers.get(base);
+  if (!s) return undefined;
+  if (s.k !== k) {
+    throw new RangeError(
+      `Cannot use the calibration statistics of ${base}: they have K=${s.k}, the layer has K=${k}`,
+    );
+  }
+  return s;
+}
+
+/** A non-quantized tensor: 1-D tensors stay f32, larger float tensors become f16. */
+async function copyTensor(reader: SafetensorsReader, name: string): Promise<QuantTensor> {
+  const info = reader.tensors.get(name)!;
+  if (!["F32", "F16", "BF16", "F64"].includes(info.dtype)) {
+    return { name, dtype: info.dtype, shape: info.shape, data: await reader.readRaw(name) };
+  }
+  const v = await reader.readFloat32(name);
+  const dtype = info.shape.length <= 1 ? "F32" : "F16";
+  return { name, dtype, shape: info.shape, data: fromFloat32(dtype, v) };
+}
