@@ -36,7 +36,7 @@ import { bufferSizes, GemmW4A4Lowrank, type GemmW4A4LowrankShape } from "./gemm_
 export async function benchGemmW4A4Lowrank(
   gpu: Gpu,
   shape: GemmW4A4LowrankShape,
-  opts: { budgetMs?: number } = {},
+  opts: { budgetMs?: number; repeat?: number } = {},
 ): Promise<Timing> {
   const rng = new Rng(1);
   const { m, k, n, r } = shape;
@@ -75,6 +75,7 @@ export async function benchGemmW4A4Lowrank(
       ops: 2 * m * n * k + 2 * m * n * r,
       bytes,
       budgetMs: opts.budgetMs,
+      repeat: opts.repeat ?? 8,
     });
   } finally {
     op.destroy();
