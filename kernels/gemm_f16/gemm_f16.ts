@@ -1,0 +1,221 @@
+/**
+ * Launcher of `gemm_f16`: the 16-bit GEMM `Y[M,N] = X[M,K] · W[N,K]ᵀ + bias[N]` with an optional
+ * GELU (tanh form) epilogue, f32 accumulation. It is the baseline every 4-bit kernel is measured
+ * against. M > 32 runs a register- and workgroup-tiled GEMM; M ≤ 32 runs a GEMV-style kernel
+ * (see gemm_f16.wgsl).
+ *
+ * @module
+ */
+import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import { GpuFeatureError } from "../../runtime/errors.ts";
+import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
+
+const NAME = "gemm_f16";
+
+/** Largest M served by the GEMV kernel; larger M uses the tiled GEMM. */
+export const GEMV_MAX_M = 32;
+const GEMV_COLS = 32; // output columns per GEMV workgroup (gemm_f16.wgsl GV_ROWS)
+const TILE = 128; // BM = BN of the tiled kernel
+const BK = 16;
+
+/** Shape descriptor of a 16-bit GEMM. */
+export interface GemmF16Shape {
+  m: number;
+  k: number;
+  n: number;
+  /** Storage dtype of X, W and Y (f16 needs the `shader-f16` feature). */
+  dtype: ActDtype;
+  /** Add `bias` [N] (f32). */
+  bias: boolean;
+  /** Apply GELU (tanh form) after the bias. Default false. */
+  gelu?: boolean;
+}
+
+/** Buffers of one dispatch, in binding order (binding 0 is the uniform params). */
+export interface GemmF16Buffers {
+  /** ACT [M, K]. */
+  x: GPUBuffer;
+  /** ACT [N, K]. */
+  w: GPUBuffer;
+  /** f32 [N] (required when the shape has bias). */
+  bias?: GPUBuffer;
+  /** ACT [M, N] output. */
+  y: GPUBuffer;
+}
+
+/** Which kernel runs: by default `"gemv"` for M ≤ {@linkcode GEMV_MAX_M}, else `"tiled"`. */
+export type GemmKernel = "gemv" | "tiled";
+
+/**
+ * A compiled 16-bit GEMM for one shape.
+ *
+ * @example
+ * ```ts ignore
+ * import { Gpu } from "../../runtime/device.ts";
+ * import { GemmF16 } from "./gemm_f16.ts";
+ * const gpu = await Gpu.create();
+ * const shape = { m: 64, k: 256, n: 256, dtype: "f16", bias: true, gelu: true } as const;
+ * const op = await GemmF16.create(gpu, shape);
+ * const x = await gpu.upload("x", new Float16Array(64 * 256).fill(0.5));
+ * const w = await gpu.upload("w", new Float16Array(256 * 256).fill(0.25));
+ * const bias = await gpu.upload("bias", new Float32Array(256));
+ * const y = await gpu.createBuffer("y", 64 * 256 * 2);
+ * await gpu.runChecked("gemm", [op.dispatch({ x, w, bias, y })]);
+ * console.log(new Float16Array(await gpu.read(y))[0]); // gelu(256 · 0.125) = 32
+ * op.destroy();
+ * gpu.destroy(x, w, bias, y);
+ * ```
+ */
+export class GemmF16 {
+  readonly shape: Readonly<GemmF16Shape>;
+  readonly #pipeline: GPUComputePipeline;
+  readonly #params: GPUBuffer;
+  readonly #dummy: GPUBuffer;
+  readonly #grid: [number, number];
+
+  private constructor(
+    shape: GemmF16Shape,
+    pipeline: GPUComputePipeline,
+    params: GPUBuffer,
+    dummy: GPUBuffer,
+    grid: [number, number],
+  ) {
+    this.shape = shape;
+    this.#pipeline = pipeline;
+    this.#params = params;
+    this.#dummy = dummy;
+    this.#grid = grid;
+  }
+
+  /**
+   * Validate `shape`, build the pipeline and the uniform params. `kernel` forces one of the two
+   * kernels (tests, benchmarks); by default M picks it.
+   */
+  static async create(gpu: Gpu, shape: GemmF16Shape, kernel?: GemmKernel): Promise<GemmF16> {
+    checkShape(gpu, shape);
+    const { m, k, n } = shape;
+    const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), shape.dtype);
+    const common = { HAS_BIAS: shape.bias ? 1 : 0, GELU: shape.gelu ? 1 : 0 };
+    let pipeline: GPUComputePipeline;
+    let grid: [number, number];
+    if ((kernel ?? (m <= GEMV_MAX_M ? "gemv" : "tiled")) === "gemv") {
+      pipeline = await gpu.pipeline(`${NAME}_gemv_${shape.dtype}`, src, common, `${NAME}_gemv`);
+      grid = [m, Math.ceil(n / GEMV_COLS)];
+    } else {
+      const pad = tilePad(gpu, NAME);
+      pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, { ...common, PAD: pad }, NAME);
+      grid = [Math.ceil(n / TILE), Math.ceil(m / TILE)];
+    }
+    const max = gpu.caps.maxComputeWorkgroupsPerDimension;
+    if (grid[0] > max || grid[1] > max) {
+      throw new RangeError(
+        `Cannot run ${NAME}: [M=${m}, N=${n}] needs a ${grid[0]}×${grid[1]} grid, over this ` +
+          `device's ${max} workgroups per dimension; split the GEMM`,
+      );
+    }
+    const params = await gpu.uniform(`buffer ${NAME} params`, new Uint32Array([m, k, n, 0]));
+    const dummy = await gpu.createBuffer(`buffer ${NAME} unused bias`, 16);
+    return new GemmF16({ ...shape }, pipeline, params, dummy, grid);
+  }
+
+  /** A dispatch computing Y; every buffer's size is checked against the shape first. */
+  dispatch(buffers: GemmF16Buffers): Dispatch {
+    const { m, k, n, dtype } = this.shape;
+    const b = actBytes(dtype);
+    const need: [keyof GemmF16Buffers, number, string][] = [
+      ["x", m * k * b, `[M=${m}, K=${k}] ${dtype}`],
+      ["w", n * k * b, `[N=${n}, K=${k}] ${dtype}`],
+      ["bias", this.shape.bias ? n * 4 : 0, `[N=${n}] f32`],
+      ["y", m * n * b, `[M=${m}, N=${n}] ${dtype}`],
+    ];
+    const bindings = [this.#params];
+    for (const [name, bytes, desc] of need) {
+      const buf = buffers[name];
+      if (bytes === 0) {
+        bindings.push(this.#dummy);
+        continue;
+      }
+      if (!buf) throw new TypeError(`Cannot run ${NAME}: ${name} is missing, expected ${desc}`);
+      if (buf.size < bytes) {
+        throw new TypeError(
+          `Cannot run ${NAME}: ${name} has ${buf.size} bytes, expected ${desc} = ${bytes} bytes ` +
+            "or more",
+        );
+      }
+      bindings.push(buf);
+    }
+    return { pipeline: this.#pipeline, bindings, workgroups: this.#grid };
+  }
+
+  /** Release the uniform buffer. */
+  destroy(): void {
+    this.#params.destroy();
+    this.#dummy.destroy();
+  }
+}
+
+/**
+ * One-shot 16-bit GEMM: create, run (checked) and destroy.
+ *
+ * @example
+ * ```ts ignore
+ * import { getGpu } from "../../runtime/device.ts";
+ * import { gemmF16 } from "./gemm_f16.ts";
+ * const gpu = await getGpu();
+ * // x: [7, 66] f32, w: [100, 66] f32, y: [7, 100] f32 GPUBuffers
+ * await gemmF16(gpu, { m: 7, k: 66, n: 100, dtype: "f32", bias: false }, { x, w, y });
+ * ```
+ */
+export async function gemmF16(
+  gpu: Gpu,
+  shape: GemmF16Shape,
+  buffers: GemmF16Buffers,
+): Promise<void> {
+  const op = await GemmF16.create(gpu, shape);
+  try {
+    await gpu.runChecked(`run ${NAME}`, [op.dispatch(buffers)]);
+  } finally {
+    op.destroy();
+  }
+}
+
+/**
+ * Padding of the tiled kernels' workgroup-memory rows: 4 floats (conflict-free transposing
+ * stores, 16 896 bytes) where the device allows it, else 0 (16 384 bytes, the WebGPU minimum).
+ */
+export function tilePad(gpu: Gpu, name: string): number {
+  const bytes = (pad: number) => 2 * BK * (TILE + pad) * 4;
+  const limit = gpu.caps.maxComputeWorkgroupStorageSize;
+  if (bytes(4) <= limit) return 4;
+  if (bytes(0) <= limit) return 0;
+  throw new RangeError(
+    `Cannot build ${name}: its ${TILE}×${TILE} tile needs ${bytes(0)} bytes of workgroup ` +
+      `memory, this device allows ${limit}`,
+  );
+}
+
+function checkShape(gpu: Gpu, s: GemmF16Shape): void {
+  for (const key of ["m", "k", "n"] as const) {
+    const v = s[key];
+    if (!Number.isInteger(v) || v < 1 || v >= 2 ** 31) {
+      throw new RangeError(
+        `Cannot build ${NAME}: ${key.toUpperCase()}=${v} must be a positive integer below 2^31`,
+      );
+    }
+  }
+  if (s.m * s.k >= 2 ** 32 || s.n * s.k >= 2 ** 32 || s.m * s.n >= 2 ** 32) {
+    throw new RangeError(
+      `Cannot build ${NAME}: [M=${s.m}, K=${s.k}, N=${s.n}] has a matrix of 2^32 elements or ` +
+        "more (u32 indices); split the GEMM",
+    );
+  }
+  if (s.dtype !== "f16" && s.dtype !== "f32") {
+    throw new TypeError(`Cannot build ${NAME}: dtype "${s.dtype}" must be "f16" or "f32"`);
+  }
+  if (s.dtype === "f16" && !gpu.caps.shaderF16) {
+    throw new GpuFeatureError(
+      `Cannot build ${NAME} for f16: ${gpu.caps.adapter} lacks the WebGPU feature ` +
+        '"shader-f16"; use dtype "f32"',
+    );
+  }
+}

@@ -1,0 +1,232 @@
+/**
+ * Launcher of `gemm_w4a16`: `Y[M,N] = X[M,K] · Wᵀ + bias[N]` (optional GELU, tanh form) with an
+ * INT4 weight (group 64 along K, f16 scales) dequantised in registers, X and Y in ACT, f32
+ * accumulation. Used for the adaLN modulation layers (M = 1..2: a GEMV kernel) and, for large
+ * M, on devices where the W4A4 integer-dot path is emulated (a tiled kernel).
+ * See gemm_w4a16.wgsl and ARCHITECTURE.md for the layouts.
+ *
+ * @module
+ */
+import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import { GpuFeatureError } from "../../runtime/errors.ts";
+import { GROUP_SIZE_INT4 } from "../../quant/packing.ts";
+import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
+import { type GemmKernel, tilePad } from "../gemm_f16/gemm_f16.ts";
+
+const NAME = "gemm_w4a16";
+
+/** Largest M served by the GEMV kernel; larger M uses the tiled GEMM. */
+export const GEMV_MAX_M = 32;
+const GEMV_KT = 32; // invocations per weight row in the GEMV (gemm_w4a16.wgsl GV_KT)
+const GEMV_COLS = (4 * 256) / GEMV_KT; // output columns per GEMV workgroup (GV_ROWS)
+const TILE = 128;
+
+export type { GemmKernel };
+
+/** Shape descriptor of a W4A16 GEMM. */
+export interface GemmW4A16Shape {
+  m: number;
+  /** In-features; a multiple of 64 (the INT4 group size). */
+  k: number;
+  n: number;
+  /** Storage dtype of X and Y (f16 needs the `shader-f16` feature). */
+  dtype: ActDtype;
+  /** Add `bias` [N] (f32). */
+  bias: boolean;
+  /** Apply GELU (tanh form) after the bias. Default false. */
+  gelu?: boolean;
+}
+
+/** Buffers of one dispatch, in binding order (binding 0 is the uniform params). */
+export interface GemmW4A16Buffers {
+  /** ACT [M, K]. */
+  x: GPUBuffer;
+  /** u32 [N, K/8] packed INT4 codes (quant/packing.ts `Int4Weight.qweight`). */
+  qweight: GPUBuffer;
+  /** f16 bits [N, K/64], two per u32 (quant/packing.ts `weightScaleWords`). */
+  wscales: GPUBuffer;
+  /** f32 [N] (required when the shape has bias). */
+  bias?: GPUBuffer;
+  /** ACT [M, N] output. */
+  y: GPUBuffer;
+}
+
+/**
+ * A compiled W4A16 GEMM for one shape.
+ *
+ * @example
+ * ```ts ignore
+ * import { Gpu } from "../../runtime/device.ts";
+ * import { quantizeWeight, weightScaleWords } from "../../quant/packing.ts";
+ * import { GemmW4A16 } from "./gemm_w4a16.ts";
+ * const gpu = await Gpu.create();
+ * const [m, k, n] = [1, 3072, 18432]; // adaLN modulation of a 3072-wide DiT block
+ * const p = quantizeWeight(new Float32Array(n * k).fill(0.01), n, k, "int4");
+ * const op = await GemmW4A16.create(gpu, { m, k, n, dtype: "f16", bias: true });
+ * const x = await gpu.upload("x", new Float16Array(m * k).fill(1));
+ * const qweight = await gpu.upload("qweight", p.qweight);
+ * const wscales = await gpu.upload("wscales", weightScaleWords(p));
+ * const bias = await gpu.upload("bias", new Float32Array(n));
+ * const y = await gpu.createBuffer("y", m * n * 2);
+ * await gpu.runChecked("adaLN", [op.dispatch({ x, qweight, wscales, bias, y })]);
+ * console.log(new Float16Array(await gpu.read(y))[0]); // ≈ 3072 · 0.01 = 30.72
+ * op.destroy();
+ * gpu.destroy(x, qweight, wscales, bias, y);
+ * ```
+ */
+export class GemmW4A16 {
+  readonly shape: Readonly<GemmW4A16Shape>;
+  /** The kernel this shape runs. */
+  readonly kernel: GemmKernel;
+  readonly #pipeline: GPUComputePipeline;
+  readonly #params: GPUBuffer;
+  readonly #dummy: GPUBuffer;
+  readonly #grid: [number, number];
+
+  private constructor(
+    shape: GemmW4A16Shape,
+    kernel: GemmKernel,
+    pipeline: GPUComputePipeline,
+    params: GPUBuffer,
+    dummy: GPUBuffer,
+    grid: [number, number],
+  ) {
+    this.shape = shape;
+    this.kernel = kernel;
+    this.#pipeline = pipeline;
+    this.#params = params;
+    this.#dummy = dummy;
+    this.#grid = grid;
+  }
+
+  /**
+   * Validate `shape`, build the pipeline and the uniform params. `kernel` forces one of the two
+   * kernels (tests, benchmarks); by default M picks it.
+   */
+  static async create(gpu: Gpu, shape: GemmW4A16Shape, kernel?: GemmKernel): Promise<GemmW4A16> {
+    checkShape(gpu, shape);
+    const { m, k, n } = shape;
+    const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), shape.dtype);
+    const common = { HAS_BIAS: shape.bias ? 1 : 0, GELU: shape.gelu ? 1 : 0 };
+    const which = kernel ?? (m <= GEMV_MAX_M ? "gemv" : "tiled");
+    let pipeline: GPUComputePipeline;
+    let grid: [number, number];
+    if (which === "gemv") {
+      pipeline = await gpu.pipeline(`${NAME}_gemv_${shape.dtype}`, src, {
+        ...common,
+        GV_KT: GEMV_KT,
+      }, `${NAME}_gemv`);
+      grid = [m, Math.ceil(n / GEMV_COLS)];
+    } else {
+      const pad = tilePad(gpu, NAME);
+      pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, { ...common, PAD: pad }, NAME);
+      grid = [Math.ceil(n / TILE), Math.ceil(m / TILE)];
+    }
+    const max = gpu.caps.maxComputeWorkgroupsPerDimension;
+    if (grid[0] > max || grid[1] > max) {
+      throw new RangeError(
+        `Cannot run ${NAME}: [M=${m}, N=${n}] needs a ${grid[0]}×${grid[1]} grid, over this ` +
+          `device's ${max} workgroups per dimension; split the GEMM`,
+      );
+    }
+    const params = await gpu.uniform(`buffer ${NAME} params`, new Uint32Array([m, k, n, 0]));
+    const dummy = await gpu.createBuffer(`buffer ${NAME} unused bias`, 16);
+    return new GemmW4A16({ ...shape }, which, pipeline, params, dummy, grid);
+  }
+
+  /** A dispatch computing Y; every buffer's size is checked against the shape first. */
+  dispatch(buffers: GemmW4A16Buffers): Dispatch {
+    const { m, k, n, dtype } = this.shape;
+    const b = actBytes(dtype);
+    const groups = (n * k) / GROUP_SIZE_INT4;
+    const need: [keyof GemmW4A16Buffers, number, string][] = [
+      ["x", m * k * b, `[M=${m}, K=${k}] ${dtype}`],
+      ["qweight", (n * k) / 2, `[N=${n}, K/8=${k / 8}] u32`],
+      ["wscales", Math.ceil(groups / 2) * 4, `[N=${n}, K/64=${k / 64}] f16 (2 per u32)`],
+      ["bias", this.shape.bias ? n * 4 : 0, `[N=${n}] f32`],
+      ["y", m * n * b, `[M=${m}, N=${n}] ${dtype}`],
+    ];
+    const bindings = [this.#params];
+    for (const [name, bytes, desc] of need) {
+      const buf = buffers[name];
+      if (bytes === 0) {
+        bindings.push(this.#dummy);
+        continue;
+      }
+      if (!buf) throw new TypeError(`Cannot run ${NAME}: ${name} is missing, expected ${desc}`);
+      if (buf.size < bytes) {
+        throw new TypeError(
+          `Cannot run ${NAME}: ${name} has ${buf.size} bytes, expected ${desc} = ${bytes} bytes ` +
+            "or more",
+        );
+      }
+      bindings.push(buf);
+    }
+    return { pipeline: this.#pipeline, bindings, workgroups: this.#grid };
+  }
+
+  /** Release the uniform buffer. */
+  destroy(): void {
+    this.#params.destroy();
+    this.#dummy.destroy();
+  }
+}
+
+/**
+ * One-shot W4A16 GEMM: create, run (checked) and destroy.
+ *
+ * @example
+ * ```ts ignore
+ * import { getGpu } from "../../runtime/device.ts";
+ * import { gemmW4A16 } from "./gemm_w4a16.ts";
+ * const gpu = await getGpu();
+ * // x: [2, 3072] f16, qweight: [18432, 384] u32, wscales: f16 pairs, y: [2, 18432] f16
+ * await gemmW4A16(gpu, { m: 2, k: 3072, n: 18432, dtype: "f16", bias: false }, {
+ *   x, qweight, wscales, y,
+ * });
+ * ```
+ */
+export async function gemmW4A16(
+  gpu: Gpu,
+  shape: GemmW4A16Shape,
+  buffers: GemmW4A16Buffers,
+): Promise<void> {
+  const op = await GemmW4A16.create(gpu, shape);
+  try {
+    await gpu.runChecked(`run ${NAME}`, [op.dispatch(buffers)]);
+  } finally {
+    op.destroy();
+  }
+}
+
+function checkShape(gpu: Gpu, s: GemmW4A16Shape): void {
+  for (const key of ["m", "k", "n"] as const) {
+    const v = s[key];
+    if (!Number.isInteger(v) || v < 1 || v >= 2 ** 31) {
+      throw new RangeError(
+        `Cannot build ${NAME}: ${key.toUpperCase()}=${v} must be a positive integer below 2^31`,
+      );
+    }
+  }
+  if (s.k % GROUP_SIZE_INT4 !== 0) {
+    throw new RangeError(
+      `Cannot build ${NAME}: K=${s.k} must be a multiple of the INT4 group size ` +
+        `${GROUP_SIZE_INT4}; pad the in-features with zero weights`,
+    );
+  }
+  if (s.m * s.k >= 2 ** 32 || s.n * s.k / 8 >= 2 ** 32 || s.m * s.n >= 2 ** 32) {
+    throw new RangeError(
+      `Cannot build ${NAME}: [M=${s.m}, K=${s.k}, N=${s.n}] has a matrix of 2^32 elements or ` +
+        "more (u32 indices); split the GEMM",
+    );
+  }
+  if (s.dtype !== "f16" && s.dtype !== "f32") {
+    throw new TypeError(`Cannot build ${NAME}: dtype "${s.dtype}" must be "f16" or "f32"`);
+  }
+  if (s.dtype === "f16" && !gpu.caps.shaderF16) {
+    throw new GpuFeatureError(
+      `Cannot build ${NAME} for f16: ${gpu.caps.adapter} lacks the WebGPU feature ` +
+        '"shader-f16"; use dtype "f32"',
+    );
+  }
+}

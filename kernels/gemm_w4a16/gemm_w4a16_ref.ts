@@ -1,0 +1,35 @@
+/**
+ * CPU reference of `gemm_w4a16` (the specification): the packed INT4 weight is dequantised with
+ * quant/packing.ts (`q · s`, exact), then the float64 GEMM of gemm_f16_ref.ts runs on X as given
+ * (already rounded to its storage dtype).
+ *
+ * @module
+ */
+import { dequantizeWeight, type Int4Weight } from "../../quant/packing.ts";
+import { gemmF16Ref } from "../gemm_f16/gemm_f16_ref.ts";
+
+/** Inputs of {@linkcode gemmW4A16Ref}: X [M,K] row-major, the packed weight, optional bias. */
+export interface GemmW4A16RefInputs {
+  m: number;
+  x: ArrayLike<number>;
+  weight: Int4Weight;
+  bias?: ArrayLike<number>;
+  gelu?: boolean;
+}
+
+/**
+ * `Y = X · dequant(W)ᵀ + bias`, then GELU (tanh form) if asked; float64 [M, N].
+ *
+ * @example
+ * ```ts
+ * import { quantizeWeight, type Int4Weight } from "../../quant/packing.ts";
+ * import { gemmW4A16Ref } from "./gemm_w4a16_ref.ts";
+ * const weight = quantizeWeight(new Float32Array(64).fill(0.7), 1, 64, "int4") as Int4Weight;
+ * const y = gemmW4A16Ref({ m: 1, x: new Float32Array(64).fill(1), weight });
+ * console.log(y[0]); // 64 · 0.7 (to f16 scale rounding)
+ * ```
+ */
+export function gemmW4A16Ref(p: GemmW4A16RefInputs): Float64Array {
+  const { m, x, weight, bias, gelu } = p;
+  return gemmF16Ref({ m, k: weight.k, n: weight.n, x, w: dequantizeWeight(weight), bias, gelu });
+}
