@@ -7,7 +7,8 @@
  */
 import { parseArgs } from "node:util";
 import { type Dispatch, getGpu, type Gpu } from "../runtime/device.ts";
-import { fmtTiming, timeDispatches, type Timing } from "../kernels/_bench.ts";
+import { fmtTiming, type Timing } from "../kernels/_bench.ts";
+import { timeKernel } from "../kernels/_gpu_time.ts";
 import { actBytes, type ActDtype } from "../kernels/_wgsl.ts";
 import { benchGemmF16 } from "../kernels/gemm_f16/gemm_f16_bench.ts";
 import { benchGemmW4A16 } from "../kernels/gemm_w4a16/gemm_w4a16_bench.ts";
@@ -43,11 +44,7 @@ async function benchAdd(gpu: Gpu, count: number, dtype: ActDtype): Promise<Timin
     const groups = Math.ceil(count / 256);
     const x = Math.min(groups, 65535);
     const d: Dispatch = { pipeline, bindings: [y, z], workgroups: [x, Math.ceil(groups / x)] };
-    return await timeDispatches(gpu, [d], {
-      ops: count,
-      bytes: 3 * count * actBytes(dtype),
-      repeat: 8,
-    });
+    return await timeKernel(gpu, [d], { ops: count, bytes: 3 * count * actBytes(dtype) });
   } finally {
     gpu.destroy(y, z);
   }
@@ -63,7 +60,10 @@ async function benchShape(gpu: Gpu, d: Dims, dtype: ActDtype, budgetMs: number):
   const { m, k, n } = d;
   const label = `M=${m} K=${k} N=${n}`;
   console.log(`\n== ${label}, activations ${dtype}, R=${R} ==`);
-  const line = (name: string, t: Timing) => console.log(`${name.padEnd(34)} ${fmtTiming(t)}`);
+  const line = (name: string, t: Timing & { clock?: string }) =>
+    console.log(
+      `${name.padEnd(34)} ${fmtTiming(t)}  ${t.clock?.startsWith("gpu") ? "gpu" : "wall"} clock`,
+    );
 
   const f16 = await benchGemmF16(gpu, { m, k, n, dtype, bias: true });
   line(`gemm_f16 (${dtype})`, f16);

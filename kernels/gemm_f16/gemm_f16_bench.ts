@@ -11,7 +11,7 @@ import type { Gpu } from "../../runtime/device.ts";
 import { fmtTiming } from "../_bench.ts";
 import { actBytes, type ActDtype } from "../_wgsl.ts";
 import { GemmF16, type GemmKernel } from "./gemm_f16.ts";
-import { type KernelTiming, timeKernel } from "./_gpu_time.ts";
+import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
 
 /** Shape of one benchmark run. */
 export interface GemmF16BenchShape {

@@ -10,7 +10,7 @@
 import type { Gpu } from "../../runtime/device.ts";
 import { fmtTiming } from "../_bench.ts";
 import { actBytes, type ActDtype } from "../_wgsl.ts";
-import { type KernelTiming, timeKernel } from "../gemm_f16/_gpu_time.ts";
+import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
 import { type GemmKernel, GemmW4A16 } from "./gemm_w4a16.ts";
 
 /** Shape of one benchmark run. */
