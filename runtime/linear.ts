@@ -1,0 +1,191 @@
+/**
+ * A W4A4 + low-rank linear layer on the GPU, built from the quantizer's stored tensors (the
+ * canonical layouts of quant/packing.ts, as `quantizeLinear` returns them or the pre-quantized
+ * file holds them): `quantize_act_lowrank` then `gemm_w4a4_lowrank`, two dispatches per call.
+ * Stored little-endian F16 / F8_E4M3 bytes are already the GPU's packed words (two f16 or four
+ * E4M3 per u32, low first), so tensors upload without repacking.
+ *
+ * @module
+ */
+import { GemmW4A4Lowrank } from "../kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank.ts";
+import { QuantizeActLowrank } from "../kernels/quantize_act_lowrank/quantize_act_lowrank.ts";
+import { bufferSizes } from "../kernels/quantize_act_lowrank/quantize_act_lowrank.ts";
+import type { ActDtype } from "../kernels/_wgsl.ts";
+import type { ActMode, WeightFormat } from "../quant/packing.ts";
+import type { Dispatch, Gpu } from "./device.ts";
+
+/** A stored tensor: dtype name, logical shape and little-endian bytes. */
+export interface StoredTensor {
+  dtype: string;
+  shape: number[];
+  data: Uint8Array;
+}
+
+/** What a W4A4 layer is, as the quantizer's policy entry says. */
+export interface W4A4LinearSpec {
+  /** Layer name, for messages and GPU labels. */
+  name: string;
+  /** Tokens per call (the runtime's shapes are static per model and resolution). */
+  m: number;
+  n: number;
+  k: number;
+  format: WeightFormat;
+  actMode: ActMode;
+  /** Activation storage dtype of X and Y. */
+  dtype: ActDtype;
+  /** Apply GELU (tanh form) to the output. */
+  gelu?: boolean;
+}
+
+/** A compiled W4A4 + low-rank linear layer with its weights resident on the GPU. */
+export class W4A4Linear {
+  readonly spec: W4A4LinearSpec;
+  readonly r: number;
+  #gpu: Gpu;
+  #quant: QuantizeActLowrank;
+  #gemm: GemmW4A4Lowrank;
+  #bufs: Record<string, GPUBuffer | undefined>;
+
+  private constructor(
+    gpu: Gpu,
+    spec: W4A4LinearSpec,
+    r: number,
+    quant: QuantizeActLowrank,
+    gemm: GemmW4A4Lowrank,
+    bufs: Record<string, GPUBuffer | undefined>,
+  ) {
+    this.#gpu = gpu;
+    this.spec = spec;
+    this.r = r;
+    this.#quant = quant;
+    this.#gemm = gemm;
+    this.#bufs = bufs;
+  }
+
+  /**
+   * Upload `tensors` (by suffix: qweight, wscales, tensor_scale, smooth, lora_down, lora_up,
+   * bias) and build both kernels. Missing optional tensors mean λ = 1, no low-rank branch and
+   * zero bias.
+   *
+   * @example
+   * ```ts ignore
+   * import { Gpu } from "./device.ts";
+   * import { quantizeLinear } from "../quant/layer.ts";
+   * import { W4A4Linear } from "./linear.ts";
+   * const gpu = await Gpu.create();
+   * const q = await quantizeLinear("fc", w, bias, 256, 256, { method: "svdquant", format: "int4", r: 32 });
+   * const lin = await W4A4Linear.create(gpu, {
+   *   name: "fc", m: 64, n: 256, k: 256, format: "int4", actMode: q.actMode!, dtype: "f32",
+   * }, q.tensors);
+   * gpu.run(lin.dispatch({ x, y })); // x: f32 [64, 256], y: f32 [64, 256]
+   * lin.destroy();
+   * ```
+   */
+  static async create(
+    gpu: Gpu,
+    spec: W4A4LinearSpec,
+    tensors: ReadonlyMap<string, StoredTensor>,
+  ): Promise<W4A4Linear> {
+    const { name, m, n, k } = spec;
+    const need = (suffix: string, shape: number[]): StoredTensor => {
+      const t = tensors.get(suffix);
+      if (!t) throw new TypeError(`Cannot build ${name}: tensor ${name}.${suffix} is missing`);
+      if (t.shape.join(",") !== shape.join(",")) {
+        throw new TypeError(
+          `Cannot build ${name}: ${name}.${suffix} has shape [${t.shape}], expected [${shape}]`,
+        );
+      }
+      return t;
+    };
+    const g = spec.format === "int4" ? 64 : 16;
+    const qweight = need("qweight", [n, k / 8]);
+    const wscales = need("wscales", [n, k / g]);
+    const down = tensors.get("lora_down");
+    const r = down ? down.shape[0] : 0;
+    if (r > 0) need("lora_down", [r, k]);
+    const up = r > 0 ? need("lora_up", [n, r]) : undefined;
+    const smooth = tensors.has("smooth") ? need("smooth", [k]) : undefined;
+    const bias = tensors.has("bias") ? need("bias", [n]) : undefined;
+    let tensorScale: number | undefined;
+    if (spec.format === "nvfp4") {
+      const ts = need("tensor_scale", [1]);
+      tensorScale = new DataView(ts.data.buffer, ts.data.byteOffset, 4).getFloat32(0, true);
+    }
+
+    const up_ = (suffix: string, t: StoredTensor | undefined) =>
+      t ? gpu.upload(`buffer ${name}.${suffix}`, t.data) : Promise.resolve(undefined);
+    const quant = await QuantizeActLowrank.create(gpu, {
+      m,
+      k,
+      r,
+      mode: spec.actMode,
+      dtype: spec.dtype,
+      smooth: Boolean(smooth),
+    });
+    const gemm = await GemmW4A4Lowrank.create(gpu, {
+      m,
+      k,
+      n,
+      r,
+      format: spec.format,
+      actMode: spec.actMode,
+      dtype: spec.dtype,
+      bias: Boolean(bias),
+      gelu: spec.gelu ?? false,
+      tensorScale,
+    });
+    const sizes = Object.fromEntries(bufferSizes(quant.shape).map(([b, bytes]) => [b, bytes]));
+    const bufs: Record<string, GPUBuffer | undefined> = {
+      qweight: await up_("qweight", qweight),
+      wscales: await up_("wscales", wscales),
+      smooth: await up_("smooth", smooth),
+      lora_down: await up_("lora_down", down),
+      lora_up: await up_("lora_up", up),
+      bias: await up_("bias", bias),
+      qact: await gpu.createBuffer(`buffer ${name}.qact`, sizes.qact),
+      ascales: await gpu.createBuffer(`buffer ${name}.ascales`, sizes.ascales),
+      lora_act: r > 0
+        ? await gpu.createBuffer(`buffer ${name}.lora_act`, sizes.lora_act)
+        : undefined,
+    };
+    return new W4A4Linear(gpu, spec, r, quant, gemm, bufs);
+  }
+
+  /** The two dispatches computing `y = linear(x)` (x: ACT [M, K], y: ACT [M, N]). */
+  dispatch(io: { x: GPUBuffer; y: GPUBuffer }): Dispatch[] {
+    const b = this.#bufs;
+    return [
+      this.#quant.dispatch({
+        x: io.x,
+        smooth: b.smooth,
+        lora_down: b.lora_down,
+        qact: b.qact!,
+        ascales: b.ascales!,
+        lora_act: b.lora_act,
+      }),
+      this.#gemm.dispatch({
+        qact: b.qact!,
+        ascales: b.ascales!,
+        qweight: b.qweight!,
+        wscales: b.wscales!,
+        lora_act: b.lora_act,
+        lora_up: b.lora_up,
+        bias: b.bias,
+        y: io.y,
+      }),
+    ];
+  }
+
+  /** Bytes of the layer's weights resident on the GPU. */
+  get weightBytes(): number {
+    return ["qweight", "wscales", "smooth", "lora_down", "lora_up", "bias"]
+      .reduce((s, key) => s + (this.#bufs[key]?.size ?? 0), 0);
+  }
+
+  /** Release the kernels and every buffer. */
+  destroy(): void {
+    this.#quant.destroy();
+    this.#gemm.destroy();
+    this.#gpu.destroy(...Object.values(this.#bufs));
+  }
+}
