@@ -1,0 +1,113 @@
+/**
+ * 4-bit diffusion on WebGPU: SVDQuant W4A4 (4-bit weights and activations plus a 16-bit
+ * low-rank branch) as WGSL compute shaders through Deno's built-in WebGPU, with the offline
+ * quantizer that produces the pre-quantized weights.
+ *
+ * @example Acquire the GPU (adapter limits, optional features, start-up self-test)
+ * ```ts ignore
+ * import { Gpu } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * console.log(gpu.caps.adapter, gpu.caps.shaderF16, gpu.caps.maxStorageBufferBindingSize);
+ * ```
+ *
+ * @example Quantize a layer and run it on the GPU
+ * ```ts ignore
+ * import { Gpu, quantizeLinear, W4A4Linear } from "./mod.ts";
+ * const gpu = await Gpu.create();
+ * const n = 256, k = 256, m = 64;
+ * const w = new Float32Array(n * k).map(() => Math.random() - 0.5);
+ * const q = await quantizeLinear("fc", w, null, n, k, { method: "svdquant", format: "int4", r: 32 });
+ * const layer = await W4A4Linear.create(gpu, {
+ *   name: "fc", m, n, k, format: "int4", actMode: q.actMode!, dtype: "f32",
+ * }, q.tensors);
+ * const x = await gpu.upload("x", new Float32Array(m * k).fill(1));
+ * const y = await gpu.createBuffer("y", m * n * 4);
+ * await gpu.runChecked("fc", layer.dispatch({ x, y }));
+ * console.log(new Float32Array(await gpu.read(y)).slice(0, 4));
+ * layer.destroy();
+ * gpu.destroy(x, y);
+ * ```
+ *
+ * @example Quantize a whole float checkpoint into the pre-quantized file
+ * ```ts ignore
+ * import { QuantFile, quantizeCheckpoint } from "./mod.ts";
+ * await quantizeCheckpoint("model.safetensors", "model.w4.safetensors", { format: "nvfp4" });
+ * const file = await QuantFile.open("model.w4.safetensors"); // verifies the checksum
+ * console.log(file.meta.quantConfig, Object.keys(file.meta.policy).length);
+ * file.close();
+ * ```
+ *
+ * @module
+ */
+
+// device layer and errors
+export { getGpu, Gpu } from "./runtime/device.ts";
+export type { Dispatch, GpuCapabilities, GpuOptions, OptionalFeature } from "./runtime/device.ts";
+export {
+  FormatError,
+  GpuDeviceLostError,
+  GpuFeatureError,
+  GpuSelfTestError,
+  GpuUnavailableError,
+  GpuValidationError,
+} from "./runtime/errors.ts";
+export { W4A4Linear } from "./runtime/linear.ts";
+export type { StoredTensor, W4A4LinearSpec } from "./runtime/linear.ts";
+export { gpuMatMul } from "./runtime/gpu_matmul.ts";
+
+// kernels
+export { GemmF16, gemmF16 } from "./kernels/gemm_f16/gemm_f16.ts";
+export type { GemmF16Buffers, GemmF16Shape } from "./kernels/gemm_f16/gemm_f16.ts";
+export { GemmW4A16, gemmW4A16 } from "./kernels/gemm_w4a16/gemm_w4a16.ts";
+export type { GemmW4A16Buffers, GemmW4A16Shape } from "./kernels/gemm_w4a16/gemm_w4a16.ts";
+export {
+  QuantizeActLowrank,
+  quantizeActLowrank,
+} from "./kernels/quantize_act_lowrank/quantize_act_lowrank.ts";
+export type {
+  QuantizeActLowrankBuffers,
+  QuantizeActLowrankShape,
+} from "./kernels/quantize_act_lowrank/quantize_act_lowrank.ts";
+export { GemmW4A4Lowrank, gemmW4A4Lowrank } from "./kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank.ts";
+export type {
+  GemmW4A4LowrankBuffers,
+  GemmW4A4LowrankShape,
+} from "./kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank.ts";
+export type { ActDtype } from "./kernels/_wgsl.ts";
+
+// formats and the quantizer
+export {
+  decodeE2M1,
+  decodeE4M3,
+  dequantizeAct,
+  dequantizeWeight,
+  E2M1_VALUES,
+  encodeE2M1,
+  encodeE4M3,
+  GELU_SHIFT,
+  GROUP_SIZE_INT4,
+  GROUP_SIZE_NVFP4,
+  packF16,
+  quantizeAct,
+  quantizeWeight,
+  unpackF16,
+} from "./quant/packing.ts";
+export type {
+  ActMode,
+  Int4Weight,
+  Nvfp4Weight,
+  PackedWeight,
+  QuantAct,
+  WeightFormat,
+} from "./quant/packing.ts";
+export { quantizeLinear } from "./quant/layer.ts";
+export type { Method, QuantizedLinear } from "./quant/layer.ts";
+export { quantizeCheckpoint } from "./quant/model.ts";
+export type { LayerReport, QuantizeModelOptions } from "./quant/model.ts";
+export { FORMAT_VERSION, QuantFile, writeQuantFile } from "./quant/format.ts";
+export type { QuantConfig, QuantFileMeta } from "./quant/format.ts";
+export { SafetensorsReader, SafetensorsWriter } from "./quant/safetensors.ts";
+export { CalibRecorder, readCalibStats, writeCalibStats } from "./quant/calib.ts";
+export type { CalibStats, LayerStats } from "./quant/calib.ts";
+export { DEFAULT_DIT_POLICY, parsePolicy } from "./quant/policy.ts";
+export type { LayerPolicyRule } from "./quant/policy.ts";
