@@ -1,0 +1,94 @@
+/**
+ * How long the quantizer takes: one K=3072, N=12288 layer, and DiT-XL/2-shaped blocks (hidden
+ * 1152, 16 heads, MLP ratio 4; 28 blocks in the full model) with random weights and synthetic
+ * calibration statistics. Prints seconds per layer and per block, and the whole-model figure
+ * extrapolated from the blocks measured (labelled as such).
+ *
+ * ```sh
+ * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step 0.1]
+ * ```
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { syntheticStats } from "../quant/calib.ts";
+import { quantizeLinear } from "../quant/layer.ts";
+import type { MatMul } from "../quant/linalg.ts";
+import type { WeightFormat } from "../quant/packing.ts";
+import { Rng } from "../kernels/_testing.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    gpu: { type: "boolean", default: false },
+    format: { type: "string", default: "int4" },
+    blocks: { type: "string", default: "1" },
+    "alpha-step": { type: "string", default: "0.1" },
+    "skip-large": { type: "boolean", default: false },
+  },
+});
+const format = values.format as WeightFormat;
+const step = Number(values["alpha-step"]);
+const alphas = Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
+let matmul: MatMul | undefined;
+let where = "CPU (quant/linalg.ts)";
+if (values.gpu) {
+  const { gpuMatMul } = await import("../runtime/gpu_matmul.ts");
+  const { getGpu } = await import("../runtime/device.ts");
+  const gpu = await getGpu();
+  matmul = (await gpuMatMul(gpu)).matmul;
+  where = `GPU (${gpu.caps.adapter})`;
+}
+console.log(
+  `quantizer benchmark: svdquant ${format}, R=32, α grid step ${step} (${alphas.length} values), ` +
+    `products on ${where}; ${new Date().toISOString()}`,
+);
+
+const rng = new Rng(7);
+async function layer(name: string, n: number, k: number, postGelu = false): Promise<number> {
+  const w = rng.normals(n * k, 1 / Math.sqrt(k));
+  const bias = rng.normals(n, 0.02);
+  const stats = syntheticStats(new Map([[name, k]]), {
+    samples: 256,
+    postGelu: postGelu ? [name] : [],
+  }).layers.get(name)!;
+  const method = name.includes("adaLN") ? "w4a16" : "svdquant";
+  const t0 = performance.now();
+  const q = await quantizeLinear(name, w, bias, n, k, {
+    method,
+    format,
+    r: 32,
+    stats,
+    postGelu,
+    alphas,
+    matmul,
+  });
+  const s = (performance.now() - t0) / 1000;
+  console.log(
+    `  ${name.padEnd(28)} [N=${n}, K=${k}] ${method.padEnd(8)} ${s.toFixed(1).padStart(7)} s` +
+      `  rel.err ${q.relError.toFixed(4)}`,
+  );
+  return s;
+}
+
+if (!values["skip-large"]) {
+  console.log("one FLUX-sized MLP layer:");
+  await layer("mlp.fc1", 12288, 3072);
+}
+const blocks = Number(values.blocks);
+const H = 1152;
+let total = 0;
+console.log(`DiT-XL/2 blocks (hidden ${H}), ${blocks} of 28:`);
+for (let b = 0; b < blocks; b++) {
+  total += await layer(`blocks.${b}.attn.qkv`, 3 * H, H);
+  total += await layer(`blocks.${b}.attn.proj`, H, H);
+  total += await layer(`blocks.${b}.mlp.fc1`, 4 * H, H);
+  total += await layer(`blocks.${b}.mlp.fc2`, H, 4 * H, true);
+  total += await layer(`blocks.${b}.adaLN_modulation.1`, 6 * H, H);
+}
+const perBlock = total / blocks;
+console.log(
+  `per block ${perBlock.toFixed(1)} s; whole DiT-XL/2 (28 blocks) ≈ ${
+    (28 * perBlock / 60).toFixed(1)
+  } min (extrapolated from ${blocks} block${blocks > 1 ? "s" : ""})`,
+);
