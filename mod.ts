@@ -57,7 +57,7 @@ export { gpuMatMul } from "./runtime/gpu_matmul.ts";
 
 // kernels
 export { GemmF16, gemmF16 } from "./kernels/gemm_f16/gemm_f16.ts";
-export type { GemmF16Buffers, GemmF16Shape } from "./kernels/gemm_f16/gemm_f16.ts";
+export type { GemmF16Buffers, GemmF16Shape, GemmKernel } from "./kernels/gemm_f16/gemm_f16.ts";
 export { GemmW4A16, gemmW4A16 } from "./kernels/gemm_w4a16/gemm_w4a16.ts";
 export type { GemmW4A16Buffers, GemmW4A16Shape } from "./kernels/gemm_w4a16/gemm_w4a16.ts";
 export {
@@ -72,6 +72,7 @@ export { GemmW4A4Lowrank, gemmW4A4Lowrank } from "./kernels/gemm_w4a4_lowrank/ge
 export type {
   GemmW4A4LowrankBuffers,
   GemmW4A4LowrankShape,
+  W4A4Tile,
 } from "./kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank.ts";
 export type { ActDtype } from "./kernels/_wgsl.ts";
 
@@ -101,12 +102,21 @@ export type {
   WeightFormat,
 } from "./quant/packing.ts";
 export { quantizeLinear } from "./quant/layer.ts";
-export type { Method, QuantizedLinear } from "./quant/layer.ts";
+export type { Method, QuantizedLinear, QuantizeLinearOptions, TensorEntry } from "./quant/layer.ts";
+export type { TensorDtype } from "./quant/baselines.ts";
+export type { MatMul } from "./quant/linalg.ts";
 export { quantizeCheckpoint } from "./quant/model.ts";
-export type { LayerReport, QuantizeModelOptions } from "./quant/model.ts";
+export type { LayerReport, ModelMethod, QuantizeModelOptions } from "./quant/model.ts";
 export { FORMAT_VERSION, QuantFile, writeQuantFile } from "./quant/format.ts";
-export type { QuantConfig, QuantFileMeta } from "./quant/format.ts";
+export type {
+  LayerPolicyEntry,
+  QuantConfig,
+  QuantFileMeta,
+  QuantFileMetaInput,
+  QuantTensor,
+} from "./quant/format.ts";
 export { SafetensorsReader, SafetensorsWriter } from "./quant/safetensors.ts";
+export type { Dtype, TensorInfo, TensorSpec } from "./quant/safetensors.ts";
 export { CalibRecorder, readCalibStats, writeCalibStats } from "./quant/calib.ts";
 export type { CalibStats, LayerStats } from "./quant/calib.ts";
 export { DEFAULT_DIT_POLICY, parsePolicy } from "./quant/policy.ts";

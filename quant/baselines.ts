@@ -43,8 +43,11 @@ export type TensorDtype = "U32" | "F16" | "F32" | "F8_E4M3" | "I8" | "U8";
 
 /** One output tensor: little-endian bytes of exactly `shape × dtype` size. */
 export interface TensorEntry {
+  /** Safetensors dtype of `data`. */
   dtype: TensorDtype;
+  /** Logical shape, e.g. `[N, K/8]` for a U32 `qweight`. */
   shape: number[];
+  /** Little-endian bytes. */
   data: Uint8Array;
 }
 

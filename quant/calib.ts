@@ -93,11 +93,18 @@ interface LayerState {
  * ```
  */
 export class CalibRecorder {
+  /** Number of timestep buckets; each keeps its own per-channel amax. */
   readonly buckets: number;
+  /** Reservoir size: most input rows kept per layer (all buckets together). */
   readonly maxSamples: number;
+  /** Base seed of the per-layer reservoirs (as an unsigned 32-bit integer). */
   readonly seed: number;
   #layers = new Map<string, LayerState>();
 
+  /**
+   * `buckets` ≥ 1; `maxSamples` ≥ 0 rows per layer (default {@linkcode DEFAULT_MAX_SAMPLES});
+   * `seed` (default 0). Throws `RangeError` on a bad count.
+   */
   constructor(opts: { buckets: number; maxSamples?: number; seed?: number }) {
     const { buckets, maxSamples = DEFAULT_MAX_SAMPLES, seed = 0 } = opts;
     if (!(Number.isSafeInteger(buckets) && buckets >= 1)) {

@@ -59,37 +59,53 @@ export interface QuantConfig {
   method: string;
   /** Residual weight format: "int4" | "nvfp4". */
   weightFormat: string;
+  /** Group size of the residual weight format: 64 (int4) or 16 (nvfp4). */
   groupSize: number;
   /** Low-rank rank R (0 = none). */
   rank: number;
   /** Activation format: "int4" | "nvfp4" | "f16"… */
   actFormat: string;
+  /** Per-input-channel scaling of W4A4 layers: smoothing (svdquant, smooth), dilate, none (rtn). */
   scaling: "smooth" | "dilate" | "none";
 }
 
 /** What was applied to one layer (an entry of metadata `policy`). */
 export interface LayerPolicyEntry {
+  /** Method applied, e.g. `"svdquant"`, `"w4a16"`, `"float"`. */
   method: string;
+  /** Stored weight format: `"int4"`, `"nvfp4"`, `"int8"` or `"f16"`. */
   format: string;
+  /** Rank of the stored low-rank branch (0 when none). */
   r: number;
+  /** Activation mode of W4A4 layers: `"int4"`, `"int4_unsigned"` or `"nvfp4"`. */
   actMode?: string;
 }
 
 /** The decoded metadata of a quantized file. */
 export interface QuantFileMeta {
+  /** Metadata `format_version` ({@link FORMAT_VERSION} when written by this build). */
   formatVersion: number;
+  /** Metadata `quant_config`: how the model was quantized. */
   quantConfig: QuantConfig;
+  /** Metadata `model_config`: the float model's hyper-parameters. */
   modelConfig: Record<string, unknown>;
+  /** Metadata `family`: the model family, e.g. `"dit"`. */
   family: string;
+  /** Metadata `policy`: per layer name, what was applied to it. */
   policy: Record<string, LayerPolicyEntry>;
+  /** Metadata `checksum`: `"fnv1a64:<16 hex>"` over the data and the canonical description. */
   checksum: string;
 }
 
 /** A tensor handed to {@link writeQuantFile}. */
 export interface QuantTensor {
+  /** Full tensor name, e.g. `blocks.0.attn.qkv.qweight`. */
   name: string;
+  /** Element type. */
   dtype: Dtype;
+  /** Logical shape. */
   shape: number[];
+  /** Little-endian bytes, exactly shape × dtype size. */
   data: Uint8Array;
 }
 

@@ -64,10 +64,18 @@ export const METHODS: readonly Method[] = [
 
 /** A quantized layer: its tensors by suffix, and what it cost. */
 export interface QuantizedLinear {
+  /** Layer name (prefix of its tensors in the file). */
   name: string;
+  /** Method it was quantized with. */
   method: Method;
+  /**
+   * Stored weight format: the 4-bit format (W4A4 methods; `"int4"` for w4a16), `"int8"` (w8a8)
+   * or `"f16"` (float).
+   */
   format: WeightFormat | "int8" | "f16";
+  /** Out-features N (rows of W). */
   n: number;
+  /** In-features K (columns of W). */
   k: number;
   /** Rank of the low-rank branch actually stored (0 when none). */
   r: number;
@@ -81,13 +89,15 @@ export interface QuantizedLinear {
   bytesBefore: number;
   /** Bytes of all tensors written. */
   bytesAfter: number;
-  /** The smoothing chosen by the search (svdquant, smooth). */
+  /** The smoothing chosen by the search (svdquant, smooth): λ_c = amaxX_c^α / amaxW_c^β. */
   alpha?: number;
+  /** Weight exponent β of the chosen smoothing (set with `alpha`). */
   beta?: number;
 }
 
 /** Options of {@linkcode quantizeLinear}. */
 export interface QuantizeLinearOptions {
+  /** Quantization method (see the module table). */
   method: Method;
   /** 4-bit format of W4A4 methods (W4A16 is always INT4 g64). */
   format: WeightFormat;
@@ -97,6 +107,7 @@ export interface QuantizeLinearOptions {
   stats?: LayerStats;
   /** The input follows a GELU: INT4 activations use the unsigned shifted mode. */
   postGelu?: boolean;
+  /** Matrix product for the large products (e.g. from `gpuMatMul`); default `cpuMatMul`. */
   matmul?: MatMul;
   /** α grid of the smoothing search (default {0, 0.05, …, 1}). */
   alphas?: readonly number[];

@@ -43,14 +43,21 @@ export interface QuantizeModelOptions {
 
 /** What happened to one tensor (a quantized linear, or a copied 16-bit tensor). */
 export interface LayerReport {
+  /** Layer name (quantized linear) or tensor name (copied tensor). */
   name: string;
+  /** Method the layer was quantized with, or `"copy"` for a tensor stored as 16/32-bit. */
   method: Method | "copy";
+  /** Stored format: `"int4"`, `"nvfp4"`, `"int8"`, `"f16"`, or a copied tensor's dtype. */
   format: string;
+  /** Rank of the stored low-rank branch (0 when none). */
   r: number;
   /** Relative output error on calibration samples (NaN for copied tensors). */
   relError: number;
+  /** Bytes of the source tensor(s) in the input checkpoint. */
   bytesBefore: number;
+  /** Bytes of the tensor(s) written to the output file. */
   bytesAfter: number;
+  /** Wall-clock seconds spent on it (reading, quantizing, writing). */
   seconds: number;
 }
 

@@ -23,6 +23,7 @@ import { type Method, METHODS } from "./layer.ts";
 export interface LayerPolicyRule {
   /** Glob over base names, e.g. `blocks.*.attn.qkv` (see the module docs). */
   pattern: string;
+  /** Method for the layers this rule matches. */
   method: Method;
   /** The layer's input follows a GELU (unsigned shifted INT4 activations). */
   postGelu?: boolean;

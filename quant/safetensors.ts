@@ -66,18 +66,27 @@ export const MAX_HEADER_BYTES = 100_000_000;
 
 /** One tensor's entry; `begin`/`end` are absolute byte offsets in the file. */
 export interface TensorInfo {
+  /** Tensor name. */
   name: string;
+  /** Element type. */
   dtype: Dtype;
+  /** Shape (`[]` for a scalar). */
   shape: number[];
+  /** Absolute byte offset of the first data byte. */
   begin: number;
+  /** Absolute byte offset one past the last data byte. */
   end: number;
 }
 
 /** A tensor announced to {@link SafetensorsWriter.create}. */
 export interface TensorSpec {
+  /** Tensor name. */
   name: string;
+  /** Element type. */
   dtype: Dtype;
+  /** Shape (`[]` for a scalar). */
   shape: number[];
+  /** Bytes of data that will be written (must equal shape × dtype size). */
   byteLength: number;
 }
 

@@ -23,15 +23,25 @@ export interface GpuCapabilities {
   adapter: string;
   /** True for a software adapter such as Mesa's llvmpipe. */
   isFallback: boolean;
+  /** The device has `shader-f16` (f16 activations in WGSL); false when `disableF16` was set. */
   shaderF16: boolean;
+  /** The device has the `subgroups` feature. */
   subgroups: boolean;
+  /** The device has `timestamp-query` (GPU-side kernel timing). */
   timestampQuery: boolean;
+  /** Largest storage-buffer binding, in bytes (the adapter's own limit, requested at start-up). */
   maxStorageBufferBindingSize: number;
+  /** Largest buffer, in bytes. */
   maxBufferSize: number;
+  /** Workgroup (`var<workgroup>`) memory per workgroup, in bytes. */
   maxComputeWorkgroupStorageSize: number;
+  /** Most invocations (threads) in one workgroup. */
   maxComputeInvocationsPerWorkgroup: number;
+  /** Largest workgroup size along x. */
   maxComputeWorkgroupSizeX: number;
+  /** Most workgroups along each grid dimension of one dispatch (65535 on most devices). */
   maxComputeWorkgroupsPerDimension: number;
+  /** Most storage buffers bound to one compute shader. */
   maxStorageBuffersPerShaderStage: number;
 }
 
@@ -49,8 +59,11 @@ export interface GpuOptions {
 
 /** One compute dispatch: a pipeline, its bindings (group 0, in binding order) and its grid. */
 export interface Dispatch {
+  /** The compute pipeline, as built by {@linkcode Gpu.pipeline}. */
   pipeline: GPUComputePipeline;
+  /** Buffers for group 0, `bindings[i]` at binding i (by convention 0 is the uniform params). */
   bindings: GPUBuffer[];
+  /** Workgroup counts `[x, y = 1, z = 1]`, each at most `maxComputeWorkgroupsPerDimension`. */
   workgroups: [number, number?, number?];
 }
 
@@ -70,8 +83,11 @@ const STORAGE = 0x0080 | 0x0004 | 0x0008; // STORAGE | COPY_SRC | COPY_DST
  * ```
  */
 export class Gpu {
+  /** The WebGPU adapter the device came from. */
   readonly adapter: GPUAdapter;
+  /** The WebGPU device (prefer the helpers, which add error scopes). */
   readonly device: GPUDevice;
+  /** Features and limits found at start-up. */
   readonly caps: GpuCapabilities;
   #lostReason: string | null = null;
   #pendingWrites = false;

@@ -9,16 +9,19 @@
 
 /** No WebGPU adapter could be found, or the adapter refused to give a device. */
 export class GpuUnavailableError extends Error {
+  /** Always `"GpuUnavailableError"`. */
   override name = "GpuUnavailableError";
 }
 
 /** The adapter lacks a feature or a limit that the requested work needs. */
 export class GpuFeatureError extends Error {
+  /** Always `"GpuFeatureError"`. */
   override name = "GpuFeatureError";
 }
 
 /** The device was lost (driver reset, out of memory, destroyed); the next `getGpu()` re-initialises. */
 export class GpuDeviceLostError extends Error {
+  /** Always `"GpuDeviceLostError"`. */
   override name = "GpuDeviceLostError";
 }
 
@@ -27,9 +30,11 @@ export class GpuDeviceLostError extends Error {
  * `step` names what the module was doing (e.g. `pipeline gemm_f16`).
  */
 export class GpuValidationError extends Error {
+  /** Always `"GpuValidationError"`. */
   override name = "GpuValidationError";
   /** The step that failed, e.g. `buffer gemm_f16.y` or `pipeline gemm_w4a4_lowrank`. */
   readonly step: string;
+  /** The message becomes `Cannot <step>: <message>`. */
   constructor(step: string, message: string) {
     super(`Cannot ${step}: ${message}`);
     this.step = step;
@@ -38,16 +43,19 @@ export class GpuValidationError extends Error {
 
 /** The start-up self-test found that the driver computes wrong values. */
 export class GpuSelfTestError extends Error {
+  /** Always `"GpuSelfTestError"`. */
   override name = "GpuSelfTestError";
 }
 
 /** A weight or checkpoint file is malformed; `file` and, where known, `tensor` say where. */
 export class FormatError extends Error {
+  /** Always `"FormatError"`. */
   override name = "FormatError";
   /** The file that was being read or written. */
   readonly file: string;
   /** The tensor concerned, when the error is about one tensor. */
   readonly tensor?: string;
+  /** The message becomes `Cannot read <file> (tensor <tensor>): <message>`. */
   constructor(file: string, message: string, tensor?: string) {
     super(`Cannot read ${file}${tensor ? ` (tensor ${tensor})` : ""}: ${message}`);
     this.file = file;

@@ -16,8 +16,11 @@ import type { Dispatch, Gpu } from "./device.ts";
 
 /** A stored tensor: dtype name, logical shape and little-endian bytes. */
 export interface StoredTensor {
+  /** Safetensors dtype name, e.g. `"U32"`, `"F16"`, `"F8_E4M3"`, `"F32"`. */
   dtype: string;
+  /** Logical shape, e.g. `[N, K/8]` for `qweight` (checked against the spec on upload). */
   shape: number[];
+  /** Little-endian bytes, uploaded to the GPU as they are. */
   data: Uint8Array;
 }
 
@@ -27,9 +30,13 @@ export interface W4A4LinearSpec {
   name: string;
   /** Tokens per call (the runtime's shapes are static per model and resolution). */
   m: number;
+  /** Output features N (rows of the weight). */
   n: number;
+  /** Input features K (multiple of the weight format's group size). */
   k: number;
+  /** 4-bit weight format of `qweight` / `wscales`. */
   format: WeightFormat;
+  /** How activations are quantized (from the quantizer's `actMode`). */
   actMode: ActMode;
   /** Activation storage dtype of X and Y. */
   dtype: ActDtype;
@@ -39,7 +46,9 @@ export interface W4A4LinearSpec {
 
 /** A compiled W4A4 + low-rank linear layer with its weights resident on the GPU. */
 export class W4A4Linear {
+  /** The spec the layer was built for. */
   readonly spec: W4A4LinearSpec;
+  /** Rank R of the low-rank branch (rows of `lora_down`; 0 when there is none). */
   readonly r: number;
   #gpu: Gpu;
   #quant: QuantizeActLowrank;

@@ -20,8 +20,11 @@ const BK = 16;
 
 /** Shape descriptor of a 16-bit GEMM. */
 export interface GemmF16Shape {
+  /** Rows M of X and Y (tokens); M ≤ {@linkcode GEMV_MAX_M} runs the GEMV kernel. */
   m: number;
+  /** Reduction dimension K (in-features). */
   k: number;
+  /** Columns N of Y (out-features, rows of W). */
   n: number;
   /** Storage dtype of X, W and Y (f16 needs the `shader-f16` feature). */
   dtype: ActDtype;
@@ -67,6 +70,7 @@ export type GemmKernel = "gemv" | "tiled";
  * ```
  */
 export class GemmF16 {
+  /** The validated shape this op was built for. */
   readonly shape: Readonly<GemmF16Shape>;
   readonly #pipeline: GPUComputePipeline;
   readonly #params: GPUBuffer;

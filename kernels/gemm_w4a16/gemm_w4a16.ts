@@ -25,9 +25,11 @@ export type { GemmKernel };
 
 /** Shape descriptor of a W4A16 GEMM. */
 export interface GemmW4A16Shape {
+  /** Rows M of X and Y (tokens); M ≤ {@linkcode GEMV_MAX_M} runs the GEMV kernel. */
   m: number;
   /** In-features; a multiple of 64 (the INT4 group size). */
   k: number;
+  /** Columns N of Y (out-features, rows of the weight). */
   n: number;
   /** Storage dtype of X and Y (f16 needs the `shader-f16` feature). */
   dtype: ActDtype;
@@ -75,6 +77,7 @@ export interface GemmW4A16Buffers {
  * ```
  */
 export class GemmW4A16 {
+  /** The validated shape this op was built for. */
   readonly shape: Readonly<GemmW4A16Shape>;
   /** The kernel this shape runs. */
   readonly kernel: GemmKernel;

@@ -17,14 +17,19 @@ const NAME = "gemm_w4a4_lowrank";
  * BM = 8·WG_Y rows by BN = 8·WG_X columns. Each of WG_X, WG_Y is 8, 16 or 32.
  */
 export interface W4A4Tile {
+  /** Invocations along x (output columns); BN = 8·wgX. */
   wgX: number;
+  /** Invocations along y (output rows); BM = 8·wgY. */
   wgY: number;
 }
 
 /** Shape descriptor of a W4A4 GEMM with low-rank epilogue. */
 export interface GemmW4A4LowrankShape {
+  /** Rows M of the activations and of Y (tokens). */
   m: number;
+  /** Reduction dimension K (in-features); a multiple of the format's group size (64 or 16). */
   k: number;
+  /** Columns N of Y (out-features, rows of the weight). */
   n: number;
   /** Rank of the low-rank branch; 0 = none (lora buffers may be omitted). */
   r: number;
@@ -86,6 +91,7 @@ const MODE: Record<ActMode, number> = { int4: 0, int4_unsigned: 1, nvfp4: 2 };
  * ```
  */
 export class GemmW4A4Lowrank {
+  /** The validated shape this op was built for. */
   readonly shape: Readonly<GemmW4A4LowrankShape>;
   readonly #pipeline: GPUComputePipeline;
   readonly #params: GPUBuffer;

@@ -73,6 +73,7 @@ type BufferName = keyof QuantizeActLowrankBuffers;
  * ```
  */
 export class QuantizeActLowrank {
+  /** The validated shape this op was built for. */
   readonly shape: Readonly<QuantizeActLowrankShape>;
   readonly #pipeline: GPUComputePipeline;
   readonly #params: GPUBuffer;
