@@ -3,14 +3,19 @@
  * weights (along K) independently picks the clip ratio (a factor on its amax before the scale is
  * computed) that minimises its own reconstruction error, or its output error on sample
  * activations. The result is an ordinary {@link PackedWeight} in the canonical layout of
- * quant/packing.ts, assembled group by group from whole-matrix {@link quantizeWeight} candidates.
+ * quant/packing.ts, built group by group with its per-group primitives (the ones
+ * {@link quantizeWeight} is made of), so it is bit-identical to picking per group among
+ * whole-matrix `quantizeWeight` candidates, at a fraction of the cost.
  *
  * @module
  */
 import {
-  dequantizeWeight,
+  groupAmax,
   groupSize,
+  nvfp4TensorScale,
   type PackedWeight,
+  packNibblesInto,
+  quantizeGroupInto,
   quantizeWeight,
   type WeightFormat,
 } from "./packing.ts";
@@ -39,8 +44,10 @@ export interface ClipOptions {
  * than that of any single ratio in the list.
  *
  * NVFP4 keeps one per-tensor scale for all candidates (it does not depend on the clip ratio).
- * Cost: one {@link quantizeWeight} + dequantization per ratio, plus `N·K·min(m, G/2)` per ratio
- * for the output-error objective.
+ * Work is group by group: amax once, then per ratio quantize, dequantize and score the group in
+ * scratch, and write the winner's codes and scale straight into the result. Cost: O(N·K) per
+ * ratio, plus `N·K·min(m, G/2)` multiply-adds per ratio for the output-error objective (run in
+ * WebAssembly SIMD, 8 ratios side by side).
  *
  * @example
  * ```ts
@@ -65,34 +72,52 @@ export function quantizeWeightClipped(
       `Cannot quantize ${name} with clipping: ratios must be a non-empty list of finite values > 0, got [${ratios}]`,
     );
   }
-  const objective = groupObjective(w, n, k, format, opts.x, opts.m, name);
-  let best: PackedWeight | null = null;
-  let bestErr: Float64Array = new Float64Array(0);
-  for (const clipRatio of ratios) {
-    const cand = quantizeWeight(w, n, k, format, { clipRatio, name });
-    const err = objective(dequantizeWeight(cand));
-    if (best === null) {
-      best = cand;
-      bestErr = err;
-      continue;
-    }
-    if (
-      best.format === "nvfp4" && cand.format === "nvfp4" && cand.tensorScale !== best.tensorScale
-    ) {
-      throw new Error(
-        `Cannot quantize ${name} with clipping: the NVFP4 tensor scale changed with the clip ratio`,
+  const obj = setupObjective(w, n, k, format, opts.x, opts.m, name);
+  // Anything the fast path cannot take (bad format, K = 0, non-finite weights, an int4 scale past
+  // f16) replays the whole-matrix candidates in order, which throw the canonical errors.
+  const replay = (): never => {
+    for (const clipRatio of ratios) quantizeWeight(w, n, k, format, { clipRatio, name });
+    throw new Error(`Cannot quantize ${name} with clipping: the candidates did not reject it`);
+  };
+  if (k === 0 || (format !== "int4" && format !== "nvfp4")) replay();
+  const tensorScale = format === "nvfp4" ? nvfp4TensorScale(w) : 1;
+  if (!Number.isFinite(tensorScale)) replay();
+  const G = obj.G, R = ratios.length, count = n * obj.groups;
+  const qweight = new Uint32Array((n * k) >> 3);
+  const wscales = format === "int4" ? new Float32Array(count) : new Uint8Array(count);
+  const codes = new Int8Array(R * G), scales = new Float64Array(R);
+  const scorer = new GroupScorer(obj, R), { d, err, lanes: L } = scorer;
+  for (let gi = 0; gi < count; gi++) {
+    const base = gi * G;
+    const amax = groupAmax(w, base, G);
+    if (!(amax < Infinity)) replay();
+    for (let r = 0; r < R; r++) {
+      const s = quantizeGroupInto(
+        w,
+        base,
+        G,
+        format,
+        ratios[r],
+        tensorScale,
+        codes,
+        r * G,
+        amax,
+        d,
+        r,
+        L,
       );
+      if (s === Infinity) replay();
+      scales[r] = s;
     }
-    const wordsPerGroup = groupSize(format) / 8;
-    for (let gi = 0; gi < err.length; gi++) {
-      if (!(err[gi] < bestErr[gi])) continue;
-      bestErr[gi] = err[gi];
-      best.wscales[gi] = cand.wscales[gi];
-      const w0 = gi * wordsPerGroup;
-      for (let t = 0; t < wordsPerGroup; t++) best.qweight[w0 + t] = cand.qweight[w0 + t];
-    }
+    scorer.score(gi);
+    let best = 0;
+    for (let r = 1; r < R; r++) if (err[r] < err[best]) best = r; // ties keep the earlier ratio
+    wscales[gi] = scales[best];
+    packNibblesInto(codes, best * G, G, qweight, base >> 3);
   }
-  return best!;
+  return format === "int4"
+    ? { format, n, k, qweight, wscales: wscales as Float32Array }
+    : { format, n, k, qweight, wscales: wscales as Uint8Array, tensorScale };
 }
 
 /**
@@ -109,10 +134,35 @@ export function groupErrors(
   x?: Float32Array,
   m?: number,
 ): Float64Array {
-  return groupObjective(w, n, k, format, x, m, "weight")(approx);
+  const obj = setupObjective(w, n, k, format, x, m, "weight");
+  if (approx.length !== w.length) {
+    throw new TypeError(
+      `Cannot compute group errors: approx has ${approx.length} elements, expected [N=${n}, ` +
+        `K=${k}] = ${n * k}`,
+    );
+  }
+  const G = obj.G, out = new Float64Array(n * obj.groups);
+  const scorer = new GroupScorer(obj, 1), { d, err, lanes: L } = scorer;
+  for (let gi = 0; gi < out.length; gi++) {
+    for (let t = 0; t < G; t++) d[t * L] = w[gi * G + t] - approx[gi * G + t];
+    scorer.score(gi);
+    out[gi] = err[0];
+  }
+  return out;
 }
 
-function groupObjective(
+/** Validated arguments of the objective, with the per-group Gram matrices when they pay. */
+interface Objective {
+  G: number;
+  groups: number;
+  k: number;
+  x?: Float32Array;
+  m: number;
+  /** `[K/G, G, G]` upper triangles of `X_gᵀX_g` (used when `2m > G`). */
+  gram?: Float64Array;
+}
+
+function setupObjective(
   w: Float32Array,
   n: number,
   k: number,
@@ -120,7 +170,7 @@ function groupObjective(
   x: Float32Array | undefined,
   m: number | undefined,
   name: string,
-): (approx: Float32Array) => Float64Array {
+): Objective {
   const op = `Cannot quantize ${name} with clipping`;
   if (!Number.isInteger(n) || !Number.isInteger(k) || n < 0 || k < 0) {
     throw new RangeError(`${op}: N and K must be non-negative integers, got N=${n}, K=${k}`);
@@ -135,73 +185,320 @@ function groupObjective(
     throw new RangeError(`${op}: K=${k} is not a multiple of the ${format} group size ${G}`);
   }
   const groups = k / G;
-  const d = new Float64Array(G);
-  if (x === undefined) {
-    return (approx) => {
-      const err = new Float64Array(n * groups);
-      for (let gi = 0; gi < err.length; gi++) {
-        let s = 0;
-        for (let t = gi * G, e = t + G; t < e; t++) s += (w[t] - approx[t]) ** 2;
-        err[gi] = s;
-      }
-      return err;
-    };
-  }
+  if (x === undefined) return { G, groups, k, m: 0 };
   if (m === undefined || !Number.isInteger(m) || m < 1 || x.length !== m * k) {
     throw new TypeError(
       `${op}: sample activations x have ${x.length} elements, expected [m=${m}, K=${k}] with m >= 1`,
     );
   }
-  if (2 * m <= G) {
-    // Direct: e = Σ_s (x_s,g · d)², cost m per weight.
-    return (approx) => {
-      const err = new Float64Array(n * groups);
-      for (let row = 0; row < n; row++) {
-        for (let g = 0; g < groups; g++) {
-          const base = row * k + g * G;
-          for (let t = 0; t < G; t++) d[t] = w[base + t] - approx[base + t];
-          let e = 0;
-          for (let s = 0; s < m; s++) {
-            const xo = s * k + g * G;
-            let y = 0;
-            for (let t = 0; t < G; t++) y += x[xo + t] * d[t];
-            e += y * y;
-          }
-          err[row * groups + g] = e;
-        }
-      }
-      return err;
-    };
-  }
+  if (2 * m <= G) return { G, groups, k, x, m }; // direct: cost m per weight
   // Gram: H_g = X_gᵀX_g per group, e = dᵀ H_g d (symmetric half), cost G/2 per weight.
   const gram = new Float64Array(groups * G * G);
   for (let s = 0; s < m; s++) {
-    for (let g = 0; g < groups; g++) {
-      const xo = s * k + g * G, ho = g * G * G;
-      for (let a = 0; a < G; a++) {
-        const xa = x[xo + a];
-        if (xa === 0) continue;
-        for (let b = a; b < G; b++) gram[ho + a * G + b] += xa * x[xo + b];
+    for (let g = 0; g < groups; g++) addOuter(gram, g * G * G, x, s * k + g * G, G);
+  }
+  return { G, groups, k, x, m, gram };
+}
+
+/** Upper triangle of `H += xᵀx` for the G values of x at xo (a function, so V8 optimizes it). */
+function addOuter(gram: Float64Array, ho: number, x: Float32Array, xo: number, G: number) {
+  for (let a = 0; a < G; a++) {
+    const xa = x[xo + a];
+    if (xa === 0) continue;
+    for (let b = a; b < G; b++) gram[ho + a * G + b] += xa * x[xo + b];
+  }
+}
+
+/**
+ * Objectives of `R` candidates of one group at once. `d [G, lanes]` holds candidate r's
+ * differences `w − ŵ` in lane r (lanes = R rounded up to 8; unused lanes stay 0); `score(gi)`
+ * writes their objectives to `err[r]`. Each candidate's arithmetic, operation order included, is
+ * that of the one-candidate loops `Σ_t d_t²` (no x), `Σ_s (Σ_t x_s,t·d_t)²` (direct) and
+ * `Σ_a d_a·(H_aa·d_a + 2·Σ_{b>a} H_ab·d_b)` skipping d_a = 0 (Gram), so results do not depend on
+ * R or on the lanes. The kernels run in WebAssembly, 8 lanes as 4 f64x2 vectors (no FMA, so the
+ * roundings are those of the scalar loops), two rows of H or two samples of x at a time:
+ * independent chains that share each load.
+ */
+class GroupScorer {
+  readonly lanes: number;
+  readonly d: Float64Array;
+  readonly err: Float64Array;
+  #obj: Objective;
+  #kernels: Kernels;
+  #ePtr: number;
+  #dataPtr: number;
+
+  constructor(obj: Objective, r: number) {
+    const { G, k, x, gram } = this.#obj = obj, L = this.lanes = Math.ceil(r / LANES) * LANES;
+    // wasm memory: d [G, L] f64 | err [L] f64 | gram [K/G, G, G] f64 or x [m + 1, K] f32 (the
+    // last row zero)
+    this.#ePtr = G * L * 8;
+    this.#dataPtr = this.#ePtr + L * 8;
+    const data = gram ? gram.byteLength : x ? x.byteLength + k * 4 : 0;
+    const memory = new WebAssembly.Memory({ initial: Math.ceil((this.#dataPtr + data) / 65536) });
+    this.#kernels = kernels(memory);
+    this.d = new Float64Array(memory.buffer, 0, G * L);
+    this.err = new Float64Array(memory.buffer, this.#ePtr, L);
+    if (gram) new Float64Array(memory.buffer, this.#dataPtr, gram.length).set(gram);
+    else if (x) new Float32Array(memory.buffer, this.#dataPtr, x.length).set(x);
+  }
+
+  /** Objectives of group `gi` (row-major group index) for the candidates in `d`, into `err`. */
+  score(gi: number): void {
+    const { G, groups, k, x, m, gram } = this.#obj, L = this.lanes, g = gi % groups;
+    for (let r0 = 0; r0 < L; r0 += LANES) {
+      if (x === undefined) this.#kernels.squares(r0 * 8, this.#ePtr + r0 * 8, G, L * 8);
+      else if (gram) {
+        this.#kernels.gram(this.#dataPtr + g * G * G * 8, r0 * 8, this.#ePtr + r0 * 8, G, L * 8);
+      } else {
+        const x0 = this.#dataPtr + g * G * 4;
+        this.#kernels.direct(x0, k * 4, m, r0 * 8, this.#ePtr + r0 * 8, G, L * 8);
       }
     }
   }
-  return (approx) => {
-    const err = new Float64Array(n * groups);
-    for (let row = 0; row < n; row++) {
-      for (let g = 0; g < groups; g++) {
-        const base = row * k + g * G, ho = g * G * G;
-        for (let t = 0; t < G; t++) d[t] = w[base + t] - approx[base + t];
-        let e = 0;
-        for (let a = 0; a < G; a++) {
-          const da = d[a];
-          if (da === 0) continue;
-          let acc = 0;
-          for (let b = a + 1; b < G; b++) acc += gram[ho + a * G + b] * d[b];
-          e += da * (gram[ho + a * G + a] * da + 2 * acc);
-        }
-        err[row * groups + g] = e;
-      }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebAssembly kernels of the objective, assembled here from a WAT subset (no build step). All
+// work on LANES = 8 lanes as 4 f64x2 vectors; pointers are byte offsets into the imported memory
+// "e"."m"; d rows are `rowBytes` apart.
+
+/** Lanes per kernel call. */
+const LANES = 8;
+
+interface Kernels {
+  /** `err[0..8) = Σ_t d_t²` per lane. */
+  squares(d: number, e: number, G: number, rowBytes: number): void;
+  /** `err[0..8) = dᵀ H d` per lane; h → H_g [G, G] (upper triangle), d → lane 0 of row 0. */
+  gram(h: number, d: number, e: number, G: number, rowBytes: number): void;
+  /** `err[0..8) = Σ_s (x_s · d)²` per lane; x → x[0, g·G] (f32), rows xStride bytes apart. */
+  direct(
+    x: number,
+    xStride: number,
+    m: number,
+    d: number,
+    e: number,
+    G: number,
+    rowBytes: number,
+  ): void;
+}
+
+let kernelModule: WebAssembly.Module | undefined;
+
+function kernels(memory: WebAssembly.Memory): Kernels {
+  kernelModule ??= new WebAssembly.Module(assembleKernels());
+  return new WebAssembly.Instance(kernelModule, { e: { m: memory } }).exports as unknown as Kernels;
+}
+
+/** Four copies of a code fragment, one per f64x2 vector j = 0..3 of the 8 lanes. */
+const each4 = (f: (j: number) => string) => [0, 1, 2, 3].map(f).join("\n");
+/** The four locals `$v0 .. $v3`. */
+const names4 = (v: string) => [0, 1, 2, 3].map((j) => v + j);
+/** `$v_j = 0`. */
+const zero4 = (v: string) => each4((j) => `v128.zero  local.set ${v}${j}`);
+/** `$v_j = the 4 vectors at ptr`. */
+const load4 = (ptr: string, v: string) =>
+  each4((j) => `local.get ${ptr}  v128.load offset=${16 * j}  local.set ${v}${j}`);
+/** `$acc_j += $a · $b_j` ($a one local, or four when `aj`). */
+const mac4 = (acc: string, a: string, b: string, aj = false) =>
+  each4((j) =>
+    `local.get ${acc}${j}  local.get ${a}${aj ? j : ""}  local.get ${b}${j}
+    f64x2.mul  f64x2.add  local.set ${acc}${j}`
+  );
+/** `$a_j += $ha · d_j` and `$b_j += $hb · d_j`, d_j loaded once from ptr (one temporary). */
+const macPair = (ptr: string, a: string, ha: string, b: string, hb: string) =>
+  each4((j) => `
+    local.get ${ptr}  v128.load offset=${16 * j}  local.set $dv0
+    local.get ${a}${j}  local.get ${ha}  local.get $dv0  f64x2.mul  f64x2.add  local.set ${a}${j}
+    local.get ${b}${j}  local.get ${hb}  local.get $dv0  f64x2.mul  f64x2.add  local.set ${b}${j}`);
+/** `$s_j += d·(H_aa·d + 2·acc)` where `d != 0`; d at ptr, H_aa splat in `$haa`. */
+const diag4 = (ptr: string, acc: string) =>
+  load4(ptr, "$dv") + each4((j) => `
+    local.get $s${j}
+    local.get $dv${j}
+    local.get $haa  local.get $dv${j}  f64x2.mul  local.get ${acc}${j}  local.get ${acc}${j}
+    f64x2.add  f64x2.add  f64x2.mul  f64x2.add
+    local.get $s${j}
+    local.get $dv${j}  v128.zero  f64x2.ne
+    v128.bitselect  local.set $s${j}`);
+
+/**
+ * `err[0..8) = dᵀ H d` per lane (upper triangle of H, doubled off the diagonal), rows a and a+1
+ * at once (G is even): their sums are independent chains sharing each load of d[b].
+ */
+const GRAM = {
+  params: ["$h", "$d", "$err", "$G", "$row"],
+  i32: ["$a", "$hRow", "$pH", "$pHEnd", "$pD", "$pA", "$pA1", "$gBytes"],
+  v128: ["$h1", "$h2", "$haa", ...["$acc", "$accB", "$s", "$dv"].flatMap(names4)],
+  body: `
+  local.get $d  local.set $pA
+  local.get $G  i32.const 3  i32.shl  local.set $gBytes
+  block loop
+    local.get $a  local.get $G  i32.ge_u  br_if 1
+    ${zero4("$acc")}
+    ${zero4("$accB")}
+    local.get $h  local.get $a  local.get $gBytes  i32.mul  i32.add  local.set $hRow
+    local.get $pA  local.get $row  i32.add  local.set $pA1
+    local.get $hRow  local.get $a  i32.const 3  i32.shl  i32.add  local.set $pH
+    ;; row a: b = a + 1
+    local.get $pH  f64.load offset=8  f64x2.splat  local.set $h1
+    ${load4("$pA1", "$dv")}
+    ${mac4("$acc", "$h1", "$dv")}
+    ;; rows a and a+1: b = a+2 .. G-1
+    local.get $pH  i32.const 16  i32.add  local.set $pH
+    local.get $hRow  local.get $gBytes  i32.add  local.set $pHEnd
+    local.get $pA1  local.get $row  i32.add  local.set $pD
+    block loop
+      local.get $pH  local.get $pHEnd  i32.ge_u  br_if 1
+      local.get $pH  f64.load  f64x2.splat  local.set $h1
+      local.get $pH  local.get $gBytes  i32.add  f64.load  f64x2.splat  local.set $h2
+      ${macPair("$pD", "$acc", "$h1", "$accB", "$h2")}
+      local.get $pH  i32.const 8  i32.add  local.set $pH
+      local.get $pD  local.get $row  i32.add  local.set $pD
+      br 0
+    end end
+    ;; the diagonal terms, row a then row a+1
+    local.get $hRow  local.get $a  i32.const 3  i32.shl  i32.add
+    f64.load  f64x2.splat  local.set $haa
+    ${diag4("$pA", "$acc")}
+    local.get $hRow  local.get $gBytes  i32.add  local.get $a  i32.const 3  i32.shl  i32.add
+    f64.load offset=8  f64x2.splat  local.set $haa
+    ${diag4("$pA1", "$accB")}
+    local.get $a  i32.const 2  i32.add  local.set $a
+    local.get $pA1  local.get $row  i32.add  local.set $pA
+    br 0
+  end end
+  ${each4((j) => `local.get $err  local.get $s${j}  v128.store offset=${16 * j}`)}`,
+};
+
+/**
+ * `err[0..8) = Σ_s (x_s · d)²` per lane, samples s and s+1 at once: independent chains sharing
+ * each load of d (for odd m the last pair reads the zero row past x, and drops it).
+ */
+const DIRECT = {
+  params: ["$x", "$xStride", "$m", "$d", "$err", "$G", "$row"],
+  i32: ["$smp", "$px", "$pxEnd", "$pD"],
+  v128: ["$x1", "$x2", ...["$y", "$z", "$s", "$dv"].flatMap(names4)],
+  body: `
+  block loop
+    local.get $smp  local.get $m  i32.ge_u  br_if 1
+    ${zero4("$y")}
+    ${zero4("$z")}
+    local.get $x  local.get $smp  local.get $xStride  i32.mul  i32.add  local.tee $px
+    local.get $G  i32.const 2  i32.shl  i32.add  local.set $pxEnd
+    local.get $d  local.set $pD
+    block loop
+      local.get $px  local.get $pxEnd  i32.ge_u  br_if 1
+      local.get $px  f32.load  f64.promote_f32  f64x2.splat  local.set $x1
+      local.get $px  local.get $xStride  i32.add
+      f32.load  f64.promote_f32  f64x2.splat  local.set $x2
+      ${macPair("$pD", "$y", "$x1", "$z", "$x2")}
+      local.get $px  i32.const 4  i32.add  local.set $px
+      local.get $pD  local.get $row  i32.add  local.set $pD
+      br 0
+    end end
+    ${mac4("$s", "$y", "$y", true)}
+    local.get $smp  i32.const 1  i32.add  local.get $m  i32.lt_u
+    if
+      ${mac4("$s", "$z", "$z", true)}
+    end
+    local.get $smp  i32.const 2  i32.add  local.set $smp
+    br 0
+  end end
+  ${each4((j) => `local.get $err  local.get $s${j}  v128.store offset=${16 * j}`)}`,
+};
+
+/** `err[0..8) = Σ_t d_t²` per lane, in order of t. */
+const SQUARES = {
+  params: ["$d", "$err", "$G", "$row"],
+  i32: ["$t"],
+  v128: ["$s", "$dv"].flatMap(names4),
+  body: `
+  block loop
+    local.get $t  local.get $G  i32.ge_u  br_if 1
+    ${load4("$d", "$dv")}
+    ${mac4("$s", "$dv", "$dv", true)}
+    local.get $d  local.get $row  i32.add  local.set $d
+    local.get $t  i32.const 1  i32.add  local.set $t
+    br 0
+  end end
+  ${each4((j) => `local.get $err  local.get $s${j}  v128.store offset=${16 * j}`)}`,
+};
+
+// A linear WAT subset: one token per opcode or immediate, `$name` for locals, `offset=N` for
+// memory offsets, blocks without results.
+const OPS: Record<string, number[]> = {
+  "block": [0x02, 0x40],
+  "loop": [0x03, 0x40],
+  "if": [0x04, 0x40],
+  "end": [0x0b],
+  "br": [0x0c],
+  "br_if": [0x0d],
+  "local.get": [0x20],
+  "local.set": [0x21],
+  "local.tee": [0x22],
+  "i32.const": [0x41],
+  "f32.load": [0x2a, 2],
+  "f64.load": [0x2b, 3],
+  "i32.lt_u": [0x49],
+  "i32.ge_u": [0x4f],
+  "i32.add": [0x6a],
+  "i32.mul": [0x6c],
+  "i32.shl": [0x74],
+  "f64.promote_f32": [0xbb],
+  "v128.load": [0xfd, 0x00, 4],
+  "v128.store": [0xfd, 0x0b, 4],
+  "v128.zero": [0xfd, 0x0c, ...new Array(16).fill(0)], // v128.const 0
+  "f64x2.splat": [0xfd, 0x14],
+  "f64x2.ne": [0xfd, 0x48],
+  "v128.bitselect": [0xfd, 0x52],
+  "f64x2.add": [0xfd, 0xf0, 0x01],
+  "f64x2.mul": [0xfd, 0xf2, 0x01],
+};
+
+/** Unsigned LEB128 (also right for the small non-negative i32.const immediates used here). */
+function leb(n: number): number[] {
+  const out = [n & 0x7f];
+  for (n >>>= 7; n !== 0; n >>>= 7) {
+    out[out.length - 1] |= 0x80;
+    out.push(n & 0x7f);
+  }
+  return out;
+}
+
+/** The code-section entry of a function: its locals and assembled body. */
+function assemble(f: { params: string[]; i32: string[]; v128: string[]; body: string }): number[] {
+  const index = new Map([...f.params, ...f.i32, ...f.v128].map((name, i) => [name, i]));
+  const code = [2, ...leb(f.i32.length), 0x7f, ...leb(f.v128.length), 0x7b];
+  const tokens = f.body.replace(/;;.*$/gm, "").split(/\s+/).filter((t) => t !== "");
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i], op = OPS[t];
+    if (op === undefined) throw new Error(`Cannot assemble the clip kernels: unknown token ${t}`);
+    code.push(...op);
+    if (t.startsWith("local.")) code.push(index.get(tokens[++i])!);
+    else if (t === "br" || t === "br_if" || t === "i32.const") {
+      const v = +tokens[++i]; // < 64: the signed LEB128 of i32.const is then the unsigned one
+      if (!(v >= 0 && v < 64)) throw new Error(`Cannot assemble the clip kernels: ${t} ${v}`);
+      code.push(...leb(v));
+    } else if (t.endsWith(".load") || t.endsWith(".store")) {
+      const m = /^offset=(\d+)$/.exec(tokens[i + 1] ?? "");
+      code.push(...leb(m ? (i++, +m[1]) : 0));
     }
-    return err;
-  };
+  }
+  code.push(0x0b);
+  return [...leb(code.length), ...code];
+}
+
+function assembleKernels(): Uint8Array<ArrayBuffer> {
+  const I32 = 0x7f, section = (id: number, body: number[]) => [id, ...leb(body.length), ...body];
+  const name = (s: string) => [...leb(s.length), ...new TextEncoder().encode(s)];
+  const type = (params: number) => [0x60, params, ...new Array(params).fill(I32), 0];
+  return new Uint8Array([
+    ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00], // "\0asm", version 1
+    ...section(1, [3, ...[SQUARES, GRAM, DIRECT].flatMap((f) => type(f.params.length))]),
+    ...section(2, [1, ...name("e"), ...name("m"), 0x02, 0x00, 1]), // imported memory e.m
+    ...section(3, [3, 0, 1, 2]),
+    ...section(7, [3, ...["squares", "gram", "direct"].flatMap((f, i) => [...name(f), 0x00, i])]),
+    ...section(10, [3, ...assemble(SQUARES), ...assemble(GRAM), ...assemble(DIRECT)]),
+  ]);
 }

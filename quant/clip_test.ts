@@ -131,3 +131,183 @@ Deno.test("quantizeWeightClipped rejects bad arguments before quantizing", () =>
     "not a multiple",
   );
 });
+
+// ---- the previous algorithm, kept as the reference -------------------------------------------
+
+/**
+ * The previous quantizeWeightClipped, verbatim in substance: one whole-matrix quantizeWeight +
+ * dequantizeWeight per ratio, scored by the previous objective, picked per group with `<`
+ * (earlier ratio wins ties). Slow; the rewrite must match it bit for bit.
+ */
+function slowQuantizeWeightClipped(
+  w: Float32Array,
+  n: number,
+  k: number,
+  format: WeightFormat,
+  ratios: readonly number[],
+  x?: Float32Array,
+  m?: number,
+): PackedWeight {
+  const objective = slowObjective(w, n, k, format, x, m);
+  let best: PackedWeight | null = null, bestErr: Float64Array = new Float64Array(0);
+  const words = groupSize(format) / 8;
+  for (const clipRatio of ratios) {
+    const cand = quantizeWeight(w, n, k, format, { clipRatio });
+    const err = objective(dequantizeWeight(cand));
+    if (best === null) {
+      [best, bestErr] = [cand, err];
+      continue;
+    }
+    for (let gi = 0; gi < err.length; gi++) {
+      if (!(err[gi] < bestErr[gi])) continue;
+      bestErr[gi] = err[gi];
+      best.wscales[gi] = cand.wscales[gi];
+      for (let t = 0; t < words; t++) best.qweight[gi * words + t] = cand.qweight[gi * words + t];
+    }
+  }
+  return best!;
+}
+
+/** The previous per-group objective (plain loops; direct when 2m <= G, else Gram). */
+function slowObjective(
+  w: Float32Array,
+  n: number,
+  k: number,
+  format: WeightFormat,
+  x?: Float32Array,
+  m?: number,
+): (approx: Float32Array) => Float64Array {
+  const G = groupSize(format), groups = k / G, d = new Float64Array(G);
+  const diff = (approx: Float32Array, base: number) => {
+    for (let t = 0; t < G; t++) d[t] = w[base + t] - approx[base + t];
+  };
+  if (x === undefined || m === undefined) {
+    return (approx) =>
+      Float64Array.from({ length: n * groups }, (_, gi) => {
+        let s = 0;
+        for (let t = gi * G; t < gi * G + G; t++) s += (w[t] - approx[t]) ** 2;
+        return s;
+      });
+  }
+  if (2 * m <= G) {
+    return (approx) =>
+      Float64Array.from({ length: n * groups }, (_, gi) => {
+        diff(approx, gi * G);
+        let e = 0;
+        for (let s = 0; s < m; s++) {
+          let y = 0;
+          for (let t = 0; t < G; t++) y += x[s * k + (gi % groups) * G + t] * d[t];
+          e += y * y;
+        }
+        return e;
+      });
+  }
+  const gram = new Float64Array(groups * G * G);
+  for (let s = 0; s < m; s++) {
+    for (let g = 0; g < groups; g++) {
+      for (let a = 0; a < G; a++) {
+        const xa = x[s * k + g * G + a];
+        if (xa === 0) continue;
+        for (let b = a; b < G; b++) gram[g * G * G + a * G + b] += xa * x[s * k + g * G + b];
+      }
+    }
+  }
+  return (approx) =>
+    Float64Array.from({ length: n * groups }, (_, gi) => {
+      diff(approx, gi * G);
+      const ho = (gi % groups) * G * G;
+      let e = 0;
+      for (let a = 0; a < G; a++) {
+        const da = d[a];
+        if (da === 0) continue;
+        let acc = 0;
+        for (let b = a + 1; b < G; b++) acc += gram[ho + a * G + b] * d[b];
+        e += da * (gram[ho + a * G + a] * da + 2 * acc);
+      }
+      return e;
+    });
+}
+
+/** Heavy-tailed weights with some exact zeros, -0 and repeated values (ties between ratios). */
+function awkwardWeight(rng: Rng, len: number): Float32Array {
+  const w = heavyTailed(rng, len);
+  for (let i = 0; i < len; i++) {
+    const u = rng.next();
+    if (u < 0.03) w[i] = 0;
+    else if (u < 0.05) w[i] = -0;
+    else if (u < 0.08 && i > 0) w[i] = -w[i - 1];
+  }
+  return w;
+}
+
+Deno.test("quantizeWeightClipped is bit-identical to the previous whole-matrix algorithm", () => {
+  const rng = freshRng("clip vs previous");
+  const ratioLists: (readonly number[])[] = [
+    DEFAULT_CLIP_RATIOS,
+    [1],
+    [0.9, 0.9, 1, 0.9], // exact ties: the earlier ratio must win
+    [1.1, 1, 0.97, 0.93, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5], // more than 8 lanes
+  ];
+  let groups = 0;
+  for (const format of ["int4", "nvfp4"] as WeightFormat[]) {
+    const G = groupSize(format);
+    // no x; direct (2m <= G, odd and even m); Gram (2m > G)
+    const ms = format === "int4" ? [0, 7, 32, 33, 70] : [0, 1, 8, 9, 24];
+    for (const m of ms) {
+      for (const ratios of ratioLists) {
+        const n = rng.int(1, 4), k = G * rng.int(1, 4);
+        const w = awkwardWeight(rng, n * k);
+        // a group of ±0 and a group so small that its scale rounds to 0 (codes all 0)
+        const z = rng.int(0, (n * k) / G - 1) * G, tiny = rng.int(0, (n * k) / G - 1) * G;
+        for (let t = 0; t < G; t++) w[z + t] = rng.next() < 0.5 ? -0 : 0;
+        for (let t = 0; t < G; t++) w[tiny + t] = rng.normal() * 1e-12;
+        const x = m ? awkwardWeight(rng, m * k) : undefined;
+        if (x) {
+          // a dead channel, and a group no sample reaches: all ratios tie, the first must win
+          for (let s = 0; s < m; s++) x[s * k + rng.int(0, k - 1)] = 0;
+          const g0 = rng.int(0, k / G - 1) * G;
+          for (let s = 0; s < m; s++) x.fill(0, s * k + g0, s * k + g0 + G);
+          if (rng.next() < 0.2) x[rng.int(0, m * k - 1)] = rng.next() < 0.5 ? NaN : Infinity;
+        }
+        const fast = quantizeWeightClipped(w, n, k, format, { ratios, x, m: m || undefined });
+        const slow = slowQuantizeWeightClipped(w, n, k, format, ratios, x, m || undefined);
+        assert.deepEqual(fast, slow, `${format} m=${m} ratios [${ratios}]`);
+        const approx = dequantizeWeight(fast);
+        assert.deepEqual(
+          groupErrors(w, approx, n, k, format, x, m || undefined),
+          slowObjective(w, n, k, format, x, m || undefined)(approx),
+          `groupErrors ${format} m=${m}`,
+        );
+        groups += (n * k) / G;
+      }
+    }
+  }
+  console.log(`  ${groups} groups identical`);
+});
+
+Deno.test("quantizeWeightClipped throws what the previous algorithm threw", () => {
+  const message = (fn: () => unknown) => {
+    try {
+      fn();
+    } catch (e) {
+      return `${(e as Error).constructor.name}: ${(e as Error).message}`;
+    }
+    return "no error";
+  };
+  const w = new Float32Array(3 * 128).fill(0.5);
+  const cases: [Float32Array, WeightFormat, readonly number[]][] = [];
+  const nan = w.slice();
+  nan[200] = NaN;
+  cases.push([nan, "int4", DEFAULT_CLIP_RATIOS], [nan, "nvfp4", DEFAULT_CLIP_RATIOS]);
+  // an int4 scale past f16: the first ratio that overflows names its first group
+  const big = w.slice();
+  big[20] = 400_000; // group 0: past f16 for ratio 1.3 only
+  big[150] = 470_000; // group 2: past f16 for ratios 1 and 1.3
+  cases.push([big, "int4", [1, 1.3]], [big, "int4", [1.3, 1]], [big, "int4", [0.5, 1]]);
+  for (const [wt, format, ratios] of cases) {
+    const slow = message(() => slowQuantizeWeightClipped(wt, 3, 128, format, ratios));
+    const fast = message(() => quantizeWeightClipped(wt, 3, 128, format, { ratios }));
+    assert.equal(fast, slow);
+    assert.notEqual(fast, "no error");
+  }
+});

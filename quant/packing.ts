@@ -89,6 +89,9 @@ export interface QuantAct {
 // ---------------------------------------------------------------------------------------------
 // Rounding and f16
 
+/** 1.5·2^52: `(v + ROUND_MAGIC) - ROUND_MAGIC` rounds |v| < 2^51 to an integer, ties to even. */
+const ROUND_MAGIC = 6755399441055744;
+
 /** Round to the nearest integer, ties to even (`2.5 → 2`, `3.5 → 4`, `-2.5 → -2`). */
 export function roundHalfEven(x: number): number {
   const r = Math.round(x); // ties go up (toward +∞)
@@ -140,6 +143,9 @@ const E4M3_TABLE: Float64Array = (() => {
   return t;
 })();
 
+/** `2^(3-e)` for binade e = -6..8 (index e + 6): E4M3 mantissa steps per unit. */
+const E4M3_STEP_INV: Float64Array = Float64Array.from({ length: 15 }, (_, i) => 2 ** (9 - i));
+
 /** 2·e2m1(code): the int8 the GEMM multiplies for an E2M1 code. */
 const E2M1_TWICE: Int8Array = Int8Array.from(E2M1_VALUES, (v) => 2 * v);
 
@@ -153,15 +159,14 @@ export function encodeE4M3(x: number): number {
   const sign = x < 0 || 1 / x < 0 ? 0x80 : 0;
   const a = Math.abs(x);
   if (a >= E4M3_MAX) return sign | 0x7e;
-  let e = -6; // exponent of the binade; subnormals share the step of binade -6
-  if (a >= 2 ** -6) {
-    e = Math.floor(Math.log2(a));
-    if (2 ** e > a) e--;
-    else if (2 ** (e + 1) <= a) e++;
-  }
-  // 8 steps per binade: the mantissa (with implicit 8) rounds to an integer; a carry to 16
-  // moves into the next exponent by itself, and subnormal codes are the integer itself.
-  return sign | ((e + 6) * 8 + roundHalfEven(a * 2 ** (3 - e)));
+  // Exponent of the binade, -6..8 (subnormals share the step of binade -6): a·64 < 2^15 and
+  // clz32 truncates, so 25 - clz32(a·64) = floor(log2(a)) for a >= 2^-6.
+  const e = a >= 2 ** -6 ? 25 - Math.clz32(a * 64) : -6;
+  // 8 steps per binade: the mantissa (with implicit 8) rounds to an integer, ties to even (it is
+  // < 16, so adding and removing 1.5·2^52 does it); a carry to 16 moves into the next exponent
+  // by itself, and subnormal codes are the integer itself.
+  const mant = (a * E4M3_STEP_INV[e + 6] + ROUND_MAGIC) - ROUND_MAGIC;
+  return sign | ((e + 6) * 8 + mant);
 }
 
 /** Value of an E4M3 byte code (NaN for 0x7F/0xFF); a code outside 0..255 throws. */
@@ -238,12 +243,26 @@ export function packNibbles(codes: ArrayLike<number>, rows: number, cols: number
     );
   }
   const words = new Uint32Array((rows * cols) >> 3);
-  for (let w = 0, i = 0; w < words.length; w++, i += 8) {
+  packNibblesInto(codes, 0, rows * cols, words, 0);
+  return words;
+}
+
+/**
+ * Pack `count` (a multiple of 8) codes `codes[offset ..]` into `words[wordOffset ..]`, the
+ * {@linkcode packNibbles} layout (low 4 bits of each code). Hot-loop primitive: no validation.
+ */
+export function packNibblesInto(
+  codes: ArrayLike<number>,
+  offset: number,
+  count: number,
+  words: Uint32Array,
+  wordOffset: number,
+): void {
+  for (let i = offset, w = wordOffset, end = offset + count; i < end; i += 8, w++) {
     words[w] = (codes[i] & 15) | (codes[i + 1] & 15) << 4 | (codes[i + 2] & 15) << 8 |
       (codes[i + 3] & 15) << 12 | (codes[i + 4] & 15) << 16 | (codes[i + 5] & 15) << 20 |
       (codes[i + 6] & 15) << 24 | (codes[i + 7] & 15) << 28;
   }
-  return words;
 }
 
 /**
@@ -328,60 +347,211 @@ export function quantizeWeight(
     );
   }
   checkFinite(`quantize ${name}`, w, k, "weights");
-  return format === "int4" ? quantizeInt4(w, n, k, clip, name) : quantizeNvfp4(w, n, k, clip);
-}
-
-function quantizeInt4(w: Float32Array, n: number, k: number, clip: number, name: string) {
-  const G = GROUP_SIZE_INT4, groups = k / G;
+  const G = groupSize(format), groups = k / G;
+  const tensorScale = format === "nvfp4" ? nvfp4TensorScale(w) : 1;
   const qweight = new Uint32Array((n * k) >> 3);
-  const wscales = new Float32Array(n * groups);
+  const wscales = format === "int4" ? new Float32Array(n * groups) : new Uint8Array(n * groups);
+  const codes = new Int8Array(G);
   for (let gi = 0; gi < n * groups; gi++) {
     const base = gi * G; // rows are whole groups, so group gi starts at gi·G in the flat array
-    let amax = 0;
-    for (let t = 0; t < G; t++) amax = Math.max(amax, Math.abs(w[base + t]));
-    const s = roundF16(amax * clip / 7);
+    const s = quantizeGroupInto(w, base, G, format, clip, tensorScale, codes, 0);
     if (s === Infinity) {
       throw new RangeError(
         `Cannot quantize ${name}: group ${gi % groups} of row ${Math.floor(gi / groups)} has ` +
-          `amax ${amax}, its int4 scale overflows f16; scale the weight down or use nvfp4`,
+          `amax ${groupAmax(w, base, G)}, its int4 scale overflows f16; scale the weight down ` +
+          `or use nvfp4`,
       );
     }
     wscales[gi] = s;
-    if (s === 0) continue;
-    for (let t = 0; t < G; t += 8) {
-      let word = 0;
-      for (let j = 0; j < 8; j++) {
-        const q = Math.min(7, Math.max(-8, roundHalfEven(w[base + t + j] / s)));
-        word |= (q & 15) << (j << 2);
-      }
-      qweight[(base + t) >> 3] = word;
-    }
+    packNibblesInto(codes, 0, G, qweight, base >> 3);
   }
-  return { format: "int4", n, k, qweight, wscales } satisfies Int4Weight;
+  return format === "int4"
+    ? { format, n, k, qweight, wscales: wscales as Float32Array } satisfies Int4Weight
+    : { format, n, k, qweight, wscales: wscales as Uint8Array, tensorScale } satisfies Nvfp4Weight;
 }
 
-function quantizeNvfp4(w: Float32Array, n: number, k: number, clip: number) {
-  const G = GROUP_SIZE_NVFP4, groups = k / G;
+/**
+ * The per-tensor scale of an NVFP4 weight: `f32(amax(|W|) / (6·448))`, or 1 when that is 0 (an
+ * all-zero weight). Non-finite elements give a non-finite result (callers check them first).
+ */
+export function nvfp4TensorScale(w: Float32Array): number {
   let tmax = 0;
   for (let i = 0; i < w.length; i++) tmax = Math.max(tmax, Math.abs(w[i]));
-  const tensorScale = Math.fround(tmax / (6 * E4M3_MAX)) || 1;
-  const qweight = new Uint32Array((n * k) >> 3);
-  const wscales = new Uint8Array(n * groups);
-  for (let gi = 0; gi < n * groups; gi++) {
-    const base = gi * G;
-    let amax = 0;
-    for (let t = 0; t < G; t++) amax = Math.max(amax, Math.abs(w[base + t]));
-    const code = encodeE4M3(amax * clip / 6 / tensorScale);
-    wscales[gi] = code;
-    const S = Math.fround(E4M3_TABLE[code] * tensorScale);
-    if (S === 0) continue;
-    for (let t = 0; t < G; t += 8) {
-      let word = 0;
-      for (let j = 0; j < 8; j++) word |= e2m1Code(w[base + t + j] / S) << (j << 2);
-      qweight[(base + t) >> 3] = word;
+  return Math.fround(tmax / (6 * E4M3_MAX)) || 1;
+}
+
+/** Largest `|values[offset + t]|` for `t < g` (0 when `g` is 0; NaN when one is NaN). */
+export function groupAmax(values: ArrayLike<number>, offset: number, g: number): number {
+  let amax = 0;
+  for (let t = offset, end = offset + g; t < end; t++) amax = Math.max(amax, Math.abs(values[t]));
+  return amax;
+}
+
+/**
+ * Quantize ONE group of `g` weights, `values[offset .. offset+g)`, round-to-nearest as
+ * {@linkcode quantizeWeight} does (it is built on this function, so results are identical), and
+ * write its `g` codes to `outCodes[outOffset ..]`: int4 `q` in [-8, 7], nvfp4 E2M1 codes 0..15
+ * (a Uint8Array receives int4 codes mod 256; only the low nibble matters). Returns the group's
+ * scale as it is stored: int4 the f16-rounded scale (Infinity when it overflows f16, nothing
+ * then written), nvfp4 the E4M3 code. `amax` may be passed when the caller already has
+ * {@linkcode groupAmax}; `tensorScale` is ignored for int4. With `residual`, also writes
+ * `residual[residualOffset + t·residualStride] = values[offset + t] − dequantized_t` (f64, the
+ * dequantized values of {@linkcode dequantizeGroupInto}), for error searches. Inputs must be
+ * finite and the ranges in bounds: this is the hot-loop primitive, it does not validate.
+ *
+ * @example
+ * ```ts
+ * import { quantizeGroupInto } from "./packing.ts";
+ * const w = Float32Array.from({ length: 64 }, (_, i) => Math.sin(i));
+ * const codes = new Int8Array(64);
+ * const scale = quantizeGroupInto(w, 0, 64, "int4", 1, 1, codes, 0); // roundF16(amax / 7)
+ * ```
+ */
+export function quantizeGroupInto(
+  values: Float32Array,
+  offset: number,
+  g: number,
+  format: WeightFormat,
+  clipRatio: number,
+  tensorScale: number,
+  outCodes: Int8Array | Uint8Array,
+  outOffset: number,
+  amax: number = groupAmax(values, offset, g),
+  residual?: Float64Array,
+  residualOffset = 0,
+  residualStride = 1,
+): number {
+  // two bodies rather than one large one, so V8 can inline them into callers' loops
+  const clipped = amax * clipRatio, res = residual, ro = residualOffset, rs = residualStride;
+  return format === "int4"
+    ? quantizeGroupInt4(values, offset, g, clipped, outCodes, outOffset, res, ro, rs)
+    : quantizeGroupNvfp4(values, offset, g, clipped, tensorScale, outCodes, outOffset, res, ro, rs);
+}
+
+/** Codes 0 (a zero scale); the residual is the weights themselves (`w − 0`). */
+function zeroGroup(
+  values: Float32Array,
+  offset: number,
+  g: number,
+  codes: Int8Array | Uint8Array,
+  at: number,
+  res: Float64Array | undefined,
+  ro: number,
+  rs: number,
+) {
+  codes.fill(0, at, at + g);
+  if (res) { for (let t = 0, i = ro; t < g; t++, i += rs) res[i] = values[offset + t] - 0; }
+}
+
+function quantizeGroupInt4(
+  values: Float32Array,
+  offset: number,
+  g: number,
+  clipped: number,
+  codes: Int8Array | Uint8Array,
+  at: number,
+  res: Float64Array | undefined,
+  ro: number,
+  rs: number,
+): number {
+  const s = roundF16(clipped / 7);
+  if (s === Infinity) return s;
+  if (s === 0) {
+    zeroGroup(values, offset, g, codes, at, res, ro, rs);
+    return s;
+  }
+  // clamp(roundHalfEven(w/s), -8, 7) without Math.round (slow in V8): rounding is monotone and
+  // the bounds are integers, so clamping first gives the same code, and adding and removing
+  // 1.5·2^52 rounds a value that small half to even (to +0, never -0)
+  if (res === undefined) {
+    for (let t = 0; t < g; t++) {
+      let v = values[offset + t] / s;
+      v = v > 7 ? 7 : v < -8 ? -8 : v;
+      codes[at + t] = (v + ROUND_MAGIC) - ROUND_MAGIC;
+    }
+  } else {
+    for (let t = 0, i = ro; t < g; t++, i += rs) {
+      const w = values[offset + t];
+      let v = w / s;
+      v = v > 7 ? 7 : v < -8 ? -8 : v;
+      const q = (v + ROUND_MAGIC) - ROUND_MAGIC;
+      codes[at + t] = q;
+      res[i] = w - Math.fround(q * s); // the value dequantizeGroupInto gives
     }
   }
-  return { format: "nvfp4", n, k, qweight, wscales, tensorScale } satisfies Nvfp4Weight;
+  return s;
+}
+
+function quantizeGroupNvfp4(
+  values: Float32Array,
+  offset: number,
+  g: number,
+  clipped: number,
+  tensorScale: number,
+  codes: Int8Array | Uint8Array,
+  at: number,
+  res: Float64Array | undefined,
+  ro: number,
+  rs: number,
+): number {
+  const code = encodeE4M3(clipped / 6 / tensorScale);
+  const S = Math.fround(E4M3_TABLE[code] * tensorScale);
+  if (S === 0) {
+    zeroGroup(values, offset, g, codes, at, res, ro, rs);
+    return code;
+  }
+  // e2m1Code(w / S) without dividing or branching on the data: the magnitude code counts the
+  // thresholds of e2m1Magnitude (ties to even) that |w / S| passes. Each threshold T has at most
+  // 3 significant bits, so T·S (S an f32) is exact in f64, and since w is an f32, f64(w / S)
+  // rounds onto T only when w = T·S exactly: comparing f64(w / S) with T is comparing |w| with
+  // T·S. The sign is that of w (S > 0), -0 included.
+  const t1 = 0.25 * S, t2 = 0.75 * S, t3 = 1.25 * S, t4 = 1.75 * S;
+  const t5 = 2.5 * S, t6 = 3.5 * S, t7 = 5 * S;
+  const f = groupFactor("nvfp4", code, tensorScale);
+  for (let t = 0, i = ro; t < g; t++, i += rs) {
+    const v = values[offset + t], a = Math.abs(v);
+    let c = +(a > t1) + +(a >= t2) + +(a > t3) + +(a >= t4) + +(a > t5) + +(a >= t6) +
+      +(a > t7) + (+(v < 0) << 3);
+    if (v === 0 && 1 / v < 0) c = 8;
+    codes[at + t] = c;
+    if (res !== undefined) res[i] = v - Math.fround(E2M1_TWICE[c] * f); // dequantizeGroupInto's
+  }
+  return code;
+}
+
+/**
+ * The f32 factor of one group, as {@linkcode weightGroupScales} gives it: int4 the scale
+ * itself; nvfp4 `f32(e4m3(code) · tensorScale) / 2` (the GEMM code is `2·e2m1`).
+ */
+export function groupFactor(format: WeightFormat, scale: number, tensorScale: number): number {
+  return format === "int4" ? scale : Math.fround(Math.fround(E4M3_TABLE[scale] * tensorScale) / 2);
+}
+
+/**
+ * Dequantize ONE group written by {@linkcode quantizeGroupInto}: `out[outOffset + t]` =
+ * `weightCode · groupFactor` rounded to f32, exactly the values {@linkcode dequantizeWeight}
+ * gives for that group. Hot-loop primitive: no validation.
+ */
+export function dequantizeGroupInto(
+  codes: Int8Array | Uint8Array,
+  codeOffset: number,
+  g: number,
+  format: WeightFormat,
+  scale: number,
+  tensorScale: number,
+  out: Float32Array | Float64Array,
+  outOffset: number,
+): void {
+  const f = groupFactor(format, scale, tensorScale);
+  if (format === "int4") {
+    for (let t = 0; t < g; t++) {
+      out[outOffset + t] = Math.fround(((codes[codeOffset + t] << 28) >> 28) * f);
+    }
+  } else {
+    for (let t = 0; t < g; t++) {
+      out[outOffset + t] = Math.fround(E2M1_TWICE[codes[codeOffset + t] & 15] * f);
+    }
+  }
 }
 
 /**
@@ -405,9 +575,7 @@ export function weightGroupScales(p: PackedWeight): Float32Array {
   checkPacked(p);
   if (p.format === "int4") return Float32Array.from(p.wscales);
   const out = new Float32Array(p.wscales.length);
-  for (let i = 0; i < out.length; i++) {
-    out[i] = Math.fround(E4M3_TABLE[p.wscales[i]] * p.tensorScale) / 2;
-  }
+  for (let i = 0; i < out.length; i++) out[i] = groupFactor("nvfp4", p.wscales[i], p.tensorScale);
   return out;
 }
 

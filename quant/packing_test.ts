@@ -12,17 +12,23 @@ import {
   decodeE2M1,
   decodeE4M3,
   dequantizeAct,
+  dequantizeGroupInto,
   dequantizeWeight,
   E2M1_VALUES,
   E4M3_MAX,
   encodeE2M1,
   encodeE4M3,
   GELU_SHIFT,
+  groupAmax,
+  groupFactor,
   groupSize,
+  nvfp4TensorScale,
   packBytes,
   packF16,
   packNibbles,
+  packNibblesInto,
   quantizeAct,
+  quantizeGroupInto,
   quantizeWeight,
   roundF16,
   roundHalfEven,
@@ -446,4 +452,183 @@ Deno.test("quantizeAct: zeros, non-finite values and bad shapes", () => {
     () => quantizeAct(new Float32Array(64), 1, 64, "int4", new Float32Array(32).fill(1)),
     /expected \[K=64\]/,
   );
+});
+
+// ---- per-group primitives --------------------------------------------------------------------
+
+/**
+ * The previous whole-matrix quantizeWeight (before the per-group primitives), kept verbatim as
+ * the reference that the rewrite must match bit for bit.
+ */
+function previousQuantizeWeight(
+  w: Float32Array,
+  n: number,
+  k: number,
+  format: WeightFormat,
+  clip: number,
+) {
+  const G = groupSize(format), groups = k / G;
+  const qweight = new Uint32Array((n * k) >> 3);
+  const e2m1Mag = (a: number) =>
+    a <= 0.25
+      ? 0
+      : a < 0.75
+      ? 1
+      : a <= 1.25
+      ? 2
+      : a < 1.75
+      ? 3
+      : a <= 2.5
+      ? 4
+      : a < 3.5
+      ? 5
+      : a <= 5
+      ? 6
+      : 7;
+  const e2m1 = (x: number) => x < 0 || 1 / x < 0 ? 8 | e2m1Mag(-x) : e2m1Mag(x);
+  let tmax = 0;
+  for (let i = 0; i < w.length; i++) tmax = Math.max(tmax, Math.abs(w[i]));
+  const tensorScale = Math.fround(tmax / (6 * E4M3_MAX)) || 1;
+  const wscales = format === "int4" ? new Float32Array(n * groups) : new Uint8Array(n * groups);
+  for (let gi = 0; gi < n * groups; gi++) {
+    const base = gi * G;
+    let amax = 0;
+    for (let t = 0; t < G; t++) amax = Math.max(amax, Math.abs(w[base + t]));
+    let s: number;
+    if (format === "int4") s = wscales[gi] = roundF16(amax * clip / 7);
+    else {
+      const code = wscales[gi] = previousEncodeE4M3(amax * clip / 6 / tensorScale);
+      s = Math.fround(decodeE4M3(code) * tensorScale);
+    }
+    if (s === 0) continue;
+    for (let t = 0; t < G; t += 8) {
+      let word = 0;
+      for (let j = 0; j < 8; j++) {
+        const r = w[base + t + j] / s;
+        const c = format === "int4" ? Math.min(7, Math.max(-8, roundHalfEven(r))) : e2m1(r);
+        word |= (c & 15) << (j << 2);
+      }
+      qweight[(base + t) >> 3] = word;
+    }
+  }
+  return format === "int4"
+    ? { format, n, k, qweight, wscales }
+    : { format, n, k, qweight, wscales, tensorScale };
+}
+
+/** The previous encodeE4M3 (log2 for the binade, Math.round-based rounding), as a reference. */
+function previousEncodeE4M3(x: number): number {
+  const sign = x < 0 || 1 / x < 0 ? 0x80 : 0;
+  const a = Math.abs(x);
+  if (a >= E4M3_MAX) return sign | 0x7e;
+  let e = -6;
+  if (a >= 2 ** -6) {
+    e = Math.floor(Math.log2(a));
+    if (2 ** e > a) e--;
+    else if (2 ** (e + 1) <= a) e++;
+  }
+  return sign | ((e + 6) * 8 + roundHalfEven(a * 2 ** (3 - e)));
+}
+
+/**
+ * Weights full of exact rounding ties: the tensor scale is a power of two, each group's amax
+ * puts its scale on a round value, and the other elements sit exactly on grid points and
+ * midpoints (±, -0 and 0 included), mixed with random values and rows of random scale.
+ */
+function tieWeight(rng: Rng, n: number, k: number, format: WeightFormat): Float32Array {
+  const G = groupSize(format), w = rng.normals(n * k, 0.05);
+  const ts = 2 ** -10, mids = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5, 0.5, 1, 6];
+  w[0] = 6 * E4M3_MAX * ts; // tensor scale exactly 2^-10
+  for (let g = 1; g < (n * k) / G; g++) {
+    if (rng.next() < 0.3) continue;
+    const base = g * G;
+    // int4: s = 2^e exactly (amax = 7s); nvfp4: an E4M3 value v (amax = 6·v·ts)
+    const S = format === "int4" ? 2 ** rng.int(-12, 2) : decodeE4M3(rng.int(1, 0x7e)) * ts;
+    w[base] = (format === "int4" ? 7 : 6) * S;
+    for (let t = 1; t < G; t++) {
+      const u = rng.next(), sign = rng.next() < 0.5 ? -1 : 1;
+      const v = format === "int4" ? (rng.int(-7, 6) + 0.5) * S : sign * mids[rng.int(0, 9)] * S;
+      w[base + t] = u < 0.1 ? -0 : u < 0.15 ? 0 : v;
+    }
+  }
+  return w;
+}
+
+Deno.test("quantizeWeight is bit-identical to the previous whole-matrix implementation", () => {
+  const rng = freshRng("quantizeWeight previous");
+  let groups = 0;
+  for (const format of ["int4", "nvfp4"] as const) {
+    for (const clip of [1, 0.95, 0.8137, 1.25, 0.5, 2 ** -20]) {
+      for (const ties of [false, true]) {
+        const n = rng.int(1, 5), k = groupSize(format) * rng.int(1, 6);
+        const w = ties ? tieWeight(rng, n, k, format) : randomWeight(rng, n, k);
+        if (!ties && rng.next() < 0.5) w[rng.int(0, n * k - 1)] *= 300; // an outlier
+        assert.deepEqual(
+          quantizeWeight(w, n, k, format, { clipRatio: clip }),
+          previousQuantizeWeight(w, n, k, format, clip),
+          `${format} clip ${clip} ties ${ties}`,
+        );
+        groups += (n * k) / groupSize(format);
+      }
+    }
+  }
+  console.log(`  ${groups} groups identical`);
+});
+
+Deno.test("encodeE4M3 matches the previous implementation (random, binade edges, midpoints)", () => {
+  const rng = freshRng("encodeE4M3 previous");
+  const xs: number[] = [0, -0, Infinity, -Infinity, 448, 449, 5e-324, 1e-300];
+  for (let e = -12; e <= 9; e++) {
+    for (let j = 0; j < 32; j++) {
+      const v = 2 ** e * (1 + j / 32);
+      xs.push(v, v * (1 + 2 ** -52), v * (1 - 2 ** -53), -v);
+    }
+  }
+  for (let i = 0; i < 200_000; i++) xs.push((rng.next() - 0.5) * 2 ** rng.uniform(-14, 10));
+  for (const x of xs) assert.equal(encodeE4M3(x), previousEncodeE4M3(x), `x = ${x}`);
+});
+
+Deno.test("per-group primitives reproduce quantizeWeight and dequantizeWeight group by group", () => {
+  const rng = freshRng("group primitives");
+  for (const format of ["int4", "nvfp4"] as const) {
+    const G = groupSize(format), n = 3, k = 4 * G, clip = rng.uniform(0.6, 1.1);
+    const w = rng.next() < 0.5 ? tieWeight(rng, n, k, format) : randomWeight(rng, n, k);
+    const p = quantizeWeight(w, n, k, format, { clipRatio: clip });
+    const deq = dequantizeWeight(p), factors = weightGroupScales(p);
+    const ts = p.format === "nvfp4" ? p.tensorScale : 1;
+    assert.equal(format === "nvfp4" ? nvfp4TensorScale(w) : 1, ts);
+    const words = new Uint32Array(p.qweight.length), stride = 3;
+    const out32 = new Float32Array(G), res = new Float64Array(G * stride);
+    for (let gi = 0; gi < (n * k) / G; gi++) {
+      const base = gi * G, off = rng.int(0, 5);
+      const i8 = new Int8Array(G + off), u8 = new Uint8Array(G + off);
+      const scale = quantizeGroupInto(w, base, G, format, clip, ts, i8, off);
+      const amax = groupAmax(w, base, G);
+      const withRes = quantizeGroupInto(
+        w,
+        base,
+        G,
+        format,
+        clip,
+        ts,
+        u8,
+        off,
+        amax,
+        res,
+        1,
+        stride,
+      );
+      assert.equal(withRes, scale);
+      assert.equal(scale, p.wscales[gi], `scale of group ${gi}`);
+      assert.equal(groupFactor(format, scale, ts), factors[gi]);
+      packNibblesInto(u8, off, G, words, base >> 3);
+      dequantizeGroupInto(u8, off, G, format, scale, ts, out32, 0);
+      for (let t = 0; t < G; t++) {
+        assert.equal(i8[off + t] & 15, u8[off + t] & 15);
+        assert.equal(out32[t], deq[base + t], `dequantized ${base + t}`);
+        assert.ok(Object.is(res[1 + t * stride], w[base + t] - deq[base + t]), `residual ${t}`);
+      }
+    }
+    assert.deepEqual(words, p.qweight);
+  }
 });

@@ -387,7 +387,7 @@ Deno.test("the tiny DiT fixture loads, has the DiT names and matches its generat
       "t_embedder.mlp.0.weight": [h, 256],
       "t_embedder.mlp.2.weight": [h, h],
       "y_embedder.embedding_table.weight": [11, h],
-      "pos_embed": [1, 16, h],
+      "pos_embed": [1, 64, h],
       "final_layer.linear.weight": [32, h],
       "final_layer.adaLN_modulation.1.weight": [2 * h, h],
     };

@@ -92,6 +92,10 @@ export class Gpu {
   #lostReason: string | null = null;
   #pendingWrites = false;
   #pipelines = new Map<string, Promise<GPUComputePipeline>>();
+  // Bind groups are cached per Dispatch object: a graph that replays the same dispatches every
+  // step creates none after the first (creating them per submit costs CPU time and, in Deno,
+  // memory that is only returned when the garbage collector runs).
+  #bindGroups = new WeakMap<Dispatch, GPUBindGroup>();
 
   private constructor(adapter: GPUAdapter, device: GPUDevice, caps: GpuCapabilities) {
     this.adapter = adapter;
@@ -335,10 +339,14 @@ export class Gpu {
     const enc = this.device.createCommandEncoder({ label });
     const pass = enc.beginComputePass({ label });
     for (const d of dispatches) {
-      const bindGroup = this.device.createBindGroup({
-        layout: d.pipeline.getBindGroupLayout(0),
-        entries: d.bindings.map((buffer, binding) => ({ binding, resource: { buffer } })),
-      });
+      let bindGroup = this.#bindGroups.get(d);
+      if (!bindGroup) {
+        bindGroup = this.device.createBindGroup({
+          layout: d.pipeline.getBindGroupLayout(0),
+          entries: d.bindings.map((buffer, binding) => ({ binding, resource: { buffer } })),
+        });
+        this.#bindGroups.set(d, bindGroup);
+      }
       pass.setPipeline(d.pipeline);
       pass.setBindGroup(0, bindGroup);
       const [x, y = 1, z = 1] = d.workgroups;

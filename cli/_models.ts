@@ -1,0 +1,114 @@
+/**
+ * The bundled model files: the float checkpoint and its INT4 SVDQuant file are committed under
+ * models/; other precisions are built on first use (calibration on the float model, then the
+ * quantizer) and cached under models/.cache/.
+ *
+ * @module
+ */
+import { getGpu } from "../runtime/device.ts";
+import { Pipeline } from "../runtime/pipeline.ts";
+import { CalibRecorder, readCalibStats, writeCalibStats } from "../quant/calib.ts";
+import type { CalibStats } from "../quant/calib.ts";
+import { quantizeCheckpoint } from "../quant/model.ts";
+import type { WeightFormat } from "../quant/packing.ts";
+import type { ModelMethod } from "../quant/model.ts";
+
+/** Precisions `deno task gen` offers. */
+export const PRECISIONS = ["float", "int4", "nvfp4", "w4a16"] as const;
+/** One of {@linkcode PRECISIONS}. */
+export type Precision = (typeof PRECISIONS)[number];
+
+const MODELS = new URL("../models/", import.meta.url);
+/** The bundled float checkpoint. */
+export const FLOAT_MODEL: string = new URL("dit_emoji.safetensors", MODELS).pathname;
+const CACHE = new URL(".cache/", MODELS).pathname;
+
+/** Timestep buckets and images used to calibrate the bundled model. */
+export const CALIB = { buckets: 4, steps: 16, seed: 1234, samplesPerLayer: 256 };
+
+/** Path of the bundled model file for `precision`, building (and caching) it when missing. */
+export async function modelFor(precision: Precision, log: (line: string) => void): Promise<string> {
+  if (precision === "float") return await exists(FLOAT_MODEL, "the bundled float model");
+  const committed = new URL(`dit_emoji.${precision}.safetensors`, MODELS).pathname;
+  if (await fileExists(committed)) return committed;
+  const cached = `${CACHE}dit_emoji.${precision}.safetensors`;
+  if (await fileExists(cached)) return cached;
+  log(`building the ${precision} model from the float checkpoint (once; cached in ${cached})`);
+  await buildQuantized(precision, cached, log);
+  return cached;
+}
+
+/** Quantize the bundled float model to `precision` at `out`, calibrating first. */
+export async function buildQuantized(
+  precision: Exclude<Precision, "float">,
+  out: string,
+  log: (line: string) => void,
+  opts: { method?: ModelMethod } = {},
+): Promise<void> {
+  await exists(FLOAT_MODEL, "the bundled float model");
+  const calib = await calibration(log);
+  const method: ModelMethod = opts.method ?? (precision === "w4a16" ? "w4a16" : "svdquant");
+  const format: WeightFormat = precision === "nvfp4" ? "nvfp4" : "int4";
+  await Deno.mkdir(out.slice(0, out.lastIndexOf("/") + 1) || ".", { recursive: true });
+  const t0 = performance.now();
+  await quantizeCheckpoint(FLOAT_MODEL, out, {
+    method,
+    format,
+    calib,
+    onLayer: (r, i, n) => {
+      if (r.method !== "copy") {
+        log(`  [${i + 1}/${n}] ${r.name} ${r.method} err ${r.relError.toFixed(4)}`);
+      }
+    },
+  });
+  log(`quantized in ${((performance.now() - t0) / 1000).toFixed(1)} s → ${out}`);
+}
+
+/** Calibration statistics of the bundled float model (recorded once, cached). */
+export async function calibration(log: (line: string) => void): Promise<CalibStats> {
+  const path = `${CACHE}dit_emoji.calib.safetensors`;
+  if (await fileExists(path)) return await readCalibStats(path);
+  log(`calibrating: running the float model over every class (${CALIB.steps} steps each)`);
+  const gpu = await getGpu();
+  const pipe = await Pipeline.load(gpu, FLOAT_MODEL, { images: 1, dtype: "f32" });
+  try {
+    const recorder = new CalibRecorder({
+      buckets: CALIB.buckets,
+      maxSamples: CALIB.samplesPerLayer,
+      seed: CALIB.seed,
+    });
+    const classes = pipe.model.config.num_classes;
+    for (let c = 0; c < classes; c++) {
+      await pipe.generate({
+        classes: [c],
+        seed: CALIB.seed + c,
+        steps: CALIB.steps,
+        cfg: 4,
+        calibration: { recorder, buckets: CALIB.buckets },
+      });
+    }
+    const stats = recorder.stats();
+    await Deno.mkdir(CACHE, { recursive: true });
+    await writeCalibStats(path, stats);
+    return stats;
+  } finally {
+    pipe.destroy();
+  }
+}
+
+async function fileExists(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch {
+    return false;
+  }
+}
+
+async function exists(path: string, what: string): Promise<string> {
+  if (!(await fileExists(path))) {
+    throw new RangeError(
+      `Cannot find ${what} at ${path}: check out the repository with its models/ folder`,
+    );
+  }
+  return path;
+}

@@ -1,0 +1,143 @@
+/**
+ * `deno task gen [prompt or class] [options]`: generate an image with the bundled model (or any
+ * DiT model file) and write a PNG. A progress bar on a terminal, plain lines otherwise; timings
+ * printed at the end; errors are one line.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { getGpu } from "../runtime/device.ts";
+import { Pipeline, type SamplerName } from "../runtime/pipeline.ts";
+import { encodePng, toRgbGrid } from "../runtime/png.ts";
+import { fail, runCli } from "./_cli.ts";
+import { matchClass } from "./_classes.ts";
+import { modelFor, type Precision, PRECISIONS } from "./_models.ts";
+
+const USAGE = `Usage: deno task gen [prompt or class] [options]
+
+  prompt or class        a class name, a few words of one, or a class number (default: a random class)
+  --seed N               noise seed, 0..4294967295 (default: random)
+  --steps N              denoising steps, 1..1000 (default 20)
+  --cfg X                classifier-free guidance scale, 1..50 (default 4)
+  --precision P          float | int4 | nvfp4 | w4a16 (default int4)
+  --sampler S            dpm | ddim (default dpm)
+  --model FILE           a DiT model file (float or pre-quantized); overrides --precision
+  --n N                  images side by side in one PNG (default 1)
+  --scale N              pixel scale of the PNG (default 4)
+  --out FILE             output PNG (default out.png)
+  --list                 list the model's classes and exit
+  -h, --help             this text`;
+
+async function main(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      seed: { type: "string" },
+      steps: { type: "string", default: "20" },
+      cfg: { type: "string", default: "4" },
+      precision: { type: "string", default: "int4" },
+      sampler: { type: "string", default: "dpm" },
+      model: { type: "string" },
+      n: { type: "string", default: "1" },
+      scale: { type: "string", default: "4" },
+      out: { type: "string", default: "out.png" },
+      list: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) return console.log(USAGE);
+  const int = (name: string, v: string, lo: number, hi: number) => {
+    const x = Number(v);
+    if (!Number.isInteger(x) || x < lo || x > hi) {
+      fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`);
+    }
+    return x;
+  };
+  const steps = int("steps", values.steps, 1, 1000);
+  const n = int("n", values.n, 1, 16);
+  const scale = int("scale", values.scale, 1, 16);
+  const cfg = Number(values.cfg);
+  if (!(cfg >= 1 && cfg <= 50)) fail(`--cfg must be a number in 1..50, got "${values.cfg}"`);
+  const seed = values.seed === undefined
+    ? (Math.random() * 2 ** 32) >>> 0
+    : int("seed", values.seed, 0, 0xffffffff);
+  const precision = values.precision as Precision;
+  if (!PRECISIONS.includes(precision)) {
+    fail(`--precision must be one of ${PRECISIONS.join(", ")}, got "${precision}"`);
+  }
+  const sampler = values.sampler as SamplerName;
+  if (sampler !== "dpm" && sampler !== "ddim") {
+    fail(`--sampler must be dpm or ddim, got "${sampler}"`);
+  }
+  if (positionals.length > 1) {
+    fail(
+      `give one prompt (quote it), got ${positionals.length} words unquoted? Try: deno task gen "${
+        positionals.join(" ")
+      }"`,
+    );
+  }
+
+  const tty = Deno.stdout.isTerminal();
+  const t0 = performance.now();
+  const path = values.model ?? await modelFor(precision, (line) => console.log(line));
+  const gpu = await getGpu();
+  const pipe = await Pipeline.load(gpu, path, {
+    images: n,
+    onProgress: tty ? (d, t) => bar("loading", d, t) : undefined,
+  });
+  try {
+    if (tty) clearLine();
+    const names = pipe.classNames;
+    if (values.list) {
+      names.forEach((name, i) => console.log(`${String(i).padStart(3)}  ${name}`));
+      return;
+    }
+    const cls = positionals.length
+      ? matchClass(positionals[0], names)
+      : Math.floor(Math.random() * names.length);
+    const loadMs = performance.now() - t0;
+    console.log(
+      `model ${path} (${pipe.file.precision}, ${gpu.caps.adapter}); class ${cls} "${
+        names[cls]
+      }", ` +
+        `seed ${seed}, ${steps} steps ${sampler}, cfg ${cfg}`,
+    );
+    const { images, stepMs, totalMs } = await pipe.generate({
+      classes: Array(n).fill(cls),
+      seed,
+      steps,
+      cfg,
+      sampler,
+      onStep: (i, total) => tty ? bar("denoising", i, total) : console.log(`step ${i}/${total}`),
+    });
+    if (tty) clearLine();
+    const td = performance.now();
+    const S = pipe.model.config.input_size;
+    const { rgb, width, height } = toRgbGrid(images, n, S, n, scale);
+    const png = await encodePng(rgb, width, height);
+    const tmp = `${values.out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+    await Deno.writeFile(tmp, png);
+    await Deno.rename(tmp, values.out);
+    const mean = stepMs.reduce((a, b) => a + b, 0) / stepMs.length;
+    console.log(
+      `wrote ${values.out} (${width}×${height}); load ${(loadMs / 1000).toFixed(2)} s, ` +
+        `${mean.toFixed(1)} ms/step (${(totalMs / 1000).toFixed(2)} s), ` +
+        `decode+write ${(performance.now() - td).toFixed(0)} ms`,
+    );
+  } finally {
+    pipe.destroy();
+  }
+}
+
+function bar(label: string, done: number, total: number): void {
+  const w = 30, f = Math.round((done / total) * w);
+  const text = `\r${label.padEnd(10)} [${"#".repeat(f)}${".".repeat(w - f)}] ${done}/${total}`;
+  Deno.stdout.writeSync(new TextEncoder().encode(text));
+}
+
+function clearLine(): void {
+  Deno.stdout.writeSync(new TextEncoder().encode("\r\x1b[2K"));
+}
+
+if (import.meta.main) await runCli(() => main(Deno.args));

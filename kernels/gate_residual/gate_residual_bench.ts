@@ -1,0 +1,93 @@
+/**
+ * Benchmark of `gate_residual`. As a program: small shapes (B=2, T=64, D=256 and 1152) that
+ * finish quickly on a software adapter, or with `--large` DiT-XL/2 shapes (D=1152, T=256 and
+ * 1024 tokens, B=2) and D=3072 (a real GPU).
+ *
+ *   deno run --allow-read --allow-env kernels/gate_residual/gate_residual_bench.ts [--large]
+ *
+ * @module
+ */
+import type { Gpu } from "../../runtime/device.ts";
+import { fmtTiming } from "../_bench.ts";
+import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
+import { actBytes, type ActDtype } from "../_wgsl.ts";
+import { GateResidual } from "./gate_residual.ts";
+
+/** Shape of one benchmark run. */
+export interface GateResidualBenchShape {
+  b: number;
+  t: number;
+  d: number;
+  dtype: ActDtype;
+  /** Invocations per workgroup (default 256). */
+  workgroupSize?: 64 | 128 | 256;
+  /** Dispatches per timed pass (default 8); the timing is per dispatch. */
+  repeat?: number;
+}
+
+/**
+ * Time `gate_residual` on `shape` (gate_msa of mod [B, 6·D]; inputs are zeros: speed does not
+ * depend on values), per dispatch, on the GPU clock when the device has `timestamp-query` (see
+ * _gpu_time.ts). bytes = x read and written + y read + the gate read, once; ops = 2 per element.
+ *
+ * @example
+ * ```ts ignore
+ * import { getGpu } from "../../runtime/device.ts";
+ * import { fmtTiming } from "../_bench.ts";
+ * import { benchGateResidual } from "./gate_residual_bench.ts";
+ * const gpu = await getGpu();
+ * console.log(fmtTiming(await benchGateResidual(gpu, { b: 2, t: 64, d: 256, dtype: "f32" })));
+ * ```
+ */
+export async function benchGateResidual(
+  gpu: Gpu,
+  shape: GateResidualBenchShape,
+): Promise<KernelTiming> {
+  const { b, t, d, dtype } = shape;
+  const e = actBytes(dtype);
+  const op = await GateResidual.create(gpu, {
+    b,
+    t,
+    d,
+    dtype,
+    modWidth: 6,
+    gateChunk: 2,
+    workgroupSize: shape.workgroupSize,
+  });
+  const x = await gpu.createBuffer("buffer bench x", b * t * d * e);
+  const y = await gpu.createBuffer("buffer bench y", b * t * d * e);
+  const mod = await gpu.createBuffer("buffer bench mod", b * 6 * d * e);
+  try {
+    return await timeKernel(gpu, [op.dispatch({ x, y, mod })], {
+      ops: 2 * b * t * d,
+      bytes: (3 * b * t * d + b * d) * e,
+      repeat: shape.repeat,
+    });
+  } finally {
+    op.destroy();
+    gpu.destroy(x, y, mod);
+  }
+}
+
+if (import.meta.main) {
+  const { getGpu } = await import("../../runtime/device.ts");
+  const gpu = await getGpu();
+  const large = Deno.args.includes("--large");
+  const dtype: ActDtype = gpu.caps.shaderF16 ? "f16" : "f32";
+  const shapes: GateResidualBenchShape[] = large
+    ? [
+      { b: 2, t: 256, d: 1152, dtype },
+      { b: 2, t: 1024, d: 1152, dtype },
+      { b: 2, t: 1024, d: 1152, dtype, workgroupSize: 128 },
+      { b: 8, t: 1024, d: 1152, dtype },
+      { b: 2, t: 4096, d: 3072, dtype },
+    ]
+    : [{ b: 2, t: 64, d: 256, dtype, repeat: 2 }, { b: 2, t: 64, d: 1152, dtype, repeat: 2 }];
+  console.log(`gate_residual on ${gpu.caps.adapter}`);
+  for (const s of shapes) {
+    const t = await benchGateResidual(gpu, s);
+    const label = `B=${s.b} T=${s.t} D=${s.d} ${s.dtype}` +
+      `${s.workgroupSize ? ` wg=${s.workgroupSize}` : ""}`;
+    console.log(`${label.padEnd(32)} ${fmtTiming(t)} (${t.clock} clock)`);
+  }
+}

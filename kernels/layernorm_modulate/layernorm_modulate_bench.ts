@@ -1,0 +1,95 @@
+/**
+ * Benchmark of `layernorm_modulate`. As a program: small shapes (B=2, T=64, D=256 and 1152) that
+ * finish quickly on a software adapter, or with `--large` DiT-XL/2 shapes (D=1152, T=256 and
+ * 1024 tokens, B=2) and D=3072 (a real GPU).
+ *
+ *   deno run --allow-read --allow-env kernels/layernorm_modulate/layernorm_modulate_bench.ts [--large]
+ *
+ * @module
+ */
+import type { Gpu } from "../../runtime/device.ts";
+import { fmtTiming } from "../_bench.ts";
+import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
+import { actBytes, type ActDtype } from "../_wgsl.ts";
+import { LayernormModulate } from "./layernorm_modulate.ts";
+
+/** Shape of one benchmark run. */
+export interface LayernormModulateBenchShape {
+  b: number;
+  t: number;
+  d: number;
+  dtype: ActDtype;
+  /** Invocations per workgroup (default: the launcher's choice). */
+  workgroupSize?: 64 | 128 | 256;
+  /** Dispatches per timed pass (default 8); the timing is per dispatch. */
+  repeat?: number;
+}
+
+/**
+ * Time `layernorm_modulate` on `shape` (a DiT block's norm1: mod [B, 6·D], chunks 0 and 1;
+ * inputs are zeros: speed does not depend on values), per dispatch, on the GPU clock when the
+ * device has `timestamp-query` (see _gpu_time.ts).
+ * bytes = x read + h written + shift and scale read, once; ops ≈ 8 per element.
+ *
+ * @example
+ * ```ts ignore
+ * import { getGpu } from "../../runtime/device.ts";
+ * import { fmtTiming } from "../_bench.ts";
+ * import { benchLayernormModulate } from "./layernorm_modulate_bench.ts";
+ * const gpu = await getGpu();
+ * console.log(fmtTiming(await benchLayernormModulate(gpu, { b: 2, t: 64, d: 256, dtype: "f32" })));
+ * ```
+ */
+export async function benchLayernormModulate(
+  gpu: Gpu,
+  shape: LayernormModulateBenchShape,
+): Promise<KernelTiming> {
+  const { b, t, d, dtype } = shape;
+  const e = actBytes(dtype);
+  const op = await LayernormModulate.create(gpu, {
+    b,
+    t,
+    d,
+    dtype,
+    modWidth: 6,
+    shiftChunk: 0,
+    scaleChunk: 1,
+    workgroupSize: shape.workgroupSize,
+  });
+  const x = await gpu.createBuffer("buffer bench x", b * t * d * e);
+  const mod = await gpu.createBuffer("buffer bench mod", b * 6 * d * e);
+  const h = await gpu.createBuffer("buffer bench h", b * t * d * e);
+  try {
+    return await timeKernel(gpu, [op.dispatch({ x, mod, h })], {
+      ops: 8 * b * t * d,
+      bytes: (2 * b * t * d + 2 * b * d) * e,
+      repeat: shape.repeat,
+    });
+  } finally {
+    op.destroy();
+    gpu.destroy(x, mod, h);
+  }
+}
+
+if (import.meta.main) {
+  const { getGpu } = await import("../../runtime/device.ts");
+  const gpu = await getGpu();
+  const large = Deno.args.includes("--large");
+  const dtype: ActDtype = gpu.caps.shaderF16 ? "f16" : "f32";
+  const shapes: LayernormModulateBenchShape[] = large
+    ? [
+      { b: 2, t: 256, d: 1152, dtype },
+      { b: 2, t: 1024, d: 1152, dtype },
+      { b: 2, t: 1024, d: 1152, dtype, workgroupSize: 256 },
+      { b: 8, t: 1024, d: 1152, dtype },
+      { b: 2, t: 4096, d: 3072, dtype },
+    ]
+    : [{ b: 2, t: 64, d: 256, dtype, repeat: 2 }, { b: 2, t: 64, d: 1152, dtype, repeat: 2 }];
+  console.log(`layernorm_modulate on ${gpu.caps.adapter}`);
+  for (const s of shapes) {
+    const t = await benchLayernormModulate(gpu, s);
+    const label = `B=${s.b} T=${s.t} D=${s.d} ${s.dtype}` +
+      `${s.workgroupSize ? ` wg=${s.workgroupSize}` : ""}`;
+    console.log(`${label.padEnd(32)} ${fmtTiming(t)} (${t.clock} clock)`);
+  }
+}

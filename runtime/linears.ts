@@ -1,0 +1,131 @@
+/**
+ * One interface for every linear layer of a model graph, whatever its precision: 16-bit
+ * (`gemm_f16`), weight-only INT4 (`gemm_w4a16`) or W4A4 + low-rank (`quantize_act_lowrank` +
+ * `gemm_w4a4_lowrank`). The layer policy stored in the pre-quantized file picks one per layer.
+ *
+ * @module
+ */
+import { GemmF16 } from "../kernels/gemm_f16/gemm_f16.ts";
+import { GemmW4A16 } from "../kernels/gemm_w4a16/gemm_w4a16.ts";
+import type { ActDtype } from "../kernels/_wgsl.ts";
+import type { ActMode, WeightFormat } from "../quant/packing.ts";
+import type { Dispatch, Gpu } from "./device.ts";
+import { type StoredTensor, W4A4Linear } from "./linear.ts";
+
+/** A linear layer resident on the GPU: `y = x·Wᵀ + b` (optionally GELU) over M fixed rows. */
+export interface LinearOp {
+  /** Layer name (e.g. `blocks.3.attn.qkv`). */
+  readonly name: string;
+  /** How the layer runs: "f16", "w4a16", or the W4A4 format ("int4" / "nvfp4"). */
+  readonly kind: string;
+  /** Bytes of weights resident on the GPU. */
+  readonly weightBytes: number;
+  /** Dispatches computing `y` (ACT [M, N]) from `x` (ACT [M, K]). */
+  dispatch(x: GPUBuffer, y: GPUBuffer): Dispatch[];
+  /** Release its kernels and buffers. */
+  destroy(): void;
+}
+
+/** What to build: shape, activation dtype, epilogue, and the policy entry's method. */
+export interface LinearSpec {
+  name: string;
+  m: number;
+  n: number;
+  k: number;
+  dtype: ActDtype;
+  gelu?: boolean;
+  /** "float" | "w4a16" | a W4A4 method ("svdquant", "rtn", "smooth", "dilate"). */
+  method: string;
+  /** W4A4 residual format. */
+  format?: WeightFormat;
+  /** W4A4 activation mode. */
+  actMode?: ActMode;
+}
+
+/**
+ * Build a linear layer from its stored tensors (by suffix: `weight`, `bias`, `qweight`,
+ * `wscales`, …). A float weight of any float dtype is given as f32 values in `weight`.
+ */
+export async function createLinear(
+  gpu: Gpu,
+  spec: LinearSpec,
+  tensors: ReadonlyMap<string, StoredTensor | Float32Array>,
+): Promise<LinearOp> {
+  const { name, m, n, k, dtype } = spec;
+  const stored = (s: string) => tensors.get(s) as StoredTensor | undefined;
+  const biasValues = tensors.get("bias");
+  const bias = biasValues instanceof Float32Array
+    ? biasValues
+    : biasValues
+    ? new Float32Array(biasValues.data.slice().buffer)
+    : undefined;
+  if (spec.method === "float") {
+    const w = tensors.get("weight");
+    if (!(w instanceof Float32Array) || w.length !== n * k) {
+      throw new TypeError(`Cannot build ${name}: expected float weight values [N=${n}, K=${k}]`);
+    }
+    const op = await GemmF16.create(gpu, { m, k, n, dtype, bias: Boolean(bias), gelu: spec.gelu });
+    const wb = await gpu.upload(
+      `buffer ${name}.weight`,
+      dtype === "f16" ? Float16Array.from(w) : w,
+    );
+    const bb = bias ? await gpu.upload(`buffer ${name}.bias`, bias) : undefined;
+    return {
+      name,
+      kind: "f16",
+      weightBytes: wb.size + (bb?.size ?? 0),
+      dispatch: (x, y) => [op.dispatch({ x, w: wb, bias: bb, y })],
+      destroy: () => {
+        op.destroy();
+        gpu.destroy(wb, bb);
+      },
+    };
+  }
+  if (spec.method === "w4a16") {
+    const qw = stored("qweight"), ws = stored("wscales");
+    if (!qw || !ws) throw new TypeError(`Cannot build ${name}: W4A16 needs qweight and wscales`);
+    const op = await GemmW4A16.create(gpu, {
+      m,
+      k,
+      n,
+      dtype,
+      bias: Boolean(bias),
+      gelu: spec.gelu,
+    });
+    const qb = await gpu.upload(`buffer ${name}.qweight`, qw.data);
+    const sb = await gpu.upload(`buffer ${name}.wscales`, ws.data);
+    const bb = bias ? await gpu.upload(`buffer ${name}.bias`, bias) : undefined;
+    return {
+      name,
+      kind: "w4a16",
+      weightBytes: qb.size + sb.size + (bb?.size ?? 0),
+      dispatch: (x, y) => [op.dispatch({ x, qweight: qb, wscales: sb, bias: bb, y })],
+      destroy: () => {
+        op.destroy();
+        gpu.destroy(qb, sb, bb);
+      },
+    };
+  }
+  if (!spec.format || !spec.actMode) {
+    throw new TypeError(`Cannot build ${name}: a W4A4 layer needs its format and activation mode`);
+  }
+  const st = new Map<string, StoredTensor>();
+  for (const [key, v] of tensors) if (!(v instanceof Float32Array)) st.set(key, v);
+  const lin = await W4A4Linear.create(gpu, {
+    name,
+    m,
+    n,
+    k,
+    format: spec.format,
+    actMode: spec.actMode,
+    dtype,
+    gelu: spec.gelu,
+  }, st);
+  return {
+    name,
+    kind: spec.format,
+    weightBytes: lin.weightBytes,
+    dispatch: (x, y) => lin.dispatch({ x, y }),
+    destroy: () => lin.destroy(),
+  };
+}

@@ -1,0 +1,133 @@
+/**
+ * Opening a model file for the runtime: a float checkpoint (safetensors in the DiT layout) or a
+ * pre-quantized file (checksum verified). Gives the model config, the per-layer policy, and the
+ * tensors a layer needs.
+ *
+ * @module
+ */
+import { FormatError } from "./errors.ts";
+import { type LayerPolicyEntry, QuantFile } from "../quant/format.ts";
+import { SafetensorsReader } from "../quant/safetensors.ts";
+import type { StoredTensor } from "./linear.ts";
+
+/** An open model file. */
+export class ModelFile {
+  /** The file's path. */
+  readonly path: string;
+  /** Model family from the metadata (e.g. "dit"). */
+  readonly family: string;
+  /** Model hyper-parameters (`model_config`). */
+  readonly config: Record<string, unknown>;
+  /** Per-layer policy of a pre-quantized file; empty for a float checkpoint. */
+  readonly policy: Record<string, LayerPolicyEntry>;
+  /** "float" for a float checkpoint, else the quantized file's weight format. */
+  readonly precision: string;
+  /** The tensors. */
+  readonly reader: SafetensorsReader;
+  #quant?: QuantFile;
+
+  private constructor(
+    path: string,
+    reader: SafetensorsReader,
+    family: string,
+    config: Record<string, unknown>,
+    policy: Record<string, LayerPolicyEntry>,
+    precision: string,
+    quant?: QuantFile,
+  ) {
+    this.path = path;
+    this.reader = reader;
+    this.family = family;
+    this.config = config;
+    this.policy = policy;
+    this.precision = precision;
+    this.#quant = quant;
+  }
+
+  /** Open `path`; a pre-quantized file has its checksum verified. */
+  static async open(path: string): Promise<ModelFile> {
+    const probe = await SafetensorsReader.open(path);
+    const isQuant = probe.metadata.format !== undefined;
+    if (isQuant) {
+      probe.close();
+      const q = await QuantFile.open(path);
+      const precision = q.meta.quantConfig.method === "w4a16"
+        ? "w4a16"
+        : String(q.meta.quantConfig.weightFormat);
+      return new ModelFile(
+        path,
+        q.reader,
+        q.meta.family,
+        q.meta.modelConfig,
+        q.meta.policy,
+        precision,
+        q,
+      );
+    }
+    let config: Record<string, unknown>;
+    try {
+      config = JSON.parse(probe.metadata.model_config ?? "null");
+    } catch {
+      probe.close();
+      throw new FormatError(path, "metadata model_config is not JSON");
+    }
+    if (!config || typeof config !== "object") {
+      probe.close();
+      throw new FormatError(
+        path,
+        "no model_config in the metadata: this is not a model file of this project " +
+          "(export it with train/train_dit.py or give a pre-quantized file)",
+      );
+    }
+    return new ModelFile(path, probe, probe.metadata.family ?? "dit", config, {}, "float");
+  }
+
+  /** The policy entry of a linear layer (float checkpoints: every layer is float). */
+  policyOf(base: string): LayerPolicyEntry {
+    return this.policy[base] ?? { method: "float", format: "f16", r: 0 };
+  }
+
+  /** Whether a tensor exists. */
+  has(name: string): boolean {
+    return this.reader.tensors.has(name);
+  }
+
+  /** A float tensor's values as f32 (F32/F16/BF16); FormatError naming it when missing. */
+  async float(name: string): Promise<Float32Array> {
+    if (!this.has(name)) throw new FormatError(this.path, "the tensor is missing", name);
+    return await this.reader.readFloat32(name);
+  }
+
+  /** A tensor's stored bytes, dtype and shape. */
+  async stored(name: string): Promise<StoredTensor> {
+    const info = this.reader.tensors.get(name);
+    if (!info) throw new FormatError(this.path, "the tensor is missing", name);
+    return { dtype: info.dtype, shape: info.shape, data: await this.reader.readRaw(name) };
+  }
+
+  /**
+   * The tensors of linear layer `base` as `createLinear` takes them: float layers give
+   * `weight` (f32 values) and `bias`; quantized layers give every stored suffix.
+   */
+  async linearTensors(base: string): Promise<Map<string, StoredTensor | Float32Array>> {
+    const out = new Map<string, StoredTensor | Float32Array>();
+    const method = this.policyOf(base).method;
+    if (method === "float") {
+      out.set("weight", await this.float(`${base}.weight`));
+      if (this.has(`${base}.bias`)) out.set("bias", await this.float(`${base}.bias`));
+      return out;
+    }
+    for (
+      const s of ["qweight", "wscales", "tensor_scale", "smooth", "lora_down", "lora_up", "bias"]
+    ) {
+      if (this.has(`${base}.${s}`)) out.set(s, await this.stored(`${base}.${s}`));
+    }
+    return out;
+  }
+
+  /** Close the file. */
+  close(): void {
+    if (this.#quant) this.#quant.close();
+    else this.reader.close();
+  }
+}

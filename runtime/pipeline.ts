@@ -1,0 +1,206 @@
+/**
+ * The generation pipeline: class → seeded noise → denoising loop (DDIM or DPM-Solver++(2M),
+ * classifier-free guidance) → image, with a progress callback, cancellation, timings, and a
+ * calibration mode that records activation statistics for the quantizer.
+ *
+ * @module
+ */
+import type { CalibRecorder } from "../quant/calib.ts";
+import type { Gpu } from "./device.ts";
+import { DiT } from "./dit.ts";
+import type { ActDtype } from "../kernels/_wgsl.ts";
+import { ModelFile } from "./model_file.ts";
+import { gaussianNoise } from "./random.ts";
+import { ddim, ddpmSchedule, dpmSolver2M, type Sampler } from "./schedulers.ts";
+
+/** Sampler names accepted by {@linkcode Pipeline.generate}. */
+export type SamplerName = "ddim" | "dpm" | "euler";
+
+/** One generation request. */
+export interface GenerateRequest {
+  /** Class id per image (0..num_classes−1). */
+  classes: number[];
+  /** Seed: image i uses noise stream i of this seed, so an image does not depend on the batch. */
+  seed: number;
+  /** Denoising steps (1..1000). */
+  steps: number;
+  /** Classifier-free guidance scale (1 = none). */
+  cfg: number;
+  /** "dpm" (DPM-Solver++(2M), default) or "ddim". */
+  sampler?: SamplerName;
+  /** After each step: steps done, total, and a function giving the current x̂₀ preview. */
+  onStep?: (done: number, total: number, preview: () => Float32Array) => void;
+  /** Stops the loop before the next model call. */
+  signal?: AbortSignal;
+  /** Calibration mode: record each linear layer's inputs (timestep buckets over the steps). */
+  calibration?: { recorder: CalibRecorder; buckets: number };
+}
+
+/** What {@linkcode Pipeline.generate} returns. */
+export interface GenerateResult {
+  /** f32 [N, C, S, S] in about [-1, 1]. */
+  images: Float32Array;
+  /** Milliseconds per denoising step (model forward + sampler). */
+  stepMs: number[];
+  /** Total milliseconds of the loop. */
+  totalMs: number;
+}
+
+/** Options of {@linkcode Pipeline.load}. */
+export interface PipelineOptions {
+  /** Images per generation call (default 1). */
+  images?: number;
+  /** Activation dtype (default f16 when available). */
+  dtype?: ActDtype;
+  /** Loading progress. */
+  onProgress?: (done: number, total: number, name: string) => void;
+}
+
+/**
+ * A loaded model ready to generate.
+ *
+ * @example
+ * ```ts ignore
+ * import { Gpu } from "./device.ts";
+ * import { Pipeline } from "./pipeline.ts";
+ * const pipe = await Pipeline.load(await Gpu.create(), "models/dit_emoji.w4.safetensors");
+ * const { images } = await pipe.generate({ classes: [3], seed: 1, steps: 20, cfg: 4 });
+ * pipe.destroy();
+ * ```
+ */
+export class Pipeline {
+  /** The model file (config, precision, policy). */
+  readonly file: ModelFile;
+  /** The graph. */
+  readonly model: DiT;
+  /** Images per call. */
+  readonly images: number;
+
+  private constructor(file: ModelFile, model: DiT, images: number) {
+    this.file = file;
+    this.model = model;
+    this.images = images;
+  }
+
+  /** Open `path` (float or pre-quantized) and upload it. */
+  static async load(gpu: Gpu, path: string, opts: PipelineOptions = {}): Promise<Pipeline> {
+    const images = opts.images ?? 1;
+    if (!Number.isInteger(images) || images < 1 || images > 64) {
+      throw new RangeError(`Cannot load for ${images} images per call: use 1..64`);
+    }
+    const file = await ModelFile.open(path);
+    try {
+      const model = await DiT.load(gpu, file, {
+        batch: 2 * images, // conditional + unconditional halves for guidance
+        dtype: opts.dtype,
+        onProgress: opts.onProgress,
+      });
+      return new Pipeline(file, model, images);
+    } catch (e) {
+      file.close();
+      throw e;
+    }
+  }
+
+  /** Class names (index = class id). */
+  get classNames(): string[] {
+    const c = this.model.config;
+    return c.class_names ?? Array.from({ length: c.num_classes }, (_, i) => `class ${i}`);
+  }
+
+  /** Generate `req.classes.length` images (must equal the images per call). */
+  async generate(req: GenerateRequest): Promise<GenerateResult> {
+    const cfg = this.model.config, n = this.images, C = cfg.in_channels, S = cfg.input_size;
+    if (req.classes.length !== n) {
+      throw new RangeError(
+        `Cannot generate: ${req.classes.length} classes given, the pipeline makes ${n} images per call`,
+      );
+    }
+    for (const c of req.classes) {
+      if (!Number.isInteger(c) || c < 0 || c >= cfg.num_classes) {
+        throw new RangeError(
+          `Cannot generate class ${c}: the model has classes 0..${cfg.num_classes - 1}`,
+        );
+      }
+    }
+    if (!Number.isInteger(req.seed) || req.seed < 0 || req.seed > 0xffffffff) {
+      throw new RangeError(
+        `Cannot generate with seed ${req.seed}: use an integer in 0..4294967295`,
+      );
+    }
+    if (!(req.cfg >= 1 && req.cfg <= 50)) {
+      throw new RangeError(`Cannot generate with guidance ${req.cfg}: use a number in 1..50`);
+    }
+    const sampler = makeSampler(req.sampler ?? "dpm", req.steps);
+    const per = C * S * S;
+    let x: Float32Array = new Float32Array(n * per);
+    for (let i = 0; i < n; i++) x.set(gaussianNoise(req.seed, per, i), i * per);
+    const labels = [...req.classes, ...req.classes.map(() => cfg.num_classes)];
+    const outC = cfg.learn_sigma ? 2 * C : C;
+    const alphasCumprod = ddpmSchedule().alphasCumprod;
+    let x0: Float32Array = x;
+    const stepMs: number[] = [];
+    const t0 = performance.now();
+    const total = sampler.timesteps.length;
+    for (let i = 0; i < total; i++) {
+      req.signal?.throwIfAborted();
+      const ts = performance.now(), t = sampler.timesteps[i];
+      const both = new Float32Array(2 * n * per);
+      both.set(x);
+      both.set(x, n * per);
+      const out = req.calibration
+        ? await this.model.forwardRecording(
+          both,
+          t,
+          labels,
+          req.calibration.recorder,
+          Math.min(req.calibration.buckets - 1, Math.floor(i * req.calibration.buckets / total)),
+        )
+        : await this.model.forward(both, t, labels);
+      req.signal?.throwIfAborted();
+      const eps = new Float32Array(n * per);
+      for (let b = 0; b < n; b++) {
+        for (let j = 0; j < per; j++) {
+          const c = out[b * outC * S * S + j], u = out[(n + b) * outC * S * S + j];
+          eps[b * per + j] = u + req.cfg * (c - u);
+        }
+      }
+      const xt = x;
+      x = sampler.step(i, x, eps);
+      stepMs.push(performance.now() - ts);
+      if (req.onStep) {
+        const a = alphasCumprod[t];
+        req.onStep(i + 1, total, () => {
+          // x̂₀ = (x_t − √(1−ᾱ)·ε)/√ᾱ: a denoised preview at this step
+          x0 = new Float32Array(xt.length);
+          for (let j = 0; j < xt.length; j++) {
+            x0[j] = (xt[j] - Math.sqrt(1 - a) * eps[j]) / Math.sqrt(a);
+          }
+          return x0;
+        });
+      }
+    }
+    return { images: x, stepMs, totalMs: performance.now() - t0 };
+  }
+
+  /** Release the GPU weights and close the file. */
+  destroy(): void {
+    this.model.destroy();
+    this.file.close();
+  }
+}
+
+function makeSampler(name: SamplerName, steps: number): Sampler {
+  if (!Number.isInteger(steps) || steps < 1 || steps > 1000) {
+    throw new RangeError(`Cannot sample ${steps} steps: use an integer in 1..1000`);
+  }
+  if (name === "ddim") return ddim({ steps });
+  if (name === "dpm") return dpmSolver2M({ steps });
+  if (name === "euler") {
+    throw new RangeError(
+      "Cannot use the euler sampler with this model: it is for flow-matching (velocity) models; " +
+        "DiT predicts noise (ε): use dpm or ddim",
+    );
+  }
+  throw new RangeError(`Cannot use sampler "${name}": use dpm or ddim`);
+}
