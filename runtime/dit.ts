@@ -294,7 +294,7 @@ export class DiT {
    * with learned sigma, the variance channels).
    */
   async forward(x: Float32Array, t: number, y: ArrayLike<number>): Promise<Float32Array> {
-    const cfg = this.config, B = this.batch, D = cfg.hidden_size, T = this.tokens;
+    const cfg = this.config, B = this.batch, T = this.tokens;
     const C = cfg.in_channels, S = cfg.input_size;
     if (x.length !== B * C * S * S) {
       throw new TypeError(

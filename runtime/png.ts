@@ -46,10 +46,16 @@ async function zlib(data: Uint8Array): Promise<Uint8Array> {
  * console.log(png.length > 0);
  * ```
  */
-export async function encodePng(rgb: Uint8Array, width: number, height: number): Promise<Uint8Array> {
+export async function encodePng(
+  rgb: Uint8Array,
+  width: number,
+  height: number,
+): Promise<Uint8Array> {
   if (rgb.length !== width * height * 3) {
     throw new TypeError(
-      `Cannot encode PNG: ${rgb.length} bytes, expected ${width}×${height}×3 = ${width * height * 3}`,
+      `Cannot encode PNG: ${rgb.length} bytes, expected ${width}×${height}×3 = ${
+        width * height * 3
+      }`,
     );
   }
   const raw = new Uint8Array(height * (1 + width * 3));

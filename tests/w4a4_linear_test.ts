@@ -13,6 +13,7 @@ import { freshRng, HAS_GPU, maxErrors, NO_GPU_REASON, testGpu } from "../kernels
 import { evaluateQuantized } from "../quant/layer.ts";
 
 const N = 192, K = 256, M = 48;
+if (!HAS_GPU) console.warn(`w4a4 linear tests skipped: ${NO_GPU_REASON}`);
 
 function rel(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let num = 0, den = 0;
