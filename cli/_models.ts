@@ -21,7 +21,8 @@ export type Precision = (typeof PRECISIONS)[number];
 const MODELS = new URL("../models/", import.meta.url);
 /** The bundled float checkpoint. */
 export const FLOAT_MODEL: string = new URL("dit_emoji.safetensors", MODELS).pathname;
-const CACHE = new URL(".cache/", MODELS).pathname;
+/** Where built models and calibration statistics are cached. */
+export const CACHE: string = new URL(".cache/", MODELS).pathname;
 
 /** Timestep buckets and images used to calibrate the bundled model. */
 export const CALIB = { buckets: 4, steps: 16, seed: 1234, samplesPerLayer: 256 };
@@ -34,24 +35,25 @@ export async function modelFor(precision: Precision, log: (line: string) => void
   const cached = `${CACHE}dit_emoji.${precision}.safetensors`;
   if (await fileExists(cached)) return cached;
   log(`building the ${precision} model from the float checkpoint (once; cached in ${cached})`);
-  await buildQuantized(precision, cached, log);
+  await buildQuantized(FLOAT_MODEL, precision, cached, log);
   return cached;
 }
 
-/** Quantize the bundled float model to `precision` at `out`, calibrating first. */
+/** Quantize the float model `float` to `precision` at `out`, calibrating it first. */
 export async function buildQuantized(
+  float: string,
   precision: Exclude<Precision, "float">,
   out: string,
   log: (line: string) => void,
   opts: { method?: ModelMethod } = {},
 ): Promise<void> {
-  await exists(FLOAT_MODEL, "the bundled float model");
-  const calib = await calibration(log);
+  await exists(float, "the float model");
+  const calib = await calibration(float, log);
   const method: ModelMethod = opts.method ?? (precision === "w4a16" ? "w4a16" : "svdquant");
   const format: WeightFormat = precision === "nvfp4" ? "nvfp4" : "int4";
   await Deno.mkdir(out.slice(0, out.lastIndexOf("/") + 1) || ".", { recursive: true });
   const t0 = performance.now();
-  await quantizeCheckpoint(FLOAT_MODEL, out, {
+  await quantizeCheckpoint(float, out, {
     method,
     format,
     calib,
@@ -64,13 +66,14 @@ export async function buildQuantized(
   log(`quantized in ${((performance.now() - t0) / 1000).toFixed(1)} s → ${out}`);
 }
 
-/** Calibration statistics of the bundled float model (recorded once, cached). */
-export async function calibration(log: (line: string) => void): Promise<CalibStats> {
-  const path = `${CACHE}dit_emoji.calib.safetensors`;
+/** Calibration statistics of the float model `float` (recorded once, cached beside others). */
+export async function calibration(float: string, log: (line: string) => void): Promise<CalibStats> {
+  const base = float.slice(float.lastIndexOf("/") + 1).replace(/\.safetensors$/, "");
+  const path = `${CACHE}${base}.calib.safetensors`;
   if (await fileExists(path)) return await readCalibStats(path);
   log(`calibrating: running the float model over every class (${CALIB.steps} steps each)`);
   const gpu = await getGpu();
-  const pipe = await Pipeline.load(gpu, FLOAT_MODEL, { images: 1, dtype: "f32" });
+  const pipe = await Pipeline.load(gpu, float, { images: 1, dtype: "f32" });
   try {
     const recorder = new CalibRecorder({
       buckets: CALIB.buckets,
