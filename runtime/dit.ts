@@ -18,7 +18,7 @@ import type { CalibRecorder } from "../quant/calib.ts";
 import type { Dispatch, Gpu } from "./device.ts";
 import { FormatError } from "./errors.ts";
 import { createLinear, type LinearOp } from "./linears.ts";
-import type { ModelFile } from "./model_file.ts";
+import type { ModelSource } from "./model_file.ts";
 import type { ActMode, WeightFormat } from "../quant/packing.ts";
 
 /** DiT hyper-parameters, as the checkpoint's `model_config` names them. */
@@ -38,7 +38,7 @@ export interface DiTConfig {
 }
 
 /** Read and check a DiT config from a model file. */
-export function ditConfig(file: ModelFile): DiTConfig {
+export function ditConfig(file: ModelSource): DiTConfig {
   const c = file.config as Partial<DiTConfig>;
   const need = [
     "hidden_size",
@@ -146,7 +146,7 @@ export class DiT {
   }
 
   /** Upload `file`'s weights and build the graph for `opts.batch` images per forward. */
-  static async load(gpu: Gpu, file: ModelFile, opts: DiTLoadOptions): Promise<DiT> {
+  static async load(gpu: Gpu, file: ModelSource, opts: DiTLoadOptions): Promise<DiT> {
     const cfg = ditConfig(file);
     const dtype: ActDtype = opts.dtype ?? (gpu.caps.shaderF16 ? "f16" : "f32");
     const B = opts.batch, D = cfg.hidden_size, p = cfg.patch_size, C = cfg.in_channels;

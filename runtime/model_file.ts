@@ -10,8 +10,32 @@ import { type LayerPolicyEntry, QuantFile } from "../quant/format.ts";
 import { SafetensorsReader } from "../quant/safetensors.ts";
 import type { StoredTensor } from "./linear.ts";
 
+/**
+ * What the DiT graph reads from a model: config, layer policy and tensors. {@linkcode ModelFile}
+ * is the one backed by a file; a benchmark can supply random weights through the same interface.
+ */
+export interface ModelSource {
+  /** Where the weights come from (a file path, or a description), for error messages. */
+  readonly path: string;
+  /** Model family (e.g. "dit"). */
+  readonly family: string;
+  /** Model hyper-parameters (`model_config`). */
+  readonly config: Record<string, unknown>;
+  /** The policy entry of linear layer `base` (method, format, rank, activation mode). */
+  policyOf(base: string): LayerPolicyEntry;
+  /** Whether tensor `name` exists. */
+  has(name: string): boolean;
+  /** Tensor `name`'s values as f32; FormatError naming it when missing. */
+  float(name: string): Promise<Float32Array>;
+  /**
+   * The tensors of linear layer `base` as `createLinear` takes them: float layers give `weight`
+   * (f32 values) and `bias`; quantized layers give every stored suffix.
+   */
+  linearTensors(base: string): Promise<Map<string, StoredTensor | Float32Array>>;
+}
+
 /** An open model file. */
-export class ModelFile {
+export class ModelFile implements ModelSource {
   /** The file's path. */
   readonly path: string;
   /** Model family from the metadata (e.g. "dit"). */
