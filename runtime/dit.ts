@@ -3,10 +3,11 @@
  * serves every precision: each linear layer runs as its file's layer policy says (16-bit,
  * W4A16, or W4A4 + low-rank INT4/NVFP4 with the unsigned post-GELU mode for `mlp.fc2`).
  *
- * Split of work per forward: the CPU does what is tiny (timestep and class embedding, patch
- * embedding + positions: O(T·D·C·p²), and un-patchify); the GPU runs every block — adaLN
- * modulation GEMMs, layernorm + modulate, qkv, flash attention, proj, gated residuals, MLP with
- * GELU fused into fc1's epilogue, the final layer — in one submit.
+ * Split of work per forward: the CPU does what is O(D²) or a pure reordering (timestep MLP,
+ * class embedding, patchify and un-patchify); the GPU runs everything else — the patch
+ * embedding GEMM + positions, and every block (adaLN modulation GEMMs, layernorm + modulate,
+ * qkv, flash attention, proj, gated residuals, MLP with GELU fused into fc1's epilogue), the
+ * final layer — in one submit per step.
  *
  * @module
  */
@@ -72,16 +73,13 @@ export function ditConfig(file: ModelSource): DiTConfig {
   };
 }
 
-/** Weights used on the CPU: timestep MLP, class table, patch embedding, positions. */
+/** Weights used on the CPU: the timestep MLP and the class table (O(D²) per step). */
 interface CpuWeights {
   tw0: Float32Array;
   tb0: Float32Array;
   tw2: Float32Array;
   tb2: Float32Array;
   table: Float32Array;
-  xw: Float32Array;
-  xb: Float32Array;
-  pos: Float32Array;
 }
 
 interface Block {
@@ -184,10 +182,29 @@ export class DiT {
             ? "y_embedder.embedding_table.weight"
             : "y_embedder.embedding_table",
         ),
-        xw: await file.float("x_embedder.proj.weight"),
-        xb: await file.float("x_embedder.proj.bias"),
-        pos: await file.float("pos_embed"),
       };
+      // patch embedding (a stride-p convolution = a GEMM over flattened patches) + positions
+      const K = C * p * p;
+      const xw = await file.float("x_embedder.proj.weight");
+      const pos = await file.float("pos_embed");
+      if (xw.length !== D * K || pos.length !== T * D) {
+        throw new FormatError(
+          file.path,
+          `expected [${D}, ${C}, ${p}, ${p}] and [1, ${T}, ${D}]`,
+          "x_embedder/pos_embed",
+        );
+      }
+      const embed = await createLinear(gpu, {
+        name: "x_embedder.proj",
+        m: M,
+        n: D,
+        k: K,
+        dtype,
+        method: "float",
+      }, new Map([["weight", xw], ["bias", await file.float("x_embedder.proj.bias")]]));
+      ops.push(embed);
+      const posAll = new Float32Array(M * D);
+      for (let b = 0; b < B; b++) posAll.set(pos, b * T * D);
       if (cpu.table.length !== (cfg.num_classes + 1) * D) {
         throw new FormatError(file.path, `expected [${cfg.num_classes + 1}, ${D}]`, "y_embedder");
       }
@@ -219,7 +236,20 @@ export class DiT {
         c: await buf("silu_c", B * D),
         mod: await buf("mod", B * 6 * D),
         out: await buf("out", M * outDim),
+        patches: await buf("patches", M * K),
       };
+      const act = (v: Float32Array) => dtype === "f16" ? Float16Array.from(v) : v;
+      bufs.pos = await gpu.upload("buffer dit.pos", act(posAll));
+      bufs.ones = await gpu.upload("buffer dit.ones", act(new Float32Array(B * D).fill(1)));
+      const addPos = await GateResidual.create(gpu, {
+        b: B,
+        t: T,
+        d: D,
+        dtype,
+        modWidth: 1,
+        gateChunk: 0,
+      });
+      ops.push(addPos);
       const ln6 = (shift: number, scale: number) =>
         LayernormModulate.create(gpu, {
           b: B,
@@ -247,7 +277,10 @@ export class DiT {
       ops.push(norm1, norm2, gate1, gate2, normF, attn);
 
       const { x, h, qkv, o, f, c, mod, out } = bufs;
-      const d: Dispatch[] = [];
+      const d: Dispatch[] = [
+        ...embed.dispatch(bufs.patches, x),
+        addPos.dispatch({ x, y: bufs.pos, mod: bufs.ones }),
+      ];
       for (const blk of blocks) {
         d.push(...blk.ada.dispatch(c, mod));
         d.push(norm1.dispatch({ x, mod, h }));
@@ -305,7 +338,7 @@ export class DiT {
       throw new TypeError(`Cannot run the DiT: y has ${y.length} labels, expected ${B}`);
     }
     const gpu = this.#gpu;
-    gpu.write(this.#bufs.x, toActArray(this.#embedTokens(x), this.dtype));
+    gpu.write(this.#bufs.patches, toActArray(this.#patchify(x), this.dtype));
     gpu.write(this.#bufs.c, toActArray(this.#conditioning(t, y), this.dtype));
     gpu.run(this.#dispatches, "dit forward");
     const outC = cfg.learn_sigma ? 2 * C : C, p = cfg.patch_size;
@@ -352,28 +385,21 @@ export class DiT {
     return out;
   }
 
-  /** Patch embedding (a stride-p convolution) + positions: [B·T, D] f32. */
-  #embedTokens(x: Float32Array): Float32Array {
-    const cfg = this.config, B = this.batch, D = cfg.hidden_size, p = cfg.patch_size;
+  /** Flattened patches [B·T, C·p·p] (channel, row, column order, as the convolution's weight). */
+  #patchify(x: Float32Array): Float32Array {
+    const cfg = this.config, B = this.batch, p = cfg.patch_size;
     const C = cfg.in_channels, S = cfg.input_size, G = S / p, T = G * G, K = C * p * p;
-    const { xw, xb, pos } = this.#cpu;
-    const out = new Float32Array(B * T * D);
-    const patch = new Float32Array(K);
+    const out = new Float32Array(B * T * K);
     for (let b = 0; b < B; b++) {
       for (let gy = 0; gy < G; gy++) {
         for (let gx = 0; gx < G; gx++) {
+          const row = (b * T + gy * G + gx) * K;
           for (let c = 0; c < C; c++) {
             for (let i = 0; i < p; i++) {
               for (let j = 0; j < p; j++) {
-                patch[(c * p + i) * p + j] = x[((b * C + c) * S + gy * p + i) * S + gx * p + j];
+                out[row + (c * p + i) * p + j] = x[((b * C + c) * S + gy * p + i) * S + gx * p + j];
               }
             }
-          }
-          const tok = gy * G + gx, row = (b * T + tok) * D;
-          for (let n = 0; n < D; n++) {
-            let s = xb[n] + pos[tok * D + n];
-            for (let k = 0; k < K; k++) s += xw[n * K + k] * patch[k];
-            out[row + n] = s;
           }
         }
       }
@@ -416,7 +442,7 @@ export class DiT {
   ): Promise<Float32Array> {
     const gpu = this.#gpu, B = this.batch, T = this.tokens, D = this.config.hidden_size;
     const cond = this.#conditioning(t, y);
-    gpu.write(this.#bufs.x, toActArray(this.#embedTokens(x), this.dtype));
+    gpu.write(this.#bufs.patches, toActArray(this.#patchify(x), this.dtype));
     gpu.write(this.#bufs.c, toActArray(cond, this.dtype));
     const eb = this.dtype === "f16" ? 2 : 4;
     const probe = async (name: string, buf: GPUBuffer, m: number, k: number) => {
@@ -430,6 +456,7 @@ export class DiT {
       i += count;
     };
     const mlp = Math.round(D * this.config.mlp_ratio);
+    runUntil(2); // patch embedding + positions
     for (let bi = 0; bi < this.#blocks.length; bi++) {
       const blk = this.#blocks[bi], name = `blocks.${bi}`;
       recorder.record(`${name}.adaLN_modulation.1`, bucket, cond, B, D);
