@@ -1,0 +1,46 @@
+/**
+ * `deno task build`: bundle the page's client script (web/client.ts) with esbuild into
+ * web/dist/client.js, which `deno task serve` and the edge entry serve at /static/client.js.
+ *
+ * @module
+ */
+import * as esbuild from "esbuild";
+
+/** Where the bundle goes. */
+export const CLIENT_JS: string = new URL("./dist/client.js", import.meta.url).pathname;
+
+/**
+ * Bundle web/client.ts and return the JavaScript (also written to `out` unless it is null).
+ *
+ * @example
+ * ```ts ignore
+ * import { buildClient } from "./build.ts";
+ * const js = await buildClient();
+ * ```
+ */
+export async function buildClient(out: string | null = CLIENT_JS): Promise<string> {
+  try {
+    const r = await esbuild.build({
+      entryPoints: [new URL("./client.ts", import.meta.url).pathname],
+      bundle: true,
+      format: "esm",
+      target: "es2022",
+      minify: true,
+      write: false,
+      logLevel: "silent",
+    });
+    const js = r.outputFiles[0].text;
+    if (out) {
+      await Deno.mkdir(out.slice(0, out.lastIndexOf("/")), { recursive: true });
+      await Deno.writeTextFile(out, js);
+    }
+    return js;
+  } finally {
+    await esbuild.stop();
+  }
+}
+
+if (import.meta.main) {
+  const js = await buildClient();
+  console.log(`wrote ${CLIENT_JS} (${js.length} bytes)`);
+}

@@ -1,0 +1,94 @@
+/**
+ * A short OpenAPI 3.1 description of the endpoint, served at `/api/openapi.json`.
+ *
+ * @module
+ */
+import { LIMITS, PRECISIONS, SAMPLERS } from "./params.ts";
+
+const params = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    prompt: {
+      type: "string",
+      maxLength: LIMITS.prompt,
+      description: "a class name or words of one",
+    },
+    class: { type: "integer", minimum: 0, description: "class id (wins over prompt)" },
+    seed: { type: "integer", minimum: LIMITS.seed[0], maximum: LIMITS.seed[1] },
+    steps: { type: "integer", minimum: LIMITS.steps[0], maximum: LIMITS.steps[1], default: 20 },
+    cfg: { type: "number", minimum: LIMITS.cfg[0], maximum: LIMITS.cfg[1], default: 4 },
+    precision: { type: "string", enum: [...PRECISIONS] },
+    sampler: { type: "string", enum: [...SAMPLERS], default: "dpm" },
+    model: {
+      type: "string",
+      pattern: "^[a-z0-9][a-z0-9._-]{0,63}$",
+      description: "an id from /api/models",
+    },
+  },
+};
+const error = {
+  description: "error",
+  content: {
+    "application/json": {
+      schema: {
+        type: "object",
+        properties: { error: { type: "string" }, field: { type: "string" } },
+      },
+    },
+  },
+};
+
+/** The OpenAPI document. */
+export const OPENAPI = {
+  openapi: "3.1.0",
+  info: { title: "w4 diffusion endpoint", version: "0.1.0" },
+  paths: {
+    "/api/generate": {
+      post: {
+        summary: "Generate one image",
+        requestBody: { content: { "application/json": { schema: params } } },
+        responses: {
+          "200": {
+            description:
+              "the PNG; X-Seed, X-Steps, X-Class, X-Model, X-Precision, X-Total-Ms, X-Step-Ms headers",
+            content: { "image/png": {} },
+          },
+          "400": error,
+          "401": error,
+          "413": error,
+          "429": { ...error, description: "queue full; see Retry-After" },
+          "503": error,
+          "504": error,
+        },
+      },
+    },
+    "/api/generate/stream": {
+      get: {
+        summary:
+          "Generate with progress as Server-Sent Events: queued {position}, step {i, n, preview?}, done {image, ...}, error {message, status}",
+        parameters: Object.keys(params.properties).concat("preview").map((name) => ({
+          name,
+          in: "query",
+        })),
+        responses: {
+          "200": { description: "event stream", content: { "text/event-stream": {} } },
+          "400": error,
+          "429": error,
+        },
+      },
+    },
+    "/api/models": {
+      get: {
+        summary: "Served models: id, precision, classes, size",
+        responses: { "200": { description: "models" } },
+      },
+    },
+    "/healthz": {
+      get: {
+        summary: "ready, device, model, queue",
+        responses: { "200": { description: "ready" }, "503": { description: "not ready" } },
+      },
+    },
+  },
+};
