@@ -12,7 +12,15 @@
  * @module
  */
 import type { Dispatch, Gpu } from "../../runtime/device.ts";
-import { GpuFeatureError } from "../../runtime/errors.ts";
+import {
+  bindBuffers,
+  type BufferRow,
+  checkDims,
+  checkDtype,
+  checkGrid,
+  checkShaderF16,
+  runOnce,
+} from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
 const NAME = "flash_attention";
@@ -133,13 +141,12 @@ export class FlashAttention {
     const tile = checkShape(gpu, shape);
     const { b, t, h, d, dtype } = shape;
     const grid: [number, number, number] = [Math.ceil(t / tile.bq), h, b];
-    const max = gpu.caps.maxComputeWorkgroupsPerDimension;
-    if (grid.some((g) => g > max)) {
-      throw new RangeError(
-        `Cannot build ${NAME}: [B=${b}, T=${t}, H=${h}] needs a ${grid.join("×")} grid, over ` +
-          `this device's ${max} workgroups per dimension; split the batch`,
-      );
-    }
+    checkGrid(gpu, grid, {
+      kernel: NAME,
+      verb: "build",
+      dims: `[B=${b}, T=${t}, H=${h}]`,
+      fix: "split the batch",
+    });
     const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), dtype);
     const constants = { D: d, BQ: tile.bq, BK: tile.bk };
     const pipeline = await gpu.pipeline(`${NAME}_${dtype}`, src, constants, NAME);
@@ -154,18 +161,10 @@ export class FlashAttention {
 
   /** A dispatch computing `o`; both buffers' sizes are checked against the shape first. */
   dispatch(buffers: FlashAttentionBuffers): Dispatch {
-    const bindings = [this.#params];
-    for (const [name, bytes, desc] of bufferSizes(this.shape)) {
-      const buf = buffers[name];
-      if (!buf) throw new TypeError(`Cannot run ${NAME}: ${name} is missing, expected ${desc}`);
-      if (buf.size < bytes) {
-        throw new TypeError(
-          `Cannot run ${NAME}: ${name} has ${buf.size} bytes, expected ${desc} = ${bytes} ` +
-            "bytes or more",
-        );
-      }
-      bindings.push(buf);
-    }
+    const bindings = bindBuffers(bufferSizes(this.shape), buffers, {
+      kernel: NAME,
+      params: this.#params,
+    });
     return { pipeline: this.#pipeline, bindings, workgroups: this.#grid };
   }
 
@@ -187,23 +186,18 @@ export class FlashAttention {
  * await flashAttention(gpu, { b: 2, t: 64, h: 4, d: 32, dtype: "f32" }, { qkv, o });
  * ```
  */
-export async function flashAttention(
+export function flashAttention(
   gpu: Gpu,
   shape: FlashAttentionShape,
   buffers: FlashAttentionBuffers,
 ): Promise<void> {
-  const op = await FlashAttention.create(gpu, shape);
-  try {
-    await gpu.runChecked(`run ${NAME}`, [op.dispatch(buffers)]);
-  } finally {
-    op.destroy();
-  }
+  return runOnce(gpu, { kernel: NAME, create: () => FlashAttention.create(gpu, shape), buffers });
 }
 
 /** Required byte sizes of the buffers: [name, bytes, description]. */
 export function bufferSizes(
   s: FlashAttentionShape,
-): [keyof FlashAttentionBuffers, number, string][] {
+): BufferRow<keyof FlashAttentionBuffers>[] {
   const rows = s.b * s.t;
   const e = actBytes(s.dtype);
   return [
@@ -214,14 +208,7 @@ export function bufferSizes(
 
 /** Validate the shape (before any GPU work) and return the tile to use. */
 function checkShape(gpu: Gpu, s: FlashAttentionShape): FlashAttentionTile {
-  for (const key of ["b", "t", "h", "d"] as const) {
-    const v = s[key];
-    if (!Number.isInteger(v) || v < 1 || v >= 2 ** 31) {
-      throw new RangeError(
-        `Cannot build ${NAME}: ${key.toUpperCase()}=${v} must be a positive integer below 2^31`,
-      );
-    }
-  }
+  checkDims(s, { kernel: NAME, keys: ["b", "t", "h", "d"] });
   if (!FLASH_ATTENTION_HEAD_DIMS.includes(s.d)) {
     throw new RangeError(
       `Cannot build ${NAME}: head dim D=${s.d} is unsupported; use one of ` +
@@ -234,18 +221,11 @@ function checkShape(gpu: Gpu, s: FlashAttentionShape): FlashAttentionTile {
         "or more (u32 indices); split the batch",
     );
   }
-  if (s.dtype !== "f16" && s.dtype !== "f32") {
-    throw new TypeError(`Cannot build ${NAME}: dtype "${s.dtype}" must be "f16" or "f32"`);
-  }
+  checkDtype(NAME, s.dtype);
   if (s.scale !== undefined && !(Number.isFinite(s.scale) && s.scale > 0)) {
     throw new RangeError(`Cannot build ${NAME}: scale=${s.scale} must be a finite positive number`);
   }
-  if (s.dtype === "f16" && !gpu.caps.shaderF16) {
-    throw new GpuFeatureError(
-      `Cannot build ${NAME} for f16: ${gpu.caps.adapter} lacks the WebGPU feature ` +
-        '"shader-f16"; use dtype "f32"',
-    );
-  }
+  checkShaderF16(gpu, NAME, s.dtype);
   const fits = (t: FlashAttentionTile) => tileFits(gpu, s.d, t);
   if (s.tile) {
     const { bq, bk } = s.tile;

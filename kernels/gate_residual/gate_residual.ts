@@ -12,7 +12,16 @@
  * @module
  */
 import type { Dispatch, Gpu } from "../../runtime/device.ts";
-import { GpuFeatureError } from "../../runtime/errors.ts";
+import {
+  bindBuffers,
+  type BufferRow,
+  checkBindingSizes,
+  checkDims,
+  checkDistinct,
+  checkDtype,
+  checkShaderF16,
+  runOnce,
+} from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
 const NAME = "gate_residual";
@@ -119,30 +128,11 @@ export class GateResidual {
 
   /** A dispatch updating `x`; every buffer's size is checked against the shape first. */
   dispatch(buffers: GateResidualBuffers): Dispatch {
-    const bindings = [this.#params];
-    for (const [name, bytes, desc] of bufferSizes(this.shape)) {
-      const buf = buffers[name];
-      if (!buf) throw new TypeError(`Cannot run ${NAME}: ${name} is missing, expected ${desc}`);
-      if (buf.size < bytes) {
-        throw new TypeError(
-          `Cannot run ${NAME}: ${name} has ${buf.size} bytes, expected ${desc} = ${bytes} ` +
-            "bytes or more",
-        );
-      }
-      bindings.push(buf);
-    }
-    if (buffers.y === buffers.x) {
-      throw new TypeError(
-        `Cannot run ${NAME}: y and x are the same buffer; pass a separate ` +
-          "buffer (WebGPU refuses a written buffer bound twice)",
-      );
-    }
-    if (buffers.mod === buffers.x) {
-      throw new TypeError(
-        `Cannot run ${NAME}: mod and x are the same buffer; pass a separate ` +
-          "buffer (WebGPU refuses a written buffer bound twice)",
-      );
-    }
+    const bindings = bindBuffers(bufferSizes(this.shape), buffers, {
+      kernel: NAME,
+      params: this.#params,
+    });
+    checkDistinct(buffers, { kernel: NAME, pairs: [["y", "x"], ["mod", "x"]] });
     return { pipeline: this.#pipeline, bindings, workgroups: [this.#workgroups] };
   }
 
@@ -168,23 +158,18 @@ export class GateResidual {
  * });
  * ```
  */
-export async function gateResidual(
+export function gateResidual(
   gpu: Gpu,
   shape: GateResidualShape,
   buffers: GateResidualBuffers,
 ): Promise<void> {
-  const op = await GateResidual.create(gpu, shape);
-  try {
-    await gpu.runChecked(`run ${NAME}`, [op.dispatch(buffers)]);
-  } finally {
-    op.destroy();
-  }
+  return runOnce(gpu, { kernel: NAME, create: () => GateResidual.create(gpu, shape), buffers });
 }
 
 /** Required byte sizes of the buffers, in binding order: [name, bytes, description]. */
 export function bufferSizes(
   s: GateResidualShape,
-): [keyof GateResidualBuffers, number, string][] {
+): BufferRow<keyof GateResidualBuffers>[] {
   const rows = s.b * s.t;
   const e = actBytes(s.dtype);
   const act = `[B·T=${rows}, D=${s.d}] ${s.dtype}`;
@@ -201,15 +186,7 @@ export function bufferSizes(
 
 /** Validate the shape before any GPU work. */
 function checkShape(gpu: Gpu, s: GateResidualShape): void {
-  for (const key of ["b", "t", "d", "modWidth"] as const) {
-    const v = s[key];
-    if (!Number.isInteger(v) || v < 1 || v >= 2 ** 31) {
-      const label = key === "modWidth" ? key : key.toUpperCase();
-      throw new RangeError(
-        `Cannot build ${NAME}: ${label}=${v} must be a positive integer below 2^31`,
-      );
-    }
-  }
+  checkDims(s, { kernel: NAME, keys: ["b", "t", "d", "modWidth"] });
   if (!Number.isInteger(s.gateChunk) || s.gateChunk < 0 || s.gateChunk >= s.modWidth) {
     throw new RangeError(
       `Cannot build ${NAME}: gateChunk=${s.gateChunk} must be a chunk index of mod, ` +
@@ -221,23 +198,12 @@ function checkShape(gpu: Gpu, s: GateResidualShape): void {
       `Cannot build ${NAME}: workgroupSize=${s.workgroupSize} must be 64, 128 or 256`,
     );
   }
-  if (s.dtype !== "f16" && s.dtype !== "f32") {
-    throw new TypeError(`Cannot build ${NAME}: dtype "${s.dtype}" must be "f16" or "f32"`);
-  }
-  const limit = gpu.caps.maxStorageBufferBindingSize;
-  for (const [name, bytes, desc] of bufferSizes(s)) {
-    // below 2^31 elements, so the grid-stride index i + stride never wraps a u32
-    if (bytes > limit || bytes / actBytes(s.dtype) >= 2 ** 31) {
-      throw new RangeError(
-        `Cannot build ${NAME}: ${name} ${desc} has ${bytes} bytes, over this device's ` +
-          `${limit}-byte storage binding limit (or 2^31 elements); split the batch`,
-      );
-    }
-  }
-  if (s.dtype === "f16" && !gpu.caps.shaderF16) {
-    throw new GpuFeatureError(
-      `Cannot build ${NAME} for f16: ${gpu.caps.adapter} lacks the WebGPU feature ` +
-        '"shader-f16"; use dtype "f32"',
-    );
-  }
+  checkDtype(NAME, s.dtype);
+  // below 2^31 elements, so the grid-stride index i + stride never wraps a u32
+  checkBindingSizes(gpu, bufferSizes(s), {
+    kernel: NAME,
+    elementBytes: actBytes(s.dtype),
+    maxLog2: 31,
+  });
+  checkShaderF16(gpu, NAME, s.dtype);
 }

@@ -8,10 +8,10 @@
  * @module
  */
 import type { Gpu } from "../../runtime/device.ts";
-import { fmtTiming } from "../_bench.ts";
-import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
+import type { KernelTiming } from "../_gpu_time.ts";
+import { benchMain, timeOp } from "../_launch.ts";
 import { actBytes, type ActDtype } from "../_wgsl.ts";
-import { GateResidual } from "./gate_residual.ts";
+import { bufferSizes, GateResidual } from "./gate_residual.ts";
 
 /** Shape of one benchmark run. */
 export interface GateResidualBenchShape {
@@ -43,51 +43,32 @@ export async function benchGateResidual(
   gpu: Gpu,
   shape: GateResidualBenchShape,
 ): Promise<KernelTiming> {
-  const { b, t, d, dtype } = shape;
-  const e = actBytes(dtype);
-  const op = await GateResidual.create(gpu, {
-    b,
-    t,
-    d,
-    dtype,
-    modWidth: 6,
-    gateChunk: 2,
-    workgroupSize: shape.workgroupSize,
+  const { b, t, d, dtype, workgroupSize } = shape;
+  const s = { b, t, d, dtype, modWidth: 6, gateChunk: 2, workgroupSize };
+  return await timeOp(gpu, await GateResidual.create(gpu, s), {
+    rows: bufferSizes(s),
+    ops: 2 * b * t * d,
+    bytes: (3 * b * t * d + b * d) * actBytes(dtype),
+    repeat: shape.repeat,
   });
-  const x = await gpu.createBuffer("buffer bench x", b * t * d * e);
-  const y = await gpu.createBuffer("buffer bench y", b * t * d * e);
-  const mod = await gpu.createBuffer("buffer bench mod", b * 6 * d * e);
-  try {
-    return await timeKernel(gpu, [op.dispatch({ x, y, mod })], {
-      ops: 2 * b * t * d,
-      bytes: (3 * b * t * d + b * d) * e,
-      repeat: shape.repeat,
-    });
-  } finally {
-    op.destroy();
-    gpu.destroy(x, y, mod);
-  }
 }
 
 if (import.meta.main) {
-  const { getGpu } = await import("../../runtime/device.ts");
-  const gpu = await getGpu();
-  const large = Deno.args.includes("--large");
-  const dtype: ActDtype = gpu.caps.shaderF16 ? "f16" : "f32";
-  const shapes: GateResidualBenchShape[] = large
-    ? [
-      { b: 2, t: 256, d: 1152, dtype },
-      { b: 2, t: 1024, d: 1152, dtype },
-      { b: 2, t: 1024, d: 1152, dtype, workgroupSize: 128 },
-      { b: 8, t: 1024, d: 1152, dtype },
-      { b: 2, t: 4096, d: 3072, dtype },
-    ]
-    : [{ b: 2, t: 64, d: 256, dtype, repeat: 2 }, { b: 2, t: 64, d: 1152, dtype, repeat: 2 }];
-  console.log(`gate_residual on ${gpu.caps.adapter}`);
-  for (const s of shapes) {
-    const t = await benchGateResidual(gpu, s);
-    const label = `B=${s.b} T=${s.t} D=${s.d} ${s.dtype}` +
-      `${s.workgroupSize ? ` wg=${s.workgroupSize}` : ""}`;
-    console.log(`${label.padEnd(32)} ${fmtTiming(t)} (${t.clock} clock)`);
-  }
+  await benchMain({
+    kernel: "gate_residual",
+    shapes: (dtype, large): GateResidualBenchShape[] =>
+      large
+        ? [
+          { b: 2, t: 256, d: 1152, dtype },
+          { b: 2, t: 1024, d: 1152, dtype },
+          { b: 2, t: 1024, d: 1152, dtype, workgroupSize: 128 },
+          { b: 8, t: 1024, d: 1152, dtype },
+          { b: 2, t: 4096, d: 3072, dtype },
+        ]
+        : [{ b: 2, t: 64, d: 256, dtype, repeat: 2 }, { b: 2, t: 64, d: 1152, dtype, repeat: 2 }],
+    bench: benchGateResidual,
+    label: (s) =>
+      `B=${s.b} T=${s.t} D=${s.d} ${s.dtype}${s.workgroupSize ? ` wg=${s.workgroupSize}` : ""}`,
+    width: 32,
+  });
 }

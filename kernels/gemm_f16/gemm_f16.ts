@@ -7,7 +7,15 @@
  * @module
  */
 import type { Dispatch, Gpu } from "../../runtime/device.ts";
-import { GpuFeatureError } from "../../runtime/errors.ts";
+import {
+  bindBuffers,
+  type BufferRow,
+  checkDims,
+  checkDtype,
+  checkGrid,
+  checkShaderF16,
+  runOnce,
+} from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
 const NAME = "gemm_f16";
@@ -110,13 +118,12 @@ export class GemmF16 {
       pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, { ...common, PAD: pad }, NAME);
       grid = [Math.ceil(n / TILE), Math.ceil(m / TILE)];
     }
-    const max = gpu.caps.maxComputeWorkgroupsPerDimension;
-    if (grid[0] > max || grid[1] > max) {
-      throw new RangeError(
-        `Cannot run ${NAME}: [M=${m}, N=${n}] needs a ${grid[0]}×${grid[1]} grid, over this ` +
-          `device's ${max} workgroups per dimension; split the GEMM`,
-      );
-    }
+    checkGrid(gpu, grid, {
+      kernel: NAME,
+      verb: "run",
+      dims: `[M=${m}, N=${n}]`,
+      fix: "split the GEMM",
+    });
     const params = await gpu.uniform(`buffer ${NAME} params`, new Uint32Array([m, k, n, 0]));
     const dummy = await gpu.createBuffer(`buffer ${NAME} unused bias`, 16);
     return new GemmF16({ ...shape }, pipeline, params, dummy, grid);
@@ -124,30 +131,11 @@ export class GemmF16 {
 
   /** A dispatch computing Y; every buffer's size is checked against the shape first. */
   dispatch(buffers: GemmF16Buffers): Dispatch {
-    const { m, k, n, dtype } = this.shape;
-    const b = actBytes(dtype);
-    const need: [keyof GemmF16Buffers, number, string][] = [
-      ["x", m * k * b, `[M=${m}, K=${k}] ${dtype}`],
-      ["w", n * k * b, `[N=${n}, K=${k}] ${dtype}`],
-      ["bias", this.shape.bias ? n * 4 : 0, `[N=${n}] f32`],
-      ["y", m * n * b, `[M=${m}, N=${n}] ${dtype}`],
-    ];
-    const bindings = [this.#params];
-    for (const [name, bytes, desc] of need) {
-      const buf = buffers[name];
-      if (bytes === 0) {
-        bindings.push(this.#dummy);
-        continue;
-      }
-      if (!buf) throw new TypeError(`Cannot run ${NAME}: ${name} is missing, expected ${desc}`);
-      if (buf.size < bytes) {
-        throw new TypeError(
-          `Cannot run ${NAME}: ${name} has ${buf.size} bytes, expected ${desc} = ${bytes} bytes ` +
-            "or more",
-        );
-      }
-      bindings.push(buf);
-    }
+    const bindings = bindBuffers(bufferSizes(this.shape), buffers, {
+      kernel: NAME,
+      params: this.#params,
+      unused: this.#dummy,
+    });
     return { pipeline: this.#pipeline, bindings, workgroups: this.#grid };
   }
 
@@ -170,17 +158,24 @@ export class GemmF16 {
  * await gemmF16(gpu, { m: 7, k: 66, n: 100, dtype: "f32", bias: false }, { x, w, y });
  * ```
  */
-export async function gemmF16(
+export function gemmF16(
   gpu: Gpu,
   shape: GemmF16Shape,
   buffers: GemmF16Buffers,
 ): Promise<void> {
-  const op = await GemmF16.create(gpu, shape);
-  try {
-    await gpu.runChecked(`run ${NAME}`, [op.dispatch(buffers)]);
-  } finally {
-    op.destroy();
-  }
+  return runOnce(gpu, { kernel: NAME, create: () => GemmF16.create(gpu, shape), buffers });
+}
+
+/** Required bytes of each storage binding, in binding order (0 = unused: a placeholder is bound). */
+export function bufferSizes(s: GemmF16Shape): BufferRow<keyof GemmF16Buffers>[] {
+  const { m, k, n, dtype } = s;
+  const b = actBytes(dtype);
+  return [
+    ["x", m * k * b, `[M=${m}, K=${k}] ${dtype}`],
+    ["w", n * k * b, `[N=${n}, K=${k}] ${dtype}`],
+    ["bias", s.bias ? n * 4 : 0, `[N=${n}] f32`],
+    ["y", m * n * b, `[M=${m}, N=${n}] ${dtype}`],
+  ];
 }
 
 /**
@@ -199,27 +194,13 @@ export function tilePad(gpu: Gpu, name: string): number {
 }
 
 function checkShape(gpu: Gpu, s: GemmF16Shape): void {
-  for (const key of ["m", "k", "n"] as const) {
-    const v = s[key];
-    if (!Number.isInteger(v) || v < 1 || v >= 2 ** 31) {
-      throw new RangeError(
-        `Cannot build ${NAME}: ${key.toUpperCase()}=${v} must be a positive integer below 2^31`,
-      );
-    }
-  }
+  checkDims(s, { kernel: NAME, keys: ["m", "k", "n"] });
   if (s.m * s.k >= 2 ** 32 || s.n * s.k >= 2 ** 32 || s.m * s.n >= 2 ** 32) {
     throw new RangeError(
       `Cannot build ${NAME}: [M=${s.m}, K=${s.k}, N=${s.n}] has a matrix of 2^32 elements or ` +
         "more (u32 indices); split the GEMM",
     );
   }
-  if (s.dtype !== "f16" && s.dtype !== "f32") {
-    throw new TypeError(`Cannot build ${NAME}: dtype "${s.dtype}" must be "f16" or "f32"`);
-  }
-  if (s.dtype === "f16" && !gpu.caps.shaderF16) {
-    throw new GpuFeatureError(
-      `Cannot build ${NAME} for f16: ${gpu.caps.adapter} lacks the WebGPU feature ` +
-        '"shader-f16"; use dtype "f32"',
-    );
-  }
+  checkDtype(NAME, s.dtype);
+  checkShaderF16(gpu, NAME, s.dtype);
 }

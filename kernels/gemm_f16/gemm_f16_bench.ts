@@ -8,10 +8,10 @@
  * @module
  */
 import type { Gpu } from "../../runtime/device.ts";
-import { fmtTiming } from "../_bench.ts";
-import { actBytes, type ActDtype } from "../_wgsl.ts";
-import { GemmF16, type GemmKernel } from "./gemm_f16.ts";
-import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
+import type { KernelTiming } from "../_gpu_time.ts";
+import { benchMain, timeOp } from "../_launch.ts";
+import type { ActDtype } from "../_wgsl.ts";
+import { bufferSizes, GemmF16, type GemmKernel } from "./gemm_f16.ts";
 
 /** Shape of one benchmark run. */
 export interface GemmF16BenchShape {
@@ -43,48 +43,31 @@ export interface GemmF16BenchShape {
  */
 export async function benchGemmF16(gpu: Gpu, shape: GemmF16BenchShape): Promise<KernelTiming> {
   const { m, k, n, dtype } = shape;
-  const b = actBytes(dtype);
-  const bias = shape.bias ?? false;
-  const op = await GemmF16.create(
-    gpu,
-    { m, k, n, dtype, bias, gelu: shape.gelu ?? false },
-    shape.kernel,
-  );
-  const x = await gpu.createBuffer("buffer bench x", m * k * b);
-  const w = await gpu.createBuffer("buffer bench w", n * k * b);
-  const bb = bias ? await gpu.createBuffer("buffer bench bias", n * 4) : undefined;
-  const y = await gpu.createBuffer("buffer bench y", m * n * b);
-  try {
-    return await timeKernel(gpu, [op.dispatch({ x, w, bias: bb, y })], {
-      ops: 2 * m * n * k,
-      bytes: (m * k + n * k + m * n) * b + (bias ? n * 4 : 0),
-      repeat: shape.repeat,
-    });
-  } finally {
-    op.destroy();
-    gpu.destroy(x, w, bb, y);
-  }
+  const s = { m, k, n, dtype, bias: shape.bias ?? false, gelu: shape.gelu ?? false };
+  const op = await GemmF16.create(gpu, s, shape.kernel);
+  return await timeOp(gpu, op, { rows: bufferSizes(s), ops: 2 * m * n * k, repeat: shape.repeat });
+}
+
+/** The label of a GEMM benchmark line: `M=… K=… N=… dtype [bias] [gelu]`. */
+export function gemmBenchLabel(s: GemmF16BenchShape): string {
+  return `M=${s.m} K=${s.k} N=${s.n} ${s.dtype}${s.bias ? " bias" : ""}${s.gelu ? " gelu" : ""}`;
 }
 
 if (import.meta.main) {
-  const { getGpu } = await import("../../runtime/device.ts");
-  const gpu = await getGpu();
-  const large = Deno.args.includes("--large");
-  const dtype: ActDtype = gpu.caps.shaderF16 ? "f16" : "f32";
-  const shapes: GemmF16BenchShape[] = large
-    ? [
-      { m: 4096, k: 3072, n: 3072, dtype },
-      { m: 4096, k: 3072, n: 12288, dtype },
-      { m: 4096, k: 3072, n: 3072, dtype, bias: true, gelu: true },
-      { m: 1, k: 3072, n: 18432, dtype, bias: true },
-      { m: 2, k: 3072, n: 18432, dtype, bias: true },
-    ]
-    : [{ m: 64, k: 256, n: 256, dtype, repeat: 1 }, { m: 1, k: 256, n: 256, dtype, repeat: 1 }];
-  console.log(`gemm_f16 on ${gpu.caps.adapter}`);
-  for (const s of shapes) {
-    const t = await benchGemmF16(gpu, s);
-    const label = `M=${s.m} K=${s.k} N=${s.n} ${s.dtype}${s.bias ? " bias" : ""}` +
-      `${s.gelu ? " gelu" : ""}`;
-    console.log(`${label.padEnd(36)} ${fmtTiming(t)} (${t.clock} clock)`);
-  }
+  await benchMain({
+    kernel: "gemm_f16",
+    shapes: (dtype, large): GemmF16BenchShape[] =>
+      large
+        ? [
+          { m: 4096, k: 3072, n: 3072, dtype },
+          { m: 4096, k: 3072, n: 12288, dtype },
+          { m: 4096, k: 3072, n: 3072, dtype, bias: true, gelu: true },
+          { m: 1, k: 3072, n: 18432, dtype, bias: true },
+          { m: 2, k: 3072, n: 18432, dtype, bias: true },
+        ]
+        : [{ m: 64, k: 256, n: 256, dtype, repeat: 1 }, { m: 1, k: 256, n: 256, dtype, repeat: 1 }],
+    bench: benchGemmF16,
+    label: gemmBenchLabel,
+    width: 36,
+  });
 }

@@ -8,8 +8,16 @@
  * @module
  */
 import type { Dispatch, Gpu } from "../../runtime/device.ts";
-import { GpuFeatureError } from "../../runtime/errors.ts";
 import { GROUP_SIZE_INT4 } from "../../quant/packing.ts";
+import {
+  bindBuffers,
+  type BufferRow,
+  checkDims,
+  checkDtype,
+  checkGrid,
+  checkShaderF16,
+  runOnce,
+} from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 import { type GemmKernel, tilePad } from "../gemm_f16/gemm_f16.ts";
 
@@ -125,13 +133,12 @@ export class GemmW4A16 {
       pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, { ...common, PAD: pad }, NAME);
       grid = [Math.ceil(n / TILE), Math.ceil(m / TILE)];
     }
-    const max = gpu.caps.maxComputeWorkgroupsPerDimension;
-    if (grid[0] > max || grid[1] > max) {
-      throw new RangeError(
-        `Cannot run ${NAME}: [M=${m}, N=${n}] needs a ${grid[0]}×${grid[1]} grid, over this ` +
-          `device's ${max} workgroups per dimension; split the GEMM`,
-      );
-    }
+    checkGrid(gpu, grid, {
+      kernel: NAME,
+      verb: "run",
+      dims: `[M=${m}, N=${n}]`,
+      fix: "split the GEMM",
+    });
     const params = await gpu.uniform(`buffer ${NAME} params`, new Uint32Array([m, k, n, 0]));
     const dummy = await gpu.createBuffer(`buffer ${NAME} unused bias`, 16);
     return new GemmW4A16({ ...shape }, which, pipeline, params, dummy, grid);
@@ -139,32 +146,11 @@ export class GemmW4A16 {
 
   /** A dispatch computing Y; every buffer's size is checked against the shape first. */
   dispatch(buffers: GemmW4A16Buffers): Dispatch {
-    const { m, k, n, dtype } = this.shape;
-    const b = actBytes(dtype);
-    const groups = (n * k) / GROUP_SIZE_INT4;
-    const need: [keyof GemmW4A16Buffers, number, string][] = [
-      ["x", m * k * b, `[M=${m}, K=${k}] ${dtype}`],
-      ["qweight", (n * k) / 2, `[N=${n}, K/8=${k / 8}] u32`],
-      ["wscales", Math.ceil(groups / 2) * 4, `[N=${n}, K/64=${k / 64}] f16 (2 per u32)`],
-      ["bias", this.shape.bias ? n * 4 : 0, `[N=${n}] f32`],
-      ["y", m * n * b, `[M=${m}, N=${n}] ${dtype}`],
-    ];
-    const bindings = [this.#params];
-    for (const [name, bytes, desc] of need) {
-      const buf = buffers[name];
-      if (bytes === 0) {
-        bindings.push(this.#dummy);
-        continue;
-      }
-      if (!buf) throw new TypeError(`Cannot run ${NAME}: ${name} is missing, expected ${desc}`);
-      if (buf.size < bytes) {
-        throw new TypeError(
-          `Cannot run ${NAME}: ${name} has ${buf.size} bytes, expected ${desc} = ${bytes} bytes ` +
-            "or more",
-        );
-      }
-      bindings.push(buf);
-    }
+    const bindings = bindBuffers(bufferSizes(this.shape), buffers, {
+      kernel: NAME,
+      params: this.#params,
+      unused: this.#dummy,
+    });
     return { pipeline: this.#pipeline, bindings, workgroups: this.#grid };
   }
 
@@ -189,28 +175,30 @@ export class GemmW4A16 {
  * });
  * ```
  */
-export async function gemmW4A16(
+export function gemmW4A16(
   gpu: Gpu,
   shape: GemmW4A16Shape,
   buffers: GemmW4A16Buffers,
 ): Promise<void> {
-  const op = await GemmW4A16.create(gpu, shape);
-  try {
-    await gpu.runChecked(`run ${NAME}`, [op.dispatch(buffers)]);
-  } finally {
-    op.destroy();
-  }
+  return runOnce(gpu, { kernel: NAME, create: () => GemmW4A16.create(gpu, shape), buffers });
+}
+
+/** Required bytes of each storage binding, in binding order (0 = unused: a placeholder is bound). */
+export function bufferSizes(s: GemmW4A16Shape): BufferRow<keyof GemmW4A16Buffers>[] {
+  const { m, k, n, dtype } = s;
+  const b = actBytes(dtype);
+  const groups = (n * k) / GROUP_SIZE_INT4;
+  return [
+    ["x", m * k * b, `[M=${m}, K=${k}] ${dtype}`],
+    ["qweight", (n * k) / 2, `[N=${n}, K/8=${k / 8}] u32`],
+    ["wscales", Math.ceil(groups / 2) * 4, `[N=${n}, K/64=${k / 64}] f16 (2 per u32)`],
+    ["bias", s.bias ? n * 4 : 0, `[N=${n}] f32`],
+    ["y", m * n * b, `[M=${m}, N=${n}] ${dtype}`],
+  ];
 }
 
 function checkShape(gpu: Gpu, s: GemmW4A16Shape): void {
-  for (const key of ["m", "k", "n"] as const) {
-    const v = s[key];
-    if (!Number.isInteger(v) || v < 1 || v >= 2 ** 31) {
-      throw new RangeError(
-        `Cannot build ${NAME}: ${key.toUpperCase()}=${v} must be a positive integer below 2^31`,
-      );
-    }
-  }
+  checkDims(s, { kernel: NAME, keys: ["m", "k", "n"] });
   if (s.k % GROUP_SIZE_INT4 !== 0) {
     throw new RangeError(
       `Cannot build ${NAME}: K=${s.k} must be a multiple of the INT4 group size ` +
@@ -223,13 +211,6 @@ function checkShape(gpu: Gpu, s: GemmW4A16Shape): void {
         "more (u32 indices); split the GEMM",
     );
   }
-  if (s.dtype !== "f16" && s.dtype !== "f32") {
-    throw new TypeError(`Cannot build ${NAME}: dtype "${s.dtype}" must be "f16" or "f32"`);
-  }
-  if (s.dtype === "f16" && !gpu.caps.shaderF16) {
-    throw new GpuFeatureError(
-      `Cannot build ${NAME} for f16: ${gpu.caps.adapter} lacks the WebGPU feature ` +
-        '"shader-f16"; use dtype "f32"',
-    );
-  }
+  checkDtype(NAME, s.dtype);
+  checkShaderF16(gpu, NAME, s.dtype);
 }

@@ -8,24 +8,13 @@
  * @module
  */
 import type { Gpu } from "../../runtime/device.ts";
-import { fmtTiming } from "../_bench.ts";
-import { actBytes, type ActDtype } from "../_wgsl.ts";
-import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
-import { type GemmKernel, GemmW4A16 } from "./gemm_w4a16.ts";
+import type { KernelTiming } from "../_gpu_time.ts";
+import { benchMain, timeOp } from "../_launch.ts";
+import { gemmBenchLabel, type GemmF16BenchShape } from "../gemm_f16/gemm_f16_bench.ts";
+import { bufferSizes, GemmW4A16 } from "./gemm_w4a16.ts";
 
-/** Shape of one benchmark run. */
-export interface GemmW4A16BenchShape {
-  m: number;
-  k: number;
-  n: number;
-  dtype: ActDtype;
-  bias?: boolean;
-  gelu?: boolean;
-  /** Force a kernel (default: the launcher's choice). */
-  kernel?: GemmKernel;
-  /** Dispatches per timed pass (default 8); the timing is per dispatch. */
-  repeat?: number;
-}
+/** Shape of one benchmark run (the same as gemm_f16's). */
+export type GemmW4A16BenchShape = GemmF16BenchShape;
 
 /**
  * Time `gemm_w4a16` on `shape` (zero inputs: speed does not depend on values), per dispatch, on the GPU clock
@@ -41,52 +30,32 @@ export interface GemmW4A16BenchShape {
  * console.log(fmtTiming(await benchGemmW4A16(gpu, { m: 1, k: 3072, n: 18432, dtype: "f16" })));
  * ```
  */
-export async function benchGemmW4A16(gpu: Gpu, shape: GemmW4A16BenchShape): Promise<KernelTiming> {
+export async function benchGemmW4A16(
+  gpu: Gpu,
+  shape: GemmW4A16BenchShape,
+): Promise<KernelTiming> {
   const { m, k, n, dtype } = shape;
-  const b = actBytes(dtype);
-  const bias = shape.bias ?? false;
-  const op = await GemmW4A16.create(
-    gpu,
-    { m, k, n, dtype, bias, gelu: shape.gelu ?? false },
-    shape.kernel,
-  );
-  const x = await gpu.createBuffer("buffer bench x", m * k * b);
-  const qweight = await gpu.createBuffer("buffer bench qweight", n * k / 2);
-  const wscales = await gpu.createBuffer("buffer bench wscales", n * k / 32);
-  const bb = bias ? await gpu.createBuffer("buffer bench bias", n * 4) : undefined;
-  const y = await gpu.createBuffer("buffer bench y", m * n * b);
-  try {
-    return await timeKernel(gpu, [op.dispatch({ x, qweight, wscales, bias: bb, y })], {
-      ops: 2 * m * n * k,
-      bytes: (m * k + m * n) * b + n * k / 2 + n * k / 32 + (bias ? n * 4 : 0),
-      repeat: shape.repeat,
-    });
-  } finally {
-    op.destroy();
-    gpu.destroy(x, qweight, wscales, bb, y);
-  }
+  const s = { m, k, n, dtype, bias: shape.bias ?? false, gelu: shape.gelu ?? false };
+  const op = await GemmW4A16.create(gpu, s, shape.kernel);
+  return await timeOp(gpu, op, { rows: bufferSizes(s), ops: 2 * m * n * k, repeat: shape.repeat });
 }
 
 if (import.meta.main) {
-  const { getGpu } = await import("../../runtime/device.ts");
-  const gpu = await getGpu();
-  const large = Deno.args.includes("--large");
-  const dtype: ActDtype = gpu.caps.shaderF16 ? "f16" : "f32";
-  const shapes: GemmW4A16BenchShape[] = large
-    ? [
-      { m: 4096, k: 3072, n: 3072, dtype },
-      { m: 4096, k: 3072, n: 12288, dtype },
-      { m: 1, k: 3072, n: 18432, dtype, bias: true },
-      { m: 2, k: 3072, n: 18432, dtype, bias: true },
-      { m: 8, k: 3072, n: 18432, dtype, bias: true },
-      { m: 16, k: 3072, n: 18432, dtype, bias: true },
-    ]
-    : [{ m: 64, k: 256, n: 256, dtype, repeat: 1 }, { m: 1, k: 256, n: 256, dtype, repeat: 1 }];
-  console.log(`gemm_w4a16 on ${gpu.caps.adapter}`);
-  for (const s of shapes) {
-    const t = await benchGemmW4A16(gpu, s);
-    const label = `M=${s.m} K=${s.k} N=${s.n} ${s.dtype}${s.bias ? " bias" : ""}` +
-      `${s.gelu ? " gelu" : ""}`;
-    console.log(`${label.padEnd(36)} ${fmtTiming(t)} (${t.clock} clock)`);
-  }
+  await benchMain({
+    kernel: "gemm_w4a16",
+    shapes: (dtype, large): GemmW4A16BenchShape[] =>
+      large
+        ? [
+          { m: 4096, k: 3072, n: 3072, dtype },
+          { m: 4096, k: 3072, n: 12288, dtype },
+          { m: 1, k: 3072, n: 18432, dtype, bias: true },
+          { m: 2, k: 3072, n: 18432, dtype, bias: true },
+          { m: 8, k: 3072, n: 18432, dtype, bias: true },
+          { m: 16, k: 3072, n: 18432, dtype, bias: true },
+        ]
+        : [{ m: 64, k: 256, n: 256, dtype, repeat: 1 }, { m: 1, k: 256, n: 256, dtype, repeat: 1 }],
+    bench: benchGemmW4A16,
+    label: gemmBenchLabel,
+    width: 36,
+  });
 }

@@ -8,6 +8,7 @@
 import type { Dispatch, Gpu } from "../../runtime/device.ts";
 import { GpuFeatureError } from "../../runtime/errors.ts";
 import { type ActMode, groupSize, type WeightFormat } from "../../quant/packing.ts";
+import { bindBuffers, type BufferRow, runOnce } from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
 const NAME = "gemm_w4a4_lowrank";
@@ -140,27 +141,13 @@ export class GemmW4A4Lowrank {
 
   /** A dispatch computing Y; every buffer's size is checked against the shape first. */
   dispatch(buffers: GemmW4A4LowrankBuffers): Dispatch {
-    const s = this.shape;
-    const sizes = bufferSizes(s);
-    const used: GPUBuffer[] = [];
-    for (const [name, bytes, desc] of sizes) {
-      const buf = buffers[name];
-      if (bytes === 0) {
-        used.push(buf ?? this.#dummy);
-        continue;
-      }
-      if (!buf) {
-        throw new TypeError(`Cannot run ${NAME}: ${name} is missing, expected ${desc}`);
-      }
-      if (buf.size < bytes) {
-        throw new TypeError(
-          `Cannot run ${NAME}: ${name} has ${buf.size} bytes, expected ${desc} = ${bytes} bytes ` +
-            "or more",
-        );
-      }
-      used.push(buf);
-    }
-    return { pipeline: this.#pipeline, bindings: [this.#params, ...used], workgroups: this.#grid };
+    const bindings = bindBuffers(bufferSizes(this.shape), buffers, {
+      kernel: NAME,
+      params: this.#params,
+      // an unused binding takes the caller's buffer when one is given
+      unused: (_name, given) => given ?? this.#dummy,
+    });
+    return { pipeline: this.#pipeline, bindings, workgroups: this.#grid };
   }
 
   /** Release the uniform buffer and the placeholder binding. */
@@ -184,23 +171,18 @@ export class GemmW4A4Lowrank {
  * }, { qact, ascales, qweight, wscales, y });
  * ```
  */
-export async function gemmW4A4Lowrank(
+export function gemmW4A4Lowrank(
   gpu: Gpu,
   shape: GemmW4A4LowrankShape,
   buffers: GemmW4A4LowrankBuffers,
 ): Promise<void> {
-  const op = await GemmW4A4Lowrank.create(gpu, shape);
-  try {
-    await gpu.runChecked(`run ${NAME}`, [op.dispatch(buffers)]);
-  } finally {
-    op.destroy();
-  }
+  return runOnce(gpu, { kernel: NAME, create: () => GemmW4A4Lowrank.create(gpu, shape), buffers });
 }
 
 type BufferName = keyof GemmW4A4LowrankBuffers;
 
 /** Required bytes of each storage binding, in binding order (0 = unused, dummy bound). */
-export function bufferSizes(s: GemmW4A4LowrankShape): [BufferName, number, string][] {
+export function bufferSizes(s: GemmW4A4LowrankShape): BufferRow<BufferName>[] {
   const { m, k, n, r } = s;
   const g = groupSize(s.format);
   const dims = `[M=${m}, K=${k}]`;

@@ -15,7 +15,16 @@
  * @module
  */
 import type { Dispatch, Gpu } from "../../runtime/device.ts";
-import { GpuFeatureError } from "../../runtime/errors.ts";
+import {
+  bindBuffers,
+  type BufferRow,
+  checkBindingSizes,
+  checkDims,
+  checkDistinct,
+  checkDtype,
+  checkShaderF16,
+  runOnce,
+} from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
 const NAME = "layernorm_modulate";
@@ -156,30 +165,11 @@ export class LayernormModulate {
 
   /** A dispatch computing `h`; every buffer's size is checked against the shape first. */
   dispatch(buffers: LayernormModulateBuffers): Dispatch {
-    const bindings = [this.#params];
-    for (const [name, bytes, desc] of bufferSizes(this.shape)) {
-      const buf = buffers[name];
-      if (!buf) throw new TypeError(`Cannot run ${NAME}: ${name} is missing, expected ${desc}`);
-      if (buf.size < bytes) {
-        throw new TypeError(
-          `Cannot run ${NAME}: ${name} has ${buf.size} bytes, expected ${desc} = ${bytes} ` +
-            "bytes or more",
-        );
-      }
-      bindings.push(buf);
-    }
-    if (buffers.h === buffers.x) {
-      throw new TypeError(
-        `Cannot run ${NAME}: h and x are the same buffer; pass a separate ` +
-          "buffer (WebGPU refuses a written buffer bound twice)",
-      );
-    }
-    if (buffers.h === buffers.mod) {
-      throw new TypeError(
-        `Cannot run ${NAME}: h and mod are the same buffer; pass a separate ` +
-          "buffer (WebGPU refuses a written buffer bound twice)",
-      );
-    }
+    const bindings = bindBuffers(bufferSizes(this.shape), buffers, {
+      kernel: NAME,
+      params: this.#params,
+    });
+    checkDistinct(buffers, { kernel: NAME, pairs: [["h", "x"], ["h", "mod"]] });
     return { pipeline: this.#pipeline, bindings, workgroups: this.#grid };
   }
 
@@ -202,23 +192,22 @@ export class LayernormModulate {
  * await layernormModulate(gpu, shape, { x, mod, h });
  * ```
  */
-export async function layernormModulate(
+export function layernormModulate(
   gpu: Gpu,
   shape: LayernormModulateShape,
   buffers: LayernormModulateBuffers,
 ): Promise<void> {
-  const op = await LayernormModulate.create(gpu, shape);
-  try {
-    await gpu.runChecked(`run ${NAME}`, [op.dispatch(buffers)]);
-  } finally {
-    op.destroy();
-  }
+  return runOnce(gpu, {
+    kernel: NAME,
+    create: () => LayernormModulate.create(gpu, shape),
+    buffers,
+  });
 }
 
 /** Required byte sizes of the buffers, in binding order: [name, bytes, description]. */
 export function bufferSizes(
   s: LayernormModulateShape,
-): [keyof LayernormModulateBuffers, number, string][] {
+): BufferRow<keyof LayernormModulateBuffers>[] {
   const rows = s.b * s.t;
   const e = actBytes(s.dtype);
   const act = `[B·T=${rows}, D=${s.d}] ${s.dtype}`;
@@ -235,15 +224,7 @@ export function bufferSizes(
 
 /** Validate the shape before any GPU work. */
 function checkShape(gpu: Gpu, s: LayernormModulateShape): void {
-  for (const key of ["b", "t", "d", "modWidth"] as const) {
-    const v = s[key];
-    if (!Number.isInteger(v) || v < 1 || v >= 2 ** 31) {
-      const label = key === "modWidth" ? key : key.toUpperCase();
-      throw new RangeError(
-        `Cannot build ${NAME}: ${label}=${v} must be a positive integer below 2^31`,
-      );
-    }
-  }
+  checkDims(s, { kernel: NAME, keys: ["b", "t", "d", "modWidth"] });
   if (s.d > LAYERNORM_MODULATE_MAX_D) {
     throw new RangeError(
       `Cannot build ${NAME}: D=${s.d} exceeds ${LAYERNORM_MODULATE_MAX_D}, the largest row ` +
@@ -261,22 +242,11 @@ function checkShape(gpu: Gpu, s: LayernormModulateShape): void {
   if (s.eps !== undefined && !(Number.isFinite(s.eps) && s.eps > 0)) {
     throw new RangeError(`Cannot build ${NAME}: eps=${s.eps} must be a finite positive number`);
   }
-  if (s.dtype !== "f16" && s.dtype !== "f32") {
-    throw new TypeError(`Cannot build ${NAME}: dtype "${s.dtype}" must be "f16" or "f32"`);
-  }
-  const limit = gpu.caps.maxStorageBufferBindingSize;
-  for (const [name, bytes, desc] of bufferSizes(s)) {
-    if (bytes > limit || bytes / actBytes(s.dtype) >= 2 ** 32) {
-      throw new RangeError(
-        `Cannot build ${NAME}: ${name} ${desc} has ${bytes} bytes, over this device's ` +
-          `${limit}-byte storage binding limit (or 2^32 elements); split the batch`,
-      );
-    }
-  }
-  if (s.dtype === "f16" && !gpu.caps.shaderF16) {
-    throw new GpuFeatureError(
-      `Cannot build ${NAME} for f16: ${gpu.caps.adapter} lacks the WebGPU feature ` +
-        '"shader-f16"; use dtype "f32"',
-    );
-  }
+  checkDtype(NAME, s.dtype);
+  checkBindingSizes(gpu, bufferSizes(s), {
+    kernel: NAME,
+    elementBytes: actBytes(s.dtype),
+    maxLog2: 32,
+  });
+  checkShaderF16(gpu, NAME, s.dtype);
 }

@@ -8,10 +8,10 @@
  * @module
  */
 import type { Gpu } from "../../runtime/device.ts";
-import { fmtTiming } from "../_bench.ts";
-import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
+import type { KernelTiming } from "../_gpu_time.ts";
+import { benchMain, timeOp } from "../_launch.ts";
 import { actBytes, type ActDtype } from "../_wgsl.ts";
-import { LayernormModulate } from "./layernorm_modulate.ts";
+import { bufferSizes, LayernormModulate } from "./layernorm_modulate.ts";
 
 /** Shape of one benchmark run. */
 export interface LayernormModulateBenchShape {
@@ -44,52 +44,32 @@ export async function benchLayernormModulate(
   gpu: Gpu,
   shape: LayernormModulateBenchShape,
 ): Promise<KernelTiming> {
-  const { b, t, d, dtype } = shape;
-  const e = actBytes(dtype);
-  const op = await LayernormModulate.create(gpu, {
-    b,
-    t,
-    d,
-    dtype,
-    modWidth: 6,
-    shiftChunk: 0,
-    scaleChunk: 1,
-    workgroupSize: shape.workgroupSize,
+  const { b, t, d, dtype, workgroupSize } = shape;
+  const s = { b, t, d, dtype, modWidth: 6, shiftChunk: 0, scaleChunk: 1, workgroupSize };
+  return await timeOp(gpu, await LayernormModulate.create(gpu, s), {
+    rows: bufferSizes(s),
+    ops: 8 * b * t * d,
+    bytes: (2 * b * t * d + 2 * b * d) * actBytes(dtype),
+    repeat: shape.repeat,
   });
-  const x = await gpu.createBuffer("buffer bench x", b * t * d * e);
-  const mod = await gpu.createBuffer("buffer bench mod", b * 6 * d * e);
-  const h = await gpu.createBuffer("buffer bench h", b * t * d * e);
-  try {
-    return await timeKernel(gpu, [op.dispatch({ x, mod, h })], {
-      ops: 8 * b * t * d,
-      bytes: (2 * b * t * d + 2 * b * d) * e,
-      repeat: shape.repeat,
-    });
-  } finally {
-    op.destroy();
-    gpu.destroy(x, mod, h);
-  }
 }
 
 if (import.meta.main) {
-  const { getGpu } = await import("../../runtime/device.ts");
-  const gpu = await getGpu();
-  const large = Deno.args.includes("--large");
-  const dtype: ActDtype = gpu.caps.shaderF16 ? "f16" : "f32";
-  const shapes: LayernormModulateBenchShape[] = large
-    ? [
-      { b: 2, t: 256, d: 1152, dtype },
-      { b: 2, t: 1024, d: 1152, dtype },
-      { b: 2, t: 1024, d: 1152, dtype, workgroupSize: 256 },
-      { b: 8, t: 1024, d: 1152, dtype },
-      { b: 2, t: 4096, d: 3072, dtype },
-    ]
-    : [{ b: 2, t: 64, d: 256, dtype, repeat: 2 }, { b: 2, t: 64, d: 1152, dtype, repeat: 2 }];
-  console.log(`layernorm_modulate on ${gpu.caps.adapter}`);
-  for (const s of shapes) {
-    const t = await benchLayernormModulate(gpu, s);
-    const label = `B=${s.b} T=${s.t} D=${s.d} ${s.dtype}` +
-      `${s.workgroupSize ? ` wg=${s.workgroupSize}` : ""}`;
-    console.log(`${label.padEnd(32)} ${fmtTiming(t)} (${t.clock} clock)`);
-  }
+  await benchMain({
+    kernel: "layernorm_modulate",
+    shapes: (dtype, large): LayernormModulateBenchShape[] =>
+      large
+        ? [
+          { b: 2, t: 256, d: 1152, dtype },
+          { b: 2, t: 1024, d: 1152, dtype },
+          { b: 2, t: 1024, d: 1152, dtype, workgroupSize: 256 },
+          { b: 8, t: 1024, d: 1152, dtype },
+          { b: 2, t: 4096, d: 3072, dtype },
+        ]
+        : [{ b: 2, t: 64, d: 256, dtype, repeat: 2 }, { b: 2, t: 64, d: 1152, dtype, repeat: 2 }],
+    bench: benchLayernormModulate,
+    label: (s) =>
+      `B=${s.b} T=${s.t} D=${s.d} ${s.dtype}${s.workgroupSize ? ` wg=${s.workgroupSize}` : ""}`,
+    width: 32,
+  });
 }

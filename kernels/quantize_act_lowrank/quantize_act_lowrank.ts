@@ -10,6 +10,7 @@
 import type { Dispatch, Gpu } from "../../runtime/device.ts";
 import { GpuFeatureError } from "../../runtime/errors.ts";
 import { type ActMode, groupSize } from "../../quant/packing.ts";
+import { bindBuffers, type BufferRow, runOnce } from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
 const NAME = "quantize_act_lowrank";
@@ -131,25 +132,12 @@ export class QuantizeActLowrank {
 
   /** A dispatch of the kernel; every buffer's size is checked against the shape first. */
   dispatch(buffers: QuantizeActLowrankBuffers): Dispatch {
-    const used: GPUBuffer[] = [];
-    for (const [name, bytes, desc] of bufferSizes(this.shape)) {
-      const buf = buffers[name];
-      if (bytes === 0) {
-        used.push(name === "lora_act" ? this.#dummyOut : this.#dummyIn);
-        continue;
-      }
-      if (!buf) {
-        throw new TypeError(`Cannot run ${NAME}: ${name} is missing, expected ${desc}`);
-      }
-      if (buf.size < bytes) {
-        throw new TypeError(
-          `Cannot run ${NAME}: ${name} has ${buf.size} bytes, expected ${desc} = ${bytes} bytes ` +
-            "or more",
-        );
-      }
-      used.push(buf);
-    }
-    return { pipeline: this.#pipeline, bindings: [this.#params, ...used], workgroups: this.#grid };
+    const bindings = bindBuffers(bufferSizes(this.shape), buffers, {
+      kernel: NAME,
+      params: this.#params,
+      unused: (name) => name === "lora_act" ? this.#dummyOut : this.#dummyIn,
+    });
+    return { pipeline: this.#pipeline, bindings, workgroups: this.#grid };
   }
 
   /** Release the uniform and placeholder buffers. */
@@ -173,24 +161,23 @@ export class QuantizeActLowrank {
  * }, { x, qact, ascales });
  * ```
  */
-export async function quantizeActLowrank(
+export function quantizeActLowrank(
   gpu: Gpu,
   shape: QuantizeActLowrankShape,
   buffers: QuantizeActLowrankBuffers,
 ): Promise<void> {
-  const op = await QuantizeActLowrank.create(gpu, shape);
-  try {
-    await gpu.runChecked(`run ${NAME}`, [op.dispatch(buffers)]);
-  } finally {
-    op.destroy();
-  }
+  return runOnce(gpu, {
+    kernel: NAME,
+    create: () => QuantizeActLowrank.create(gpu, shape),
+    buffers,
+  });
 }
 
 /**
  * Required bytes of each storage binding, in binding order (0 = unused: a placeholder is bound),
  * with a description of the expected tensor.
  */
-export function bufferSizes(s: QuantizeActLowrankShape): [BufferName, number, string][] {
+export function bufferSizes(s: QuantizeActLowrankShape): BufferRow<BufferName>[] {
   const { m, k, r } = s;
   const g = groupSize(s.mode);
   return [
