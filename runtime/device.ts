@@ -68,6 +68,7 @@ export interface Dispatch {
 }
 
 const STORAGE = 0x0080 | 0x0004 | 0x0008; // STORAGE | COPY_SRC | COPY_DST
+const UPLOAD_CHUNK = 16 << 20; // bytes per writeBuffer of an upload (a multiple of 4)
 
 /**
  * A WebGPU device with the module's conventions.
@@ -237,9 +238,20 @@ export class Gpu {
 
   /** Create a buffer holding `data` (padded to 4 bytes) and submit the write. */
   async upload(step: string, data: ArrayBufferView, usage: number = STORAGE): Promise<GPUBuffer> {
+    if ((usage & 0x0080) && data.byteLength > this.caps.maxStorageBufferBindingSize) {
+      throw new RangeError(
+        `Cannot ${step}: ${data.byteLength} bytes exceed this adapter's ` +
+          `maxStorageBufferBindingSize (${this.caps.maxStorageBufferBindingSize}); the tensor must ` +
+          "be split (e.g. along N) before it can be bound",
+      );
+    }
     const buf = await this.createBuffer(step, data.byteLength, usage | 0x0008);
-    this.write(buf, data);
-    this.device.queue.submit([]);
+    // Written in pieces, each submitted, so the staging memory of a large tensor stays bounded.
+    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    for (let o = 0; o < bytes.byteLength; o += UPLOAD_CHUNK) {
+      this.write(buf, bytes.subarray(o, Math.min(o + UPLOAD_CHUNK, bytes.byteLength)), o);
+      this.device.queue.submit([]);
+    }
     this.#pendingWrites = false;
     return buf;
   }

@@ -124,3 +124,25 @@ Deno.test({
     gpu.close();
   },
 });
+
+Deno.test({
+  name:
+    "device: a large upload goes in pieces and arrives whole; over the binding limit is refused",
+  ignore,
+  fn: async () => {
+    const gpu = (await testGpu())!;
+    const n = (40 << 20) + 12; // three 16 MiB pieces, the last one partial
+    const data = new Uint8Array(n);
+    for (let i = 0; i < n; i += 4093) data[i] = (i >>> 12) & 0xff;
+    const buf = await gpu.upload("buffer large upload", data);
+    const back = new Uint8Array(await gpu.read(buf, n));
+    for (let i = 0; i < n; i += 4093) assert.equal(back[i], data[i], `byte ${i}`);
+    assert.equal(back[n - 1], data[n - 1]);
+    gpu.destroy(buf);
+    const tooBig = { byteLength: gpu.caps.maxStorageBufferBindingSize + 4 } as ArrayBufferView;
+    await assert.rejects(
+      gpu.upload("buffer too big to bind", tooBig),
+      (e: unknown) => e instanceof RangeError && /maxStorageBufferBindingSize/.test(e.message),
+    );
+  },
+});
