@@ -8,6 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import { getGpu } from "../runtime/device.ts";
+import { ModelFile } from "../runtime/model_file.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";
 import { runCli } from "./_cli.ts";
@@ -18,7 +19,7 @@ async function main(args: string[]): Promise<void> {
     args,
     options: {
       out: { type: "string", default: "docs/samples.png" },
-      steps: { type: "string", default: "25" },
+      steps: { type: "string", default: "20" },
       cfg: { type: "string", default: "4" },
       seed: { type: "string", default: "11" },
       "build-int4": { type: "boolean", default: false },
@@ -35,29 +36,34 @@ async function main(args: string[]): Promise<void> {
   const gpu = await getGpu();
   const rows: Float32Array[] = [];
   let size = 0, n = 0, names: string[] = [];
+  const wanted = ["smiley", "heart", "mammal", "fruit", "vehicle", "building", "flag", "ball"];
   for (const precision of ["float", "int4", "nvfp4"] as const) {
-    const pipe = await Pipeline.load(gpu, await modelFor(precision, log));
+    const path = await modelFor(precision, log);
+    const file = await ModelFile.open(path);
+    const all = (file.config.class_names as string[] | undefined) ?? [];
+    file.close();
+    const classes = wanted.map((w) => all.indexOf(w)).filter((i) => i >= 0);
+    if (!classes.length) classes.push(0, 1, 2, 3);
+    names = classes.map((c) => all[c] ?? `class ${c}`);
+    n = classes.length;
+    const pipe = await Pipeline.load(gpu, path, { images: n });
     try {
-      names = pipe.classNames;
-      n = names.length;
       size = pipe.model.config.input_size;
-      for (let c = 0; c < n; c++) {
-        const { images } = await pipe.generate({
-          classes: [c],
-          seed: Number(values.seed) + c,
-          steps: Number(values.steps),
-          cfg: Number(values.cfg),
-        });
-        rows.push(images);
-      }
+      const { images } = await pipe.generate({
+        classes,
+        seed: Number(values.seed),
+        steps: Number(values.steps),
+        cfg: Number(values.cfg),
+      });
+      rows.push(images);
       log(`${precision}: ${n} samples`);
     } finally {
       pipe.destroy();
     }
   }
-  const all = new Float32Array(rows.length * rows[0].length);
-  rows.forEach((r, i) => all.set(r, i * r.length));
-  const { rgb, width, height } = toRgbGrid(all, rows.length, size, n, 3);
+  const grid = new Float32Array(rows.length * rows[0].length);
+  rows.forEach((r, i) => grid.set(r, i * r.length));
+  const { rgb, width, height } = toRgbGrid(grid, rows.length * n, size, n, 3);
   await Deno.mkdir(values.out.slice(0, values.out.lastIndexOf("/")) || ".", { recursive: true });
   await Deno.writeFile(values.out, await encodePng(rgb, width, height));
   log(
