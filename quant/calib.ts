@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { geluTanh } from "../runtime/activations.ts";
 import { FormatError } from "../runtime/errors.ts";
 import { SafetensorsReader, SafetensorsWriter } from "./safetensors.ts";
 
@@ -36,6 +37,9 @@ export interface CalibStats {
   /** Layer base name (e.g. `blocks.3.attn.qkv`) → its statistics. */
   layers: Map<string, LayerStats>;
 }
+
+/** GELU, tanh form (one definition: runtime/activations.ts). */
+export { geluTanh };
 
 /** Default number of reservoir rows kept per layer. */
 export const DEFAULT_MAX_SAMPLES = 256;
@@ -333,11 +337,6 @@ export interface SyntheticOptions {
   outlierScale?: [number, number];
   /** Layers whose input follows a GELU (their rows are passed through GELU-tanh). */
   postGelu?: Iterable<string>;
-}
-
-/** GELU, tanh form (as the runtime's kernels compute it). */
-export function geluTanh(x: number): number {
-  return 0.5 * x * (1 + Math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
 }
 
 /**

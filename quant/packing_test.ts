@@ -4,6 +4,7 @@
  * random shapes. CPU only.
  */
 import assert from "node:assert/strict";
+import { geluTanh as gelu } from "../runtime/activations.ts";
 import { freshRng, maxErrors, type Rng } from "../kernels/_testing.ts";
 import {
   actCodes,
@@ -77,10 +78,6 @@ function tieCases(values: number[]): number[] {
     for (const v of [mid, mid * (1 + 2 ** -40), mid * (1 - 2 ** -40), values[c]]) out.push(v, -v);
   }
   return out;
-}
-
-function gelu(x: number): number {
-  return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
 }
 
 // ---- scalar formats --------------------------------------------------------------------------

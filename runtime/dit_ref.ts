@@ -8,6 +8,7 @@
  */
 import type { ModelFile } from "./model_file.ts";
 import { ditConfig } from "./dit.ts";
+import { geluTanh as gelu, silu } from "./activations.ts";
 
 type Vec = Float64Array;
 
@@ -22,10 +23,6 @@ function linear(x: Vec, m: number, k: number, w: Float32Array, b: Float32Array, 
   }
   return y;
 }
-
-const silu = (v: number) => v / (1 + Math.exp(-v));
-const gelu = (v: number) =>
-  0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v * v * v)));
 
 function lnModulate(x: Vec, rows: number, d: number, shift: Vec, scale: Vec): Vec {
   const out = new Float64Array(rows * d);

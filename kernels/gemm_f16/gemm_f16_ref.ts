@@ -4,6 +4,9 @@
  *
  * @module
  */
+import { geluTanh } from "../../runtime/activations.ts";
+
+export { geluTanh };
 
 /** Inputs of {@linkcode gemmF16Ref}: row-major X [M,K], W [N,K], optional bias [N]. */
 export interface GemmRefInputs {
@@ -14,11 +17,6 @@ export interface GemmRefInputs {
   w: ArrayLike<number>;
   bias?: ArrayLike<number>;
   gelu?: boolean;
-}
-
-/** GELU, tanh form: 0.5·v·(1 + tanh(√(2/π)·(v + 0.044715·v³))). */
-export function geluTanh(v: number): number {
-  return 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v * v * v)));
 }
 
 /**

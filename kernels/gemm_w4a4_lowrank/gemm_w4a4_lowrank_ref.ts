@@ -7,6 +7,9 @@
  *
  * @module
  */
+import { geluTanh } from "../../runtime/activations.ts";
+
+export { geluTanh };
 import {
   actCodes,
   actGroupScales,
@@ -36,11 +39,6 @@ export interface GemmW4A4LowrankRefInputs {
 export interface GemmW4A4LowrankRefResult {
   y: Float64Array;
   absSum: Float64Array;
-}
-
-/** GELU, tanh approximation: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`. */
-export function geluTanh(x: number): number {
-  return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
 }
 
 /**

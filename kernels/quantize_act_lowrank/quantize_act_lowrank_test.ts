@@ -33,6 +33,7 @@ import {
   type QuantizeActLowrankShape,
 } from "./quantize_act_lowrank.ts";
 import { quantizeActLowrankRef } from "./quantize_act_lowrank_ref.ts";
+import { geluTanh } from "../../runtime/activations.ts";
 
 if (!HAS_GPU) console.log(`quantize_act_lowrank GPU tests skipped: ${NO_GPU_REASON}`);
 
@@ -49,10 +50,6 @@ interface GpuOut {
   qact: Uint32Array;
   ascales: Float32Array;
   loraAct: Float32Array;
-}
-
-function geluTanh(v: number): number {
-  return 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v * v * v)));
 }
 
 /** Gaussian activations with a few outlier channels (post-GELU-like for the unsigned mode). */
