@@ -17,6 +17,7 @@ import { LayernormModulate } from "../kernels/layernorm_modulate/layernorm_modul
 import { type ActDtype, fromActBytes, toActArray } from "../kernels/_wgsl.ts";
 import type { CalibRecorder } from "../quant/calib.ts";
 import type { Dispatch, Gpu } from "./device.ts";
+import { silu } from "./activations.ts";
 import { FormatError } from "./errors.ts";
 import { createLinear, type LinearOp } from "./linears.ts";
 import type { ModelSource } from "./model_file.ts";
@@ -327,8 +328,14 @@ export class DiT {
    * with learned sigma, the variance channels).
    */
   async forward(x: Float32Array, t: number, y: ArrayLike<number>): Promise<Float32Array> {
-    const cfg = this.config, B = this.batch, T = this.tokens;
-    const C = cfg.in_channels, S = cfg.input_size;
+    this.#upload(x, t, y);
+    this.#gpu.run(this.#dispatches, "dit forward");
+    return await this.#readOutput();
+  }
+
+  /** Check the inputs, then write the patches and silu(c); returns silu(c) [B, D]. */
+  #upload(x: Float32Array, t: number, y: ArrayLike<number>): Float32Array {
+    const cfg = this.config, B = this.batch, C = cfg.in_channels, S = cfg.input_size;
     if (x.length !== B * C * S * S) {
       throw new TypeError(
         `Cannot run the DiT: x has ${x.length} values, expected [B=${B}, C=${C}, ${S}, ${S}]`,
@@ -337,16 +344,18 @@ export class DiT {
     if (y.length !== B) {
       throw new TypeError(`Cannot run the DiT: y has ${y.length} labels, expected ${B}`);
     }
-    const gpu = this.#gpu;
-    gpu.write(this.#bufs.patches, toActArray(this.#patchify(x), this.dtype));
-    gpu.write(this.#bufs.c, toActArray(this.#conditioning(t, y), this.dtype));
-    gpu.run(this.#dispatches, "dit forward");
-    const outC = cfg.learn_sigma ? 2 * C : C, p = cfg.patch_size;
-    const bytes = await gpu.read(
-      this.#bufs.out,
-      B * T * p * p * outC * (this.dtype === "f16" ? 2 : 4),
-    );
-    return this.#unpatchify(fromActBytes(bytes, this.dtype, B * T * p * p * outC), outC);
+    const cond = this.#conditioning(t, y);
+    this.#gpu.write(this.#bufs.patches, toActArray(this.#patchify(x), this.dtype));
+    this.#gpu.write(this.#bufs.c, toActArray(cond, this.dtype));
+    return cond;
+  }
+
+  /** Read the final layer's tokens back and un-patchify them: f32 [B, outC, S, S]. */
+  async #readOutput(): Promise<Float32Array> {
+    const cfg = this.config, p = cfg.patch_size, C = cfg.in_channels;
+    const outC = cfg.learn_sigma ? 2 * C : C, count = this.batch * this.tokens * p * p * outC;
+    const bytes = await this.#gpu.read(this.#bufs.out, count * (this.dtype === "f16" ? 2 : 4));
+    return this.#unpatchify(fromActBytes(bytes, this.dtype, count), outC);
   }
 
   /** silu(t_embedder(t) + y_embedder(y)) [B, D], on the CPU. */
@@ -363,7 +372,7 @@ export class DiT {
     for (let n = 0; n < D; n++) {
       let s = tb0[n];
       for (let k = 0; k < F; k++) s += tw0[n * F + k] * freq[k];
-      h1[n] = s / (1 + Math.exp(-s)); // SiLU
+      h1[n] = silu(s);
     }
     const temb = new Float64Array(D);
     for (let n = 0; n < D; n++) {
@@ -379,7 +388,7 @@ export class DiT {
       }
       for (let n = 0; n < D; n++) {
         const v = temb[n] + table[cls * D + n];
-        out[b * D + n] = v / (1 + Math.exp(-v));
+        out[b * D + n] = silu(v);
       }
     }
     return out;
@@ -441,9 +450,7 @@ export class DiT {
     bucket: number,
   ): Promise<Float32Array> {
     const gpu = this.#gpu, B = this.batch, T = this.tokens, D = this.config.hidden_size;
-    const cond = this.#conditioning(t, y);
-    gpu.write(this.#bufs.patches, toActArray(this.#patchify(x), this.dtype));
-    gpu.write(this.#bufs.c, toActArray(cond, this.dtype));
+    const cond = this.#upload(x, t, y);
     const eb = this.dtype === "f16" ? 2 : 4;
     const probe = async (name: string, buf: GPUBuffer, m: number, k: number) => {
       const v = fromActBytes(await gpu.read(buf, m * k * eb), this.dtype, m * k);
@@ -474,10 +481,7 @@ export class DiT {
     runUntil(this.#final.ada.dispatch(this.#bufs.c, this.#bufs.mod).length + 1);
     await probe("final_layer.linear", this.#bufs.h, B * T, D);
     runUntil(this.#dispatches.length - i);
-    const cfg = this.config, p = cfg.patch_size, C = cfg.in_channels;
-    const outC = cfg.learn_sigma ? 2 * C : C;
-    const bytes = await gpu.read(this.#bufs.out, B * T * p * p * outC * eb);
-    return this.#unpatchify(fromActBytes(bytes, this.dtype, B * T * p * p * outC), outC);
+    return await this.#readOutput();
   }
 
   /** Release every kernel and buffer. */
