@@ -49,6 +49,9 @@ def parse_args():
                    help="Min-SNR-gamma weighting of the eps MSE (0 = plain MSE)")
     p.add_argument("--min-snr-from", type=int, default=0,
                    help="first step that uses the Min-SNR weighting")
+    p.add_argument("--restart", default="",
+                   help="STEP:LR — the first cycle's cosine ends at STEP; then a second cycle warms up\n"
+                        "over 100 steps to LR and decays (cosine) to --lr-min at --steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ckpt-every-s", type=float, default=300)
     p.add_argument("--max-minutes", type=float, default=0, help="stop early (0 = no limit)")
@@ -76,11 +79,21 @@ def model_config(args, class_names):
     }
 
 
+def cosine(lr, lr_min, step, warmup, start, end):
+    if step < start + warmup:
+        return lr_min + (lr - lr_min) * (step - start + 1) / warmup if start else lr * (step + 1) / warmup
+    frac = min(1.0, (step - start - warmup) / max(1, end - start - warmup))
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * frac))
+
+
 def lr_at(args, step):
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    frac = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
-    return args.lr_min + 0.5 * (args.lr - args.lr_min) * (1 + math.cos(math.pi * frac))
+    if args.restart:
+        at, lr2 = args.restart.split(":")
+        at, lr2 = int(at), float(lr2)
+        if step >= at:
+            return cosine(lr2, args.lr_min, step, 100, at, args.steps)
+        return cosine(args.lr, args.lr_min, step, args.warmup, 0, at)
+    return cosine(args.lr, args.lr_min, step, args.warmup, 0, args.steps)
 
 
 def save_ckpt(path, state):
