@@ -112,6 +112,11 @@ export interface QuantTensor {
 /** Metadata for {@link writeQuantFile}; `formatVersion`, if given, must be {@link FORMAT_VERSION}. */
 export type QuantFileMetaInput = Omit<QuantFileMeta, "checksum" | "formatVersion"> & {
   formatVersion?: number;
+  /**
+   * Further metadata entries (e.g. `paro`: the sparse-attention plan, quant/paro.ts); covered by
+   * the checksum like every other entry. A key of the format's own is refused.
+   */
+  extra?: Record<string, string>;
 };
 
 const PLACEHOLDER = `${CHECKSUM_ALGORITHM}:${"0".repeat(16)}`;
@@ -124,7 +129,7 @@ export function encodeMeta(meta: QuantFileMetaInput): Record<string, string> {
       `Cannot write format version ${meta.formatVersion}: this build writes ${FORMAT_VERSION}`,
     );
   }
-  return {
+  const own: Record<string, string> = {
     format: FORMAT_NAME,
     format_version: String(FORMAT_VERSION),
     quant_config: JSON.stringify(meta.quantConfig),
@@ -132,6 +137,12 @@ export function encodeMeta(meta: QuantFileMetaInput): Record<string, string> {
     family: meta.family,
     policy: JSON.stringify(meta.policy),
   };
+  for (const key of Object.keys(meta.extra ?? {})) {
+    if (key in own || key === "checksum") {
+      throw new RangeError(`Cannot write metadata "${key}" as an extra entry: the format owns it`);
+    }
+  }
+  return { ...own, ...meta.extra };
 }
 
 /**

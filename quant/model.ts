@@ -39,6 +39,11 @@ export interface QuantizeModelOptions {
   matmul?: MatMul;
   /** Called once per tensor written. */
   onLayer?: (report: LayerReport, index: number, total: number) => void;
+  /**
+   * A sparse-attention plan to store with the weights (quant/paro_store.ts `paroTensors`): its
+   * metadata goes under the `paro` key, its tensors after the model's.
+   */
+  paro?: { metadata: string; tensors: QuantTensor[] };
 }
 
 /** What happened to one tensor (a quantized linear, or a copied 16-bit tensor). */
@@ -183,6 +188,7 @@ export async function quantizeCheckpoint(
           }, i);
         }
       }
+      for (const t of opts.paro?.tensors ?? []) yield t;
     };
 
     const quantConfig: QuantConfig = {
@@ -195,7 +201,8 @@ export async function quantizeCheckpoint(
     };
     // `policy` is filled while the tensors stream; writeQuantFile encodes the metadata after the
     // last tensor on this (async iterable) path.
-    await writeQuantFile(output, { quantConfig, modelConfig, family, policy }, tensors());
+    const extra = opts.paro ? { paro: opts.paro.metadata } : undefined;
+    await writeQuantFile(output, { quantConfig, modelConfig, family, policy, extra }, tensors());
     return reports;
   } finally {
     reader.close();
