@@ -249,3 +249,24 @@ Deno.test("a failed writeQuantFile leaves nothing behind", async () => {
     assert.deepEqual(await listDir(dir), []);
   });
 });
+
+Deno.test("extra metadata entries are stored, covered by the checksum, and may not shadow the format's", async () => {
+  await withTempDir(async (dir) => {
+    const path = `${dir}/q.safetensors`;
+    await writeQuantFile(path, { ...META, extra: { paro: '{"version":1}' } }, sampleTensors());
+    const q = await QuantFile.open(path);
+    assert.equal(q.reader.metadata.paro, '{"version":1}');
+    q.close();
+    const bytes = await Deno.readFile(path);
+    replaceAscii(bytes, '{\\"version\\":1}', '{\\"version\\":2}');
+    await Deno.writeFile(path, bytes);
+    assert.match((await openError(path)).message, /checksum mismatch/);
+    for (const key of ["policy", "format", "checksum"]) {
+      await assert.rejects(
+        () => writeQuantFile(`${dir}/x.safetensors`, { ...META, extra: { [key]: "x" } }, []),
+        new RegExp(`Cannot write metadata "${key}" as an extra entry: the format owns it`),
+      );
+    }
+    assert.deepEqual(await listDir(dir), ["q.safetensors"]);
+  });
+});
