@@ -28,6 +28,27 @@
  * gpu.destroy(x, y);
  * ```
  *
+ * @example Generate an image with the bundled 4-bit model (dense or sparse + INT8 attention)
+ * ```ts ignore
+ * import { encodePng, getGpu, Pipeline, toRgbGrid } from "./mod.ts";
+ * const pipe = await Pipeline.load(await getGpu(), "models/dit_emoji.int4.safetensors", {
+ *   attention: "sparse", // PAROAttention with the plan stored in the file; default "dense"
+ * });
+ * const { images } = await pipe.generate({ classes: [0], seed: 7, steps: 20, cfg: 4 });
+ * const { rgb, width, height } = toRgbGrid(images, 1, 32, 1, 4);
+ * await Deno.writeFile("smiley.png", await encodePng(rgb, width, height));
+ * pipe.destroy();
+ * ```
+ *
+ * @example Calibrate a sparse-attention plan from attention maps and store it with the weights
+ * ```ts ignore
+ * import { AttentionRecorder, calibrateParo, paroTensors, quantizeCheckpoint } from "./mod.ts";
+ * const rec = new AttentionRecorder({ layers: 28, heads: 16, tokens: 256, buckets: 4 });
+ * // ... Pipeline.generate({ ..., calibration: { attention: rec, buckets: 4 } }) on the float model
+ * const plan = calibrateParo(rec, { gridH: 16, gridW: 16, tile: 32, density: 0.3 });
+ * await quantizeCheckpoint("dit.safetensors", "dit.w4.safetensors", { paro: paroTensors(plan) });
+ * ```
+ *
  * @example Quantize a whole float checkpoint into the pre-quantized file
  * ```ts ignore
  * import { QuantFile, quantizeCheckpoint } from "./mod.ts";
@@ -55,7 +76,51 @@ export { W4A4Linear } from "./runtime/linear.ts";
 export type { StoredTensor, W4A4LinearSpec } from "./runtime/linear.ts";
 export { gpuMatMul } from "./runtime/gpu_matmul.ts";
 
+// the generation pipeline and the model graph
+export { Pipeline } from "./runtime/pipeline.ts";
+export type {
+  GenerateRequest,
+  GenerateResult,
+  PipelineOptions,
+  SamplerName,
+} from "./runtime/pipeline.ts";
+export { DiT, ditConfig } from "./runtime/dit.ts";
+export type { DiTConfig, DiTLoadOptions } from "./runtime/dit.ts";
+export type { SparseAttentionChoice } from "./runtime/attention.ts";
+export { ModelFile } from "./runtime/model_file.ts";
+export { ddim, ddpmSchedule, dpmSolver2M, flowEuler } from "./runtime/schedulers.ts";
+export type { Sampler } from "./runtime/schedulers.ts";
+export { gaussianNoise } from "./runtime/random.ts";
+export { encodePng, toRgbGrid } from "./runtime/png.ts";
+export { psnr, ssim } from "./runtime/metrics.ts";
+
 // kernels
+export { FlashAttention, flashAttention } from "./kernels/flash_attention/flash_attention.ts";
+export type {
+  FlashAttentionBuffers,
+  FlashAttentionShape,
+} from "./kernels/flash_attention/flash_attention.ts";
+export {
+  SPARSE_ATTENTION_TILES,
+  SparseAttention,
+  sparseAttention,
+  uploadSparsePlan,
+} from "./kernels/sparse_attention/sparse_attention.ts";
+export type {
+  SparseAttentionBuffers,
+  SparseAttentionShape,
+  SparsePv,
+  SparseQk,
+} from "./kernels/sparse_attention/sparse_attention.ts";
+export {
+  maskCsr,
+  maskDensity,
+  maskGet,
+  maskSet,
+  TOKEN_ORDERS,
+  tokenOrder,
+} from "./kernels/sparse_attention/layout.ts";
+export type { TokenOrder } from "./kernels/sparse_attention/layout.ts";
 export { GemmF16, gemmF16 } from "./kernels/gemm_f16/gemm_f16.ts";
 export type { GemmF16Buffers, GemmF16Shape, GemmKernel } from "./kernels/gemm_f16/gemm_f16.ts";
 export { GemmW4A16, gemmW4A16 } from "./kernels/gemm_w4a16/gemm_w4a16.ts";
@@ -120,4 +185,7 @@ export type { Dtype, TensorInfo, TensorSpec } from "./quant/safetensors.ts";
 export { CalibRecorder, readCalibStats, writeCalibStats } from "./quant/calib.ts";
 export type { CalibStats, LayerStats } from "./quant/calib.ts";
 export { DEFAULT_DIT_POLICY, parsePolicy } from "./quant/policy.ts";
+export { AttentionRecorder, calibrateParo, describeParo, masksFor, permFor } from "./quant/paro.ts";
+export type { ParoOptions, ParoPlan } from "./quant/paro.ts";
+export { paroTensors, readParo, readParoFrom } from "./quant/paro_store.ts";
 export type { LayerPolicyRule } from "./quant/policy.ts";

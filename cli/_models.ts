@@ -13,6 +13,9 @@ import type { CalibStats } from "../quant/calib.ts";
 import { quantizeCheckpoint } from "../quant/model.ts";
 import type { WeightFormat } from "../quant/packing.ts";
 import type { ModelMethod } from "../quant/model.ts";
+import { AttentionRecorder, calibrateParo, describeParo } from "../quant/paro.ts";
+import { paroTensors } from "../quant/paro_store.ts";
+import { SPARSE_ATTENTION_TILES } from "../kernels/sparse_attention/sparse_attention.ts";
 
 /** Precisions `deno task gen` offers. */
 export const PRECISIONS = ["float", "int4", "nvfp4", "w4a16"] as const;
@@ -53,10 +56,11 @@ export async function buildQuantized(
   precision: Exclude<Precision, "float">,
   out: string,
   log: (line: string) => void,
-  opts: { method?: ModelMethod; rank?: number } = {},
+  opts: { method?: ModelMethod; rank?: number; paro?: ParoChoice } = {},
 ): Promise<void> {
   await exists(float, "the float model");
   const calib = await calibration(float, log);
+  const paro = opts.paro ? await paroPlan(float, opts.paro, log) : undefined;
   const method: ModelMethod = opts.method ?? (precision === "w4a16" ? "w4a16" : "svdquant");
   const format: WeightFormat = precision === "nvfp4" ? "nvfp4" : "int4";
   await Deno.mkdir(out.slice(0, out.lastIndexOf("/") + 1) || ".", { recursive: true });
@@ -66,6 +70,7 @@ export async function buildQuantized(
     format,
     rank: opts.rank ?? BUNDLED_RANK,
     calib,
+    paro: paro && paroTensors(paro),
     onLayer: (r, i, n) => {
       if (r.method !== "copy") {
         log(`  [${i + 1}/${n}] ${r.name} ${r.method} err ${r.relError.toFixed(4)}`);
@@ -111,6 +116,81 @@ export async function calibration(float: string, log: (line: string) => void): P
   } finally {
     pipe.destroy();
   }
+}
+
+/** What to calibrate a sparse-attention plan for (see quant/paro.ts). */
+export interface ParoChoice {
+  /** Target fraction of 64×64 (or `tile`) blocks kept per layer and head. */
+  density: number;
+  /** Mask tile; default {@linkcode defaultTile} of the model's token count. */
+  tile?: number;
+  /** One mask set per timestep bucket (default) or one for all steps. */
+  perTimestep?: boolean;
+}
+
+/** The default mask tile for `tokens` tokens: the largest with at least 8 tiles per side. */
+export function defaultTile(tokens: number): number {
+  const fit = SPARSE_ATTENTION_TILES.filter((t) => Math.ceil(tokens / t) >= 8);
+  return fit.length ? Math.max(...fit) : Math.min(...SPARSE_ATTENTION_TILES);
+}
+
+/**
+ * Attention maps of the float model `float` (dense attention) over calibration runs: up to
+ * three batches of classes, {@linkcode CALIB}.steps steps each, by timestep bucket.
+ */
+export async function attentionMaps(
+  float: string,
+  log: (line: string) => void,
+): Promise<AttentionRecorder> {
+  const gpu = await getGpu();
+  const pipe = await Pipeline.load(gpu, float, { images: CALIB.batch, dtype: "f32" });
+  try {
+    const cfg = pipe.model.config, G = cfg.input_size / cfg.patch_size;
+    const classes = cfg.num_classes, calls = Math.min(3, Math.ceil(classes / CALIB.batch));
+    log(`recording attention maps: ${calls}×${CALIB.batch} images, ${CALIB.steps} steps each`);
+    const rec = new AttentionRecorder({
+      layers: cfg.depth,
+      heads: cfg.num_heads,
+      tokens: G * G,
+      buckets: CALIB.buckets,
+    });
+    for (let call = 0; call < calls; call++) {
+      const c0 = call * CALIB.batch;
+      await pipe.generate({
+        classes: Array.from({ length: CALIB.batch }, (_, i) => (c0 + i) % classes),
+        seed: CALIB.seed + c0,
+        steps: CALIB.steps,
+        cfg: 4,
+        calibration: { attention: rec, buckets: CALIB.buckets },
+      });
+    }
+    return rec;
+  } finally {
+    pipe.destroy();
+  }
+}
+
+/** Calibrate a sparse-attention plan for the float model `float`. */
+export async function paroPlan(
+  float: string,
+  choice: ParoChoice,
+  log: (line: string) => void,
+  maps?: AttentionRecorder,
+) {
+  const file = await ModelFile.open(float);
+  const c = file.config as { input_size: number; patch_size: number };
+  file.close();
+  const G = c.input_size / c.patch_size;
+  const rec = maps ?? await attentionMaps(float, log);
+  const plan = calibrateParo(rec, {
+    gridH: G,
+    gridW: G,
+    tile: choice.tile ?? defaultTile(G * G),
+    density: choice.density,
+    perTimestep: choice.perTimestep ?? true,
+  });
+  log(describeParo(plan));
+  return plan;
 }
 
 async function fileExists(path: string): Promise<boolean> {

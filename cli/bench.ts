@@ -1,7 +1,9 @@
 /**
  * `deno task bench [--large]`: every 4-bit kernel timed side by side with the f16 baseline in one
  * run, with the ratios the project's targets are stated in (ARCHITECTURE.md, bench/RESULTS.md):
- * W4A4+LR vs f16, fused vs unfused low-rank branch, W4A16 vs f16, and weight bytes.
+ * W4A4+LR vs f16, fused vs unfused low-rank branch, W4A16 vs f16, and weight bytes; then attention:
+ * dense f16 flash attention vs sparse + INT8 attention (PAROAttention) dense, at 50% and at 30%
+ * density (`--large`: 1,024 / 4,096 / 16,384 tokens, 16 and 24 heads, head dim 64 and 128).
  *
  * @module
  */
@@ -14,6 +16,11 @@ import { benchGemmF16 } from "../kernels/gemm_f16/gemm_f16_bench.ts";
 import { benchGemmW4A16 } from "../kernels/gemm_w4a16/gemm_w4a16_bench.ts";
 import { benchQuantizeActLowrank } from "../kernels/quantize_act_lowrank/quantize_act_lowrank_bench.ts";
 import { benchGemmW4A4Lowrank } from "../kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank_bench.ts";
+import {
+  benchSparseVsFlash,
+  printSparseRows,
+  sparseBenchShapes,
+} from "../kernels/sparse_attention/sparse_attention_bench.ts";
 import { groupSize, type WeightFormat } from "../quant/packing.ts";
 import { runCli } from "./_cli.ts";
 
@@ -152,6 +159,9 @@ async function main(): Promise<void> {
     console.log("(small shape; use --large on a real GPU for the transformer shapes)");
   }
   for (const d of shapes) await benchShape(gpu, d, dtype, values.large ? 1000 : 200);
+  for (const s of sparseBenchShapes(dtype, values.large)) {
+    printSparseRows(s, await benchSparseVsFlash(gpu, s));
+  }
 }
 
 if (import.meta.main) await runCli(main);

@@ -22,6 +22,9 @@ const USAGE = `Usage: deno task gen [prompt or class] [options]
   --precision P          float | int4 | nvfp4 | w4a16 (default int4)
   --sampler S            dpm | ddim (default dpm)
   --model FILE           a DiT model file (float or pre-quantized); overrides --precision
+  --attention A          dense | sparse (default dense); sparse = PAROAttention: the file's
+                         calibrated token orders and block masks, INT8 Q·Kᵀ (needs a file
+                         quantized with --paro, like the bundled int4 model)
   --n N                  images side by side in one PNG (default 1)
   --scale N              pixel scale of the PNG (default 4)
   --out FILE             output PNG (default out.png)
@@ -39,6 +42,7 @@ async function main(args: string[]): Promise<void> {
       precision: { type: "string", default: "int4" },
       sampler: { type: "string", default: "dpm" },
       model: { type: "string" },
+      attention: { type: "string", default: "dense" },
       n: { type: "string", default: "1" },
       scale: { type: "string", default: "4" },
       out: { type: "string", default: "out.png" },
@@ -66,6 +70,10 @@ async function main(args: string[]): Promise<void> {
   if (!PRECISIONS.includes(precision)) {
     fail(`--precision must be one of ${PRECISIONS.join(", ")}, got "${precision}"`);
   }
+  const attention = values.attention;
+  if (attention !== "dense" && attention !== "sparse") {
+    fail(`--attention must be dense or sparse, got "${attention}"`);
+  }
   const sampler = values.sampler as SamplerName;
   if (sampler !== "dpm" && sampler !== "ddim") {
     fail(`--sampler must be dpm or ddim, got "${sampler}"`);
@@ -84,6 +92,7 @@ async function main(args: string[]): Promise<void> {
   const gpu = await getGpu();
   const pipe = await Pipeline.load(gpu, path, {
     images: n,
+    attention,
     onProgress: tty ? (d, t) => bar("loading", d, t) : undefined,
   });
   try {
@@ -98,7 +107,7 @@ async function main(args: string[]): Promise<void> {
       : Math.floor(Math.random() * names.length);
     const loadMs = performance.now() - t0;
     console.log(
-      `model ${path} (${pipe.file.precision}, ${gpu.caps.adapter}); class ${cls} "${
+      `model ${path} (${pipe.file.precision}, ${pipe.model.attention} attention, ${gpu.caps.adapter}); class ${cls} "${
         names[cls]
       }", ` +
         `seed ${seed}, ${steps} steps ${sampler}, cfg ${cfg}`,

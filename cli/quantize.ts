@@ -10,7 +10,10 @@ import { readCalibStats } from "../quant/calib.ts";
 import { type LayerReport, type ModelMethod, quantizeCheckpoint } from "../quant/model.ts";
 import { DEFAULT_DIT_POLICY, parsePolicy } from "../quant/policy.ts";
 import type { WeightFormat } from "../quant/packing.ts";
+import { paroTensors } from "../quant/paro_store.ts";
+import { SPARSE_ATTENTION_TILES } from "../kernels/sparse_attention/sparse_attention.ts";
 import { fail, formatBytes, runCli } from "./_cli.ts";
+import { paroPlan } from "./_models.ts";
 
 const USAGE = `Usage: deno task quantize <in.safetensors> --out <out.safetensors> [options]
 
@@ -24,6 +27,12 @@ Options:
   --alpha-step S           smoothing search grid step for alpha (default 0.1; the reference uses 0.05)
   --rounds N               low-rank refinement rounds (default 3)
   --gpu                    run the big matrix products on the GPU (WebGPU)
+  --paro DENSITY           also calibrate sparse attention (PAROAttention): run the float model on
+                           the GPU, record its attention maps, choose per layer and head a token order
+                           and a block mask keeping DENSITY (0..1] of the tiles; stored in the file
+                           (use it with: deno task gen --attention sparse)
+  --paro-tile N            mask tile: 8, 16, 32 or 64 (default: the largest with ≥ 8 tiles per side)
+  --paro-shared            one mask for all timesteps (default: one per timestep bucket)
   --quiet                  no per-layer lines
   -h, --help               this text`;
 
@@ -43,6 +52,9 @@ async function main(args: string[]): Promise<void> {
       "alpha-step": { type: "string", default: "0.1" },
       rounds: { type: "string", default: "3" },
       gpu: { type: "boolean", default: false },
+      paro: { type: "string" },
+      "paro-tile": { type: "string" },
+      "paro-shared": { type: "boolean", default: false },
       quiet: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -78,6 +90,23 @@ async function main(args: string[]): Promise<void> {
   const alphas = Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
 
   const input = positionals[0];
+  let paro;
+  if (values.paro !== undefined) {
+    const density = Number(values.paro);
+    if (!(density > 0 && density <= 1)) fail(`--paro must be in (0, 1], got "${values.paro}"`);
+    const tile = values["paro-tile"] === undefined ? undefined : Number(values["paro-tile"]);
+    if (tile !== undefined && !SPARSE_ATTENTION_TILES.includes(tile)) {
+      fail(`--paro-tile must be one of ${SPARSE_ATTENTION_TILES.join(", ")}`);
+    }
+    const plan = await paroPlan(
+      input,
+      { density, tile, perTimestep: !values["paro-shared"] },
+      (line) => console.log(line),
+    );
+    paro = paroTensors(plan);
+  } else if (values["paro-tile"] !== undefined || values["paro-shared"]) {
+    fail("--paro-tile and --paro-shared need --paro DENSITY");
+  }
   const policy = values.policy
     ? [...parsePolicy(await Deno.readTextFile(values.policy), values.policy), ...DEFAULT_DIT_POLICY]
     : undefined;
@@ -102,6 +131,7 @@ async function main(args: string[]): Promise<void> {
     alphas,
     rounds,
     matmul,
+    paro,
     onLayer: values.quiet ? undefined : (r, i, n) => console.log(progressLine(r, i, n)),
   }).finally(closeGpu);
   console.log(table(reports, (performance.now() - t0) / 1000, values.out));

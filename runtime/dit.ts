@@ -11,11 +11,12 @@
  *
  * @module
  */
-import { FlashAttention } from "../kernels/flash_attention/flash_attention.ts";
 import { GateResidual } from "../kernels/gate_residual/gate_residual.ts";
 import { LayernormModulate } from "../kernels/layernorm_modulate/layernorm_modulate.ts";
 import { type ActDtype, fromActBytes, toActArray } from "../kernels/_wgsl.ts";
 import type { CalibRecorder } from "../quant/calib.ts";
+import type { AttentionRecorder } from "../quant/paro.ts";
+import { AttentionStage, type SparseAttentionChoice } from "./attention.ts";
 import type { Dispatch, Gpu } from "./device.ts";
 import { silu } from "./activations.ts";
 import { FormatError } from "./errors.ts";
@@ -99,6 +100,8 @@ export interface DiTLoadOptions {
   dtype?: ActDtype;
   /** Called after each layer is on the GPU. */
   onProgress?: (done: number, total: number, name: string) => void;
+  /** Sparse + quantized attention (PAROAttention) instead of dense flash attention. */
+  sparse?: SparseAttentionChoice;
 }
 
 /** A DiT resident on the GPU for a fixed batch size. */
@@ -117,7 +120,8 @@ export class DiT {
   #final: { ada: LinearOp; linear: LinearOp };
   #ops: { destroy(): void }[];
   #bufs: Record<string, GPUBuffer>;
-  #dispatches: Dispatch[];
+  #dispatches: Dispatch[][]; // per timestep bucket of the attention plan
+  #attention: AttentionStage;
 
   private constructor(init: {
     gpu: Gpu;
@@ -129,7 +133,8 @@ export class DiT {
     final: { ada: LinearOp; linear: LinearOp };
     ops: { destroy(): void }[];
     bufs: Record<string, GPUBuffer>;
-    dispatches: Dispatch[];
+    dispatches: Dispatch[][];
+    attention: AttentionStage;
   }) {
     this.#gpu = init.gpu;
     this.config = init.config;
@@ -142,6 +147,17 @@ export class DiT {
     this.#ops = init.ops;
     this.#bufs = init.bufs;
     this.#dispatches = init.dispatches;
+    this.#attention = init.attention;
+  }
+
+  /** How attention runs: "dense" or the sparse kernel's settings and mask density. */
+  get attention(): string {
+    return this.#attention.kind;
+  }
+
+  /** Timestep buckets of the sparse-attention plan (1 when dense): `forward`'s `bucket` range. */
+  get attentionBuckets(): number {
+    return this.#attention.buckets;
   }
 
   /** Upload `file`'s weights and build the graph for `opts.batch` images per forward. */
@@ -274,29 +290,41 @@ export class DiT {
         shiftChunk: 0,
         scaleChunk: 1,
       });
-      const attn = await FlashAttention.create(gpu, { b: B, t: T, h: H, d: D / H, dtype });
-      ops.push(norm1, norm2, gate1, gate2, normF, attn);
+      ops.push(norm1, norm2, gate1, gate2, normF);
+      const attn = await AttentionStage.create(gpu, {
+        b: B,
+        t: T,
+        h: H,
+        d: D / H,
+        dtype,
+        layers: cfg.depth,
+        grid: cfg.input_size / p,
+      }, opts.sparse);
+      ops.push(attn);
 
       const { x, h, qkv, o, f, c, mod, out } = bufs;
-      const d: Dispatch[] = [
-        ...embed.dispatch(bufs.patches, x),
-        addPos.dispatch({ x, y: bufs.pos, mod: bufs.ones }),
-      ];
-      for (const blk of blocks) {
-        d.push(...blk.ada.dispatch(c, mod));
-        d.push(norm1.dispatch({ x, mod, h }));
-        d.push(...blk.qkv.dispatch(h, qkv));
-        d.push(attn.dispatch({ qkv, o: bufs.attn }));
-        d.push(...blk.proj.dispatch(bufs.attn, o));
-        d.push(gate1.dispatch({ x, y: o, mod }));
-        d.push(norm2.dispatch({ x, mod, h }));
-        d.push(...blk.fc1.dispatch(h, f));
-        d.push(...blk.fc2.dispatch(f, o));
-        d.push(gate2.dispatch({ x, y: o, mod }));
-      }
-      d.push(...final.ada.dispatch(c, mod));
-      d.push(normF.dispatch({ x, mod, h }));
-      d.push(...final.linear.dispatch(h, out));
+      const graph = (bucket: number): Dispatch[] => {
+        const d: Dispatch[] = [
+          ...embed.dispatch(bufs.patches, x),
+          addPos.dispatch({ x, y: bufs.pos, mod: bufs.ones }),
+        ];
+        blocks.forEach((blk, layer) => {
+          d.push(...blk.ada.dispatch(c, mod));
+          d.push(norm1.dispatch({ x, mod, h }));
+          d.push(...blk.qkv.dispatch(h, qkv));
+          d.push(...attn.dispatch(layer, bucket, qkv, bufs.attn));
+          d.push(...blk.proj.dispatch(bufs.attn, o));
+          d.push(gate1.dispatch({ x, y: o, mod }));
+          d.push(norm2.dispatch({ x, mod, h }));
+          d.push(...blk.fc1.dispatch(h, f));
+          d.push(...blk.fc2.dispatch(f, o));
+          d.push(gate2.dispatch({ x, y: o, mod }));
+        });
+        d.push(...final.ada.dispatch(c, mod));
+        d.push(normF.dispatch({ x, mod, h }));
+        d.push(...final.linear.dispatch(h, out));
+        return d;
+      };
       return new DiT({
         gpu,
         config: cfg,
@@ -307,7 +335,8 @@ export class DiT {
         final,
         ops,
         bufs,
-        dispatches: d,
+        dispatches: Array.from({ length: attn.buckets }, (_, i) => graph(i)),
+        attention: attn,
       });
     } catch (e) {
       for (const op of ops) op.destroy();
@@ -324,12 +353,19 @@ export class DiT {
 
   /**
    * One forward pass: `x` f32 [B, C, S, S] latents/pixels, timestep `t` (0..999), classes `y`
-   * [B] (num_classes = the null class). Returns the model output f32 [B, outC, S, S] (ε then,
-   * with learned sigma, the variance channels).
+   * [B] (num_classes = the null class), and with sparse attention the timestep bucket of the
+   * plan's masks (0..attentionBuckets−1; clamped). Returns the model output f32 [B, outC, S, S]
+   * (ε then, with learned sigma, the variance channels).
    */
-  async forward(x: Float32Array, t: number, y: ArrayLike<number>): Promise<Float32Array> {
+  async forward(
+    x: Float32Array,
+    t: number,
+    y: ArrayLike<number>,
+    bucket = 0,
+  ): Promise<Float32Array> {
     this.#upload(x, t, y);
-    this.#gpu.run(this.#dispatches, "dit forward");
+    const set = Math.max(0, Math.min(this.#dispatches.length - 1, Math.floor(bucket)));
+    this.#gpu.run(this.#dispatches[set], "dit forward");
     return await this.#readOutput();
   }
 
@@ -439,48 +475,63 @@ export class DiT {
   }
 
   /**
-   * Calibration forward: like {@linkcode forward}, but records every linear layer's input in
-   * `recorder` under timestep bucket `bucket` (one readback per layer: slow, offline only).
+   * Calibration forward: like {@linkcode forward} (dense attention only), but records every
+   * linear layer's input in `rec.linears` and every layer's attention maps (from its qkv) in
+   * `rec.attention`, under timestep bucket `bucket` (one readback per probe: slow, offline only).
    */
   async forwardRecording(
     x: Float32Array,
     t: number,
     y: ArrayLike<number>,
-    recorder: CalibRecorder,
+    rec: { linears?: CalibRecorder; attention?: AttentionRecorder },
     bucket: number,
   ): Promise<Float32Array> {
+    if (this.#attention.kind !== "dense") {
+      throw new RangeError(
+        "Cannot record calibration data with sparse attention: load the model with dense attention",
+      );
+    }
     const gpu = this.#gpu, B = this.batch, T = this.tokens, D = this.config.hidden_size;
+    const H = this.config.num_heads;
     const cond = this.#upload(x, t, y);
     const eb = this.dtype === "f16" ? 2 : 4;
+    const readAct = async (buf: GPUBuffer, count: number) =>
+      fromActBytes(await gpu.read(buf, count * eb), this.dtype, count);
     const probe = async (name: string, buf: GPUBuffer, m: number, k: number) => {
-      const v = fromActBytes(await gpu.read(buf, m * k * eb), this.dtype, m * k);
-      recorder.record(name, bucket, v, m, k);
+      if (rec.linears) rec.linears.record(name, bucket, await readAct(buf, m * k), m, k);
     };
-    // replay the dispatch list in segments, reading each linear's input before it runs
+    // replay the dispatch list in segments, reading each probe's buffer before it is overwritten
+    const all = this.#dispatches[0], bufs = this.#bufs;
     let i = 0;
     const runUntil = (count: number) => {
-      gpu.run(this.#dispatches.slice(i, i + count), "dit calibration");
+      gpu.run(all.slice(i, i + count), "dit calibration");
       i += count;
     };
     const mlp = Math.round(D * this.config.mlp_ratio);
     runUntil(2); // patch embedding + positions
     for (let bi = 0; bi < this.#blocks.length; bi++) {
       const blk = this.#blocks[bi], name = `blocks.${bi}`;
-      recorder.record(`${name}.adaLN_modulation.1`, bucket, cond, B, D);
-      runUntil(blk.ada.dispatch(this.#bufs.c, this.#bufs.mod).length + 1); // ada + norm1
-      await probe(`${name}.attn.qkv`, this.#bufs.h, B * T, D);
-      runUntil(blk.qkv.dispatch(this.#bufs.h, this.#bufs.qkv).length + 1); // qkv + attention
-      await probe(`${name}.attn.proj`, this.#bufs.attn, B * T, D);
-      runUntil(blk.proj.dispatch(this.#bufs.attn, this.#bufs.o).length + 2); // proj, gate, norm2
-      await probe(`${name}.mlp.fc1`, this.#bufs.h, B * T, D);
-      runUntil(blk.fc1.dispatch(this.#bufs.h, this.#bufs.f).length);
-      await probe(`${name}.mlp.fc2`, this.#bufs.f, B * T, mlp);
-      runUntil(blk.fc2.dispatch(this.#bufs.f, this.#bufs.o).length + 1); // fc2 + gate
+      rec.linears?.record(`${name}.adaLN_modulation.1`, bucket, cond, B, D);
+      runUntil(blk.ada.dispatch(bufs.c, bufs.mod).length + 1); // ada + norm1
+      await probe(`${name}.attn.qkv`, bufs.h, B * T, D);
+      runUntil(
+        blk.qkv.dispatch(bufs.h, bufs.qkv).length +
+          this.#attention.dispatch(bi, 0, bufs.qkv, bufs.attn).length,
+      );
+      if (rec.attention) {
+        rec.attention.record(bi, bucket, await readAct(bufs.qkv, B * T * 3 * D), B, T, H, D / H);
+      }
+      await probe(`${name}.attn.proj`, bufs.attn, B * T, D);
+      runUntil(blk.proj.dispatch(bufs.attn, bufs.o).length + 2); // proj, gate, norm2
+      await probe(`${name}.mlp.fc1`, bufs.h, B * T, D);
+      runUntil(blk.fc1.dispatch(bufs.h, bufs.f).length);
+      await probe(`${name}.mlp.fc2`, bufs.f, B * T, mlp);
+      runUntil(blk.fc2.dispatch(bufs.f, bufs.o).length + 1); // fc2 + gate
     }
-    recorder.record("final_layer.adaLN_modulation.1", bucket, cond, B, D);
-    runUntil(this.#final.ada.dispatch(this.#bufs.c, this.#bufs.mod).length + 1);
-    await probe("final_layer.linear", this.#bufs.h, B * T, D);
-    runUntil(this.#dispatches.length - i);
+    rec.linears?.record("final_layer.adaLN_modulation.1", bucket, cond, B, D);
+    runUntil(this.#final.ada.dispatch(bufs.c, bufs.mod).length + 1);
+    await probe("final_layer.linear", bufs.h, B * T, D);
+    runUntil(all.length - i);
     return await this.#readOutput();
   }
 

@@ -6,6 +6,9 @@
  * @module
  */
 import type { CalibRecorder } from "../quant/calib.ts";
+import { type AttentionRecorder, bucketOfStep } from "../quant/paro.ts";
+import { readParoFrom } from "../quant/paro_store.ts";
+import type { SparseAttentionChoice } from "./attention.ts";
 import type { Gpu } from "./device.ts";
 import { DiT } from "./dit.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
@@ -32,8 +35,12 @@ export interface GenerateRequest {
   onStep?: (done: number, total: number, preview: () => Float32Array) => void;
   /** Stops the loop before the next model call. */
   signal?: AbortSignal;
-  /** Calibration mode: record each linear layer's inputs (timestep buckets over the steps). */
-  calibration?: { recorder: CalibRecorder; buckets: number };
+  /**
+   * Calibration mode (dense attention only): record each linear layer's inputs in `recorder`
+   * and/or each layer's attention maps in `attention`, by timestep bucket: step i of n is bucket
+   * ⌊i·buckets/n⌋.
+   */
+  calibration?: { recorder?: CalibRecorder; attention?: AttentionRecorder; buckets: number };
 }
 
 /** What {@linkcode Pipeline.generate} returns. */
@@ -54,6 +61,12 @@ export interface PipelineOptions {
   dtype?: ActDtype;
   /** Loading progress. */
   onProgress?: (done: number, total: number, name: string) => void;
+  /**
+   * Attention: "dense" (default) flash attention; "sparse" the sparse + quantized attention
+   * (PAROAttention) with the plan stored in the model file (INT8 Q·Kᵀ, 16-bit P·V); or an object
+   * choosing the arithmetic and optionally a plan of one's own (quant/paro.ts).
+   */
+  attention?: "dense" | "sparse" | Partial<SparseAttentionChoice>;
 }
 
 /**
@@ -90,10 +103,13 @@ export class Pipeline {
     }
     const file = await ModelFile.open(path);
     try {
+      const a = opts.attention ?? "dense";
+      const sparse = a === "dense" ? undefined : a === "sparse" ? {} : a;
       const model = await DiT.load(gpu, file, {
         batch: 2 * images, // conditional + unconditional halves for guidance
         dtype: opts.dtype,
         onProgress: opts.onProgress,
+        sparse: sparse && { ...sparse, plan: sparse.plan ?? await filePlan(file) },
       });
       return new Pipeline(file, model, images);
     } catch (e) {
@@ -148,15 +164,21 @@ export class Pipeline {
       const both = new Float32Array(2 * n * per);
       both.set(x);
       both.set(x, n * per);
-      const out = req.calibration
+      const cal = req.calibration;
+      const out = cal
         ? await this.model.forwardRecording(
           both,
           t,
           labels,
-          req.calibration.recorder,
-          Math.min(req.calibration.buckets - 1, Math.floor(i * req.calibration.buckets / total)),
+          { linears: cal.recorder, attention: cal.attention },
+          bucketOfStep(cal.buckets, i, total),
         )
-        : await this.model.forward(both, t, labels);
+        : await this.model.forward(
+          both,
+          t,
+          labels,
+          bucketOfStep(this.model.attentionBuckets, i, total),
+        );
       req.signal?.throwIfAborted();
       const eps = new Float32Array(n * per);
       for (let b = 0; b < n; b++) {
@@ -188,6 +210,18 @@ export class Pipeline {
     this.model.destroy();
     this.file.close();
   }
+}
+
+/** The sparse-attention plan stored in `file`, or a RangeError saying how to get one. */
+async function filePlan(file: ModelFile) {
+  const plan = await readParoFrom(file);
+  if (!plan) {
+    throw new RangeError(
+      `Cannot use sparse attention with ${file.path}: the file has no sparse-attention plan; ` +
+        "quantize the model with --paro DENSITY (deno task quantize) or use dense attention",
+    );
+  }
+  return plan;
 }
 
 function makeSampler(name: SamplerName, steps: number): Sampler {

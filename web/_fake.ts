@@ -25,6 +25,7 @@ export class FakeEngine implements Engine {
     {
       id: "tiny-int4",
       precision: "int4",
+      attention: "dense",
       classes: ["smiling face", "red heart", "cat face"],
       size: 4,
       channels: 3,
@@ -32,6 +33,7 @@ export class FakeEngine implements Engine {
     {
       id: "tiny-float",
       precision: "float",
+      attention: "dense",
       classes: ["smiling face", "red heart", "cat face"],
       size: 4,
       channels: 3,

@@ -16,6 +16,8 @@ export interface ModelInfo {
   id: string;
   /** `float`, `int4`, `nvfp4`, `w4a16`, … (from the file). */
   precision: string;
+  /** `dense`, or `sparse` (PAROAttention with the file's plan). */
+  attention: "dense" | "sparse";
   /** Class names; index = class id. */
   classes: string[];
   /** Image side in pixels. */
@@ -70,6 +72,8 @@ export interface RegistryEntry {
   id: string;
   /** The model file (float or pre-quantized). */
   path: string;
+  /** `sparse`: sparse + quantized attention with the plan stored in the file (default dense). */
+  attention?: "dense" | "sparse";
 }
 
 /** Ids requests may name: lower-case letters, digits, `.`, `_`, `-`; no slashes. */
@@ -111,6 +115,12 @@ export class PipelineEngine implements Engine {
       }
       const f = await ModelFile.open(e.path);
       try {
+        if (e.attention === "sparse" && f.reader.metadata.paro === undefined) {
+          throw new RangeError(
+            `Cannot register model "${e.id}" with sparse attention: ${e.path} has no ` +
+              "sparse-attention plan (quantize it with --paro DENSITY)",
+          );
+        }
         const c = f.config as Record<string, unknown>;
         const n = c.num_classes as number;
         const names = (c.class_names as string[] | undefined) ??
@@ -118,6 +128,7 @@ export class PipelineEngine implements Engine {
         infos.push({
           id: e.id,
           precision: f.precision,
+          attention: e.attention ?? "dense",
           classes: names,
           size: c.input_size as number,
           channels: c.in_channels as number,
@@ -178,7 +189,10 @@ export class PipelineEngine implements Engine {
       p = (async () => {
         const gpu = await getGpu();
         this.#device = gpu.caps.adapter;
-        return await Pipeline.load(gpu, entry.path, { images: 1 });
+        return await Pipeline.load(gpu, entry.path, {
+          images: 1,
+          attention: entry.attention ?? "dense",
+        });
       })();
       this.#loaded.set(id, p);
       p.catch((e) => {

@@ -9,6 +9,7 @@ import { fail, runCli } from "../cli/_cli.ts";
 import { CACHE, FLOAT_MODEL, modelFor, PRECISIONS } from "../cli/_models.ts";
 import { createApp } from "./app.ts";
 import { PipelineEngine, type RegistryEntry } from "./engine.ts";
+import { ModelFile } from "../runtime/model_file.ts";
 
 const USAGE = `Usage: deno task serve [options]
 
@@ -36,10 +37,12 @@ export function idFor(path: string): string {
 
 /** The default registry: the bundled int4 model (built once if needed), then other built ones. */
 async function defaultRegistry(): Promise<RegistryEntry[]> {
-  const out: RegistryEntry[] = [{
-    id: "dit-emoji-int4",
-    path: await modelFor("int4", (l) => console.log(l)),
-  }];
+  const int4 = await modelFor("int4", (l) => console.log(l));
+  const out: RegistryEntry[] = [{ id: "dit-emoji-int4", path: int4 }];
+  const f = await ModelFile.open(int4);
+  const sparse = f.reader.metadata.paro !== undefined;
+  f.close();
+  if (sparse) out.push({ id: "dit-emoji-int4-sparse", path: int4, attention: "sparse" });
   for (const p of PRECISIONS) {
     if (p === "int4") continue;
     const candidates = p === "float" ? [FLOAT_MODEL] : [

@@ -23,7 +23,8 @@ const params = {
     model: {
       type: "string",
       pattern: "^[a-z0-9][a-z0-9._-]{0,63}$",
-      description: "an id from /api/models",
+      description:
+        "an id from /api/models (e.g. dit-emoji-int4-sparse: the int4 model with sparse + INT8 attention)",
     },
   },
 };
@@ -80,7 +81,7 @@ export const OPENAPI = {
     },
     "/api/models": {
       get: {
-        summary: "Served models: id, precision, classes, size",
+        summary: "Served models: id, precision, attention (dense or sparse), classes, size",
         responses: { "200": { description: "models" } },
       },
     },

@@ -153,7 +153,7 @@ function Page(p: PageProps) {
  * ```ts
  * import { renderPage } from "./page.tsx";
  * const html = renderPage({
- *   models: [{ id: "m", precision: "int4", classes: ["a"], size: 16, channels: 3 }],
+ *   models: [{ id: "m", precision: "int4", attention: "dense", classes: ["a"], size: 16, channels: 3 }],
  *   gallery: [],
  * });
  * console.log(html.startsWith("<!DOCTYPE html>"));
