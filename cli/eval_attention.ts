@@ -1,5 +1,6 @@
 /**
- * `deno task eval:attention [--seeds N] [--steps N] [--densities 0.2,0.3,0.5] [--model FILE]`:
+ * `deno task eval:attention [--seeds N] [--steps N] [--densities 0.2,0.3,0.5] [--budget B]
+ * [--tile N] [--model FILE]`:
  * what sparse + quantized attention (PAROAttention) costs in image quality. The float model with
  * dense attention makes the reference images; then, for each density, with and without token
  * reordering (calibrated orders vs row-major only) and with INT8 or 16-bit Q·Kᵀ (and once INT8
@@ -36,6 +37,7 @@ async function main(args: string[]): Promise<void> {
       cfg: { type: "string", default: "4" },
       densities: { type: "string", default: "0.2,0.3,0.5" },
       tile: { type: "string" },
+      budget: { type: "string", default: "head" },
       model: { type: "string" },
     },
   });
@@ -46,6 +48,10 @@ async function main(args: string[]): Promise<void> {
   const densities = values.densities.split(",").map(Number);
   if (densities.some((d) => !(d > 0 && d <= 1))) {
     fail(`--densities must be numbers in (0, 1], got "${values.densities}"`);
+  }
+  const budget = values.budget as "head" | "mass" | "global";
+  if (!["head", "mass", "global"].includes(budget)) {
+    fail(`--budget must be head, mass or global, got "${values.budget}"`);
   }
   const float = values.model ?? FLOAT_MODEL;
   const gpu = await getGpu();
@@ -86,7 +92,7 @@ async function main(args: string[]): Promise<void> {
   }
   const lines = [
     `Dense attention (float model, ${ref.config.input_size}×${ref.config.input_size}, ${G * G} ` +
-    `tokens, tile ${tile}): ${
+    `tokens, tile ${tile}, budget ${budget}): ${
       ref.stepMs.toFixed(1)
     } ms/step. ${seeds} seeds, ${steps} steps, cfg ${cfg}.`,
     "",
@@ -102,6 +108,7 @@ async function main(args: string[]): Promise<void> {
       density: row.density,
       perTimestep: true,
       orders: row.reorder ? undefined : ["row"],
+      budget,
     });
     const got = await run({ plan, qk: row.qk, pv: row.pv });
     const p = got.images.map((im, i) => psnr(im, ref.images[i]));

@@ -254,6 +254,15 @@ export interface ParoOptions {
   perTimestep?: boolean;
   /** Candidate orders (default: every TOKEN_ORDER that applies); ["row"] = no reordering. */
   orders?: readonly TokenOrder[];
+  /**
+   * How the tile budget is spread. "head" (default): exactly K tiles per (layer, head).
+   * The others keep the same total as `density` on every head but share it across all layers and
+   * heads of a mask set: "mass" keeps, in every head, the fewest heaviest tiles that hold a common
+   * fraction τ of its mass, with τ as high as the budget allows (spread-out heads get more
+   * tiles); "global" keeps the heaviest tiles by fraction of their head's mass (concentrated heads
+   * get more). Each keeps every row's heaviest tile first.
+   */
+  budget?: "head" | "mass" | "global";
 }
 
 /** A calibrated PAROAttention plan (what the runtime and the sparse kernel consume). */
@@ -310,15 +319,8 @@ function topKSum(tm: Float64Array, k: number): number {
   return s;
 }
 
-/** Choose tiles into the mask at byte `offset` (module doc, step 2); returns the kept mass. */
-function selectTiles(
-  tm: Float64Array,
-  nt: number,
-  k: number,
-  denseTiles: number,
-  bits: Uint8Array,
-  offset: number,
-): number {
+/** The tiles every mask keeps: each row's heaviest, and those of the dense tokens' rows/columns. */
+function forcedTiles(tm: Float64Array, nt: number, denseTiles: number): Uint8Array {
   const keep = new Uint8Array(nt * nt);
   for (let i = 0; i < nt; i++) {
     let best = i * nt;
@@ -328,17 +330,76 @@ function selectTiles(
     }
     keep[best] = 1;
   }
-  let kept = keep.reduce((a, v) => a + v, 0);
-  const rest = [...tm.keys()].filter((i) => !keep[i]).sort((a, b) => tm[b] - tm[a] || a - b);
-  for (let r = 0; r < rest.length && kept < k; r++, kept++) keep[rest[r]] = 1;
-  let mass = 0;
-  for (let i = 0; i < nt * nt; i++) {
-    if (keep[i]) {
-      mass += tm[i];
-      maskSet(bits, nt, Math.floor(i / nt), i % nt, offset);
+  return keep;
+}
+
+/**
+ * Choose the tiles of `tms.length` heads sharing a budget of `budget` tiles (module doc, step 2):
+ * the forced tiles, then the heaviest remaining by fraction of their head's mass, ties → lower
+ * head, then lower row-major index. Writes each head's mask at `offsets[n]` of `bits` and returns
+ * the kept fraction of each head's mass.
+ */
+function selectTiles(
+  tms: Float64Array[],
+  nt: number,
+  budget: number,
+  denseTiles: number,
+  bits: Uint8Array,
+  offsets: number[],
+  mode: "head" | "mass" | "global",
+): number[] {
+  const totals = tms.map((tm) => tm.reduce((a, v) => a + v, 0));
+  const keeps = tms.map((tm) => forcedTiles(tm, nt, denseTiles));
+  let kept = keeps.reduce((a, keep) => a + keep.reduce((b, v) => b + v, 0), 0);
+  const rest: [number, number, number][] = []; // [fraction, head, tile]
+  tms.forEach((tm, n) => {
+    for (let i = 0; i < nt * nt; i++) {
+      if (!keeps[n][i]) rest.push([totals[n] > 0 ? tm[i] / totals[n] : 0, n, i]);
+    }
+  });
+  rest.sort((a, b) => b[0] - a[0] || a[1] - b[1] || a[2] - b[2]);
+  if (mode === "mass" && tms.length > 1) {
+    // per head, its free tiles heaviest first and the fraction reached after each
+    const per = tms.map((_, n) => {
+      let f = keeps[n].reduce((a, v, i) => a + (v ? tms[n][i] : 0), 0) / (totals[n] || 1);
+      const order = rest.filter((x) => x[1] === n);
+      return { order, reach: order.map((x) => (f += x[0])) };
+    });
+    const need = (tau: number) =>
+      per.reduce(
+        (a, p) =>
+          a + Math.min(p.order.length, p.reach.findIndex((v) => v >= tau) + 1 || p.order.length),
+        0,
+      );
+    // the largest common τ whose tiles fit the budget (bisection; need(τ) grows with τ)
+    let lo = 0, hi = 1;
+    for (let it = 0; it < 50; it++) {
+      const mid = (lo + hi) / 2;
+      if (kept + need(mid) <= budget) lo = mid;
+      else hi = mid;
+    }
+    per.forEach((p, n) => {
+      const c = p.reach.findIndex((v) => v >= lo) + 1 || p.order.length;
+      for (let r = 0; r < Math.min(c, p.order.length); r++) keeps[n][p.order[r][2]] = 1;
+      kept += Math.min(c, p.order.length);
+    });
+  }
+  for (let r = 0; r < rest.length && kept < budget; r++) {
+    if (!keeps[rest[r][1]][rest[r][2]]) {
+      keeps[rest[r][1]][rest[r][2]] = 1;
+      kept++;
     }
   }
-  return mass;
+  return tms.map((tm, n) => {
+    let mass = 0;
+    for (let i = 0; i < nt * nt; i++) {
+      if (keeps[n][i]) {
+        mass += tm[i];
+        maskSet(bits, nt, Math.floor(i / nt), i % nt, offsets[n]);
+      }
+    }
+    return totals[n] > 0 ? mass / totals[n] : 0;
+  });
 }
 
 /**
@@ -417,17 +478,36 @@ export function calibrateParo(rec: AttentionRecorder, opts: ParoOptions): ParoPl
       orders[l * heads + h] = candidates[best].i;
     }
   }
+  const mode = opts.budget ?? "head", global = mode !== "head";
+  if (!["head", "mass", "global"].includes(mode)) {
+    throw new RangeError(`${what}: budget is "${mode}", expected "head", "mass" or "global"`);
+  }
   for (let s = 0; s < buckets; s++) {
+    // one selection per mask set (global) or per (layer, head)
+    const group: { tm: Float64Array; idx: number }[] = [];
+    const flush = () => {
+      const fr = selectTiles(
+        group.map((g) => g.tm),
+        nt,
+        k * group.length,
+        denseTiles,
+        masks,
+        group.map((g) => g.idx * mb),
+        mode,
+      );
+      group.forEach((g, n) => (keptMass[g.idx] = fr[n]));
+      group.length = 0;
+    };
     for (let l = 0; l < layers; l++) {
       const own = perTimestep && rec.count(s, l) > 0;
       for (let h = 0; h < heads; h++) {
-        const idx = (s * layers + l) * heads + h;
-        tileMass(rec.map(own ? s : -1, l, h), T, tileOf[chosen[l * heads + h]], nt, tm);
-        const total = tm.reduce((a, v) => a + v, 0);
-        const mass = selectTiles(tm, nt, k, denseTiles, masks, idx * mb);
-        keptMass[idx] = total > 0 ? mass / total : 0;
+        const idx = (s * layers + l) * heads + h, tmh = new Float64Array(nt * nt);
+        tileMass(rec.map(own ? s : -1, l, h), T, tileOf[chosen[l * heads + h]], nt, tmh);
+        group.push({ tm: tmh, idx });
+        if (!global) flush();
       }
     }
+    if (global) flush();
   }
   const shape = { tile, gridH, gridW, denseTokens, layers, heads, tokens: T, buckets, density };
   return { ...shape, orders, masks, keptMass };

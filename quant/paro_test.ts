@@ -288,7 +288,13 @@ Deno.test("calibrateParo masks: exact budget, no empty row, dense tokens, shared
 
   // 3 dense tokens + 6×8 grid: T = 51, nt = 7 (last tile partial), K = round(0.5·49) = 25
   const recD = randomRecorder(rng, { layers: 1, heads: 2, t: 51, buckets: 2 });
-  const dense = calibrateParo(recD, { gridH: 6, gridW: 8, denseTokens: 3, tile: 8, density: 0.5 });
+  const dense = calibrateParo(recD, {
+    gridH: 6,
+    gridW: 8,
+    denseTokens: 3,
+    tile: 8,
+    density: 0.5,
+  });
   assert.deepEqual(new Set(checkMasks(dense, recD)), new Set([25]));
   for (let h = 0; h < 2; h++) {
     assert.deepEqual([...permFor(dense, 0).subarray(h * 51, h * 51 + 3)], [0, 1, 2]);
@@ -305,6 +311,32 @@ Deno.test("calibrateParo masks: exact budget, no empty row, dense tokens, shared
   // nt = 9: 81 − 6·6 = 45 forced tiles plus up to 6 row maxima, more than K = 9
   for (const c of checkMasks(forced, recF)) assert.ok(c >= 45 && c <= 51, `kept ${c}`);
   console.log(describeParo(plan));
+});
+
+Deno.test("calibrateParo global budget: same total, shared across heads, more mass kept", () => {
+  const rng = freshRng("paro global budget");
+  const rec = randomRecorder(rng, { layers: 2, heads: 3, t: 48, buckets: 2 });
+  const base = { gridH: 6, gridW: 8, tile: 8, density: 0.3 } as const;
+  const perHead = calibrateParo(rec, { ...base });
+  const global = calibrateParo(rec, { ...base, budget: "global" });
+  const mass = calibrateParo(rec, { ...base, budget: "mass" });
+  for (const plan of [global, mass]) {
+    const counts = checkMasks(plan, rec); // no empty row, kept mass recomputed
+    for (let s = 0; s < 2; s++) {
+      const set = counts.slice(s * 6, (s + 1) * 6);
+      assert.equal(set.reduce((a, b) => a + b, 0), 6 * 11, "the total budget of the mask set");
+      assert.ok(set.every((c) => c >= 6), "at least one tile per row");
+    }
+    assert.deepEqual(plan.orders, perHead.orders, "orders do not depend on the budget");
+  }
+  const sum = (v: Float32Array) => v.reduce((a, b) => a + b, 0);
+  const min = (v: Float32Array) => Math.min(...v);
+  assert.ok(sum(global.keptMass) >= sum(perHead.keptMass) - 1e-6, "greedy over all heads");
+  assert.ok(min(mass.keptMass) >= min(perHead.keptMass) - 1e-6, "the worst head gains");
+  assert.throws(
+    () => calibrateParo(rec, { ...base, budget: "layer" as "head" }),
+    /budget is "layer"/,
+  );
 });
 
 Deno.test("calibrateParo, permFor, masksFor, bucketOfStep refuse bad arguments", () => {
