@@ -35,6 +35,12 @@ export const CACHE: string = new URL(".cache/", MODELS).pathname;
  */
 export const BUNDLED_RANK = 16;
 
+/**
+ * The sparse-attention plan stored in the bundled INT4 file: half of the 8×8-token tiles of each
+ * head kept, one mask set per timestep bucket (`deno task gen --attention sparse`).
+ */
+export const BUNDLED_PARO = { density: 0.5, perTimestep: true };
+
 /** Timestep buckets and images used to calibrate the bundled model. */
 export const CALIB = { buckets: 4, steps: 8, seed: 1234, samplesPerLayer: 256, batch: 8 };
 

@@ -2,7 +2,8 @@
  * `deno task samples [--out docs/samples.png]`: a grid of the bundled model's samples, one row
  * per precision (float, SVDQuant INT4, SVDQuant NVFP4), one column per class, same seeds — the
  * picture in the README. Also `--build-int4` rebuilds the committed INT4 file from the float
- * checkpoint (calibration + quantizer), which is how models/dit_emoji.int4.safetensors is made.
+ * checkpoint (calibration + quantizer + the sparse-attention plan {@linkcode BUNDLED_PARO}), which
+ * is how models/dit_emoji.int4.safetensors is made.
  *
  * @module
  */
@@ -12,7 +13,7 @@ import { ModelFile } from "../runtime/model_file.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";
 import { runCli } from "./_cli.ts";
-import { buildQuantized, FLOAT_MODEL, modelFor } from "./_models.ts";
+import { buildQuantized, BUNDLED_PARO, FLOAT_MODEL, modelFor } from "./_models.ts";
 
 async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -28,7 +29,7 @@ async function main(args: string[]): Promise<void> {
   const log = (s: string) => console.log(s);
   if (values["build-int4"]) {
     const out = FLOAT_MODEL.replace(/\.safetensors$/, ".int4.safetensors");
-    await buildQuantized(FLOAT_MODEL, "int4", out, log);
+    await buildQuantized(FLOAT_MODEL, "int4", out, log, { paro: BUNDLED_PARO });
     const [f, q] = [await Deno.stat(FLOAT_MODEL), await Deno.stat(out)];
     log(`float ${f.size} bytes, int4 ${q.size} bytes (${(q.size / f.size).toFixed(3)}×)`);
     return;
