@@ -76,12 +76,49 @@ Deno.test({
         } dB, ` +
           `quick SVDQuant ${svd.toFixed(2)} dB, RTN W4A4 ${rtn.toFixed(2)} dB`,
       );
-      // Bars, measured first (llvmpipe, 2026-11-23: committed INT4 26.07 dB, quick SVDQuant
-      // 27.96 dB, RTN 20.81 dB), then stated with headroom: ≥ 22 dB, and SVDQuant ≥ 3 dB over RTN.
+      // Bars, measured first (llvmpipe, 2026-11-23, 2400-step model: committed INT4 26.07 dB,
+      // quick SVDQuant 27.96 dB, RTN 20.81 dB; 6400-step model: 25.63, 26.69, 19.42 dB), then
+      // stated with headroom: ≥ 22 dB, and SVDQuant ≥ 3 dB over RTN.
       assert.ok(committed >= 22, `committed INT4 PSNR ${committed.toFixed(2)} dB < 22 dB`);
       assert.ok(svd > rtn + 3, `SVDQuant ${svd.toFixed(2)} dB vs RTN ${rtn.toFixed(2)} dB`);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
+  },
+});
+
+Deno.test({
+  name: "bundled model: the committed INT4 file's sparse-attention plan runs and stays close",
+  ignore,
+  fn: async () => {
+    const gpu = (await testGpu())!;
+    const run = async (attention: "dense" | "sparse") => {
+      const pipe = await Pipeline.load(gpu, INT4_MODEL, { images: CLASSES.length, attention });
+      try {
+        const { images } = await pipe.generate({
+          classes: CLASSES,
+          seed: SEED,
+          steps: STEPS,
+          cfg: CFG,
+        });
+        return { images, kind: pipe.model.attention };
+      } finally {
+        pipe.destroy();
+      }
+    };
+    const dense = await run("dense"), sparse = await run("sparse");
+    assert.match(sparse.kind, /^sparse qk=int8 pv=f16 tile=8 density=0\.50/);
+    const per = dense.images.length / CLASSES.length;
+    const p = mean(CLASSES.map((_, i) =>
+      psnr(
+        sparse.images.slice(i * per, (i + 1) * per),
+        dense.images.slice(i * per, (i + 1) * per),
+      )
+    ));
+    console.log(`PSNR of sparse (INT8 Q·Kᵀ, 50% of tiles) vs dense attention: ${p.toFixed(2)} dB`);
+    // Bar: measured 20.54 dB (llvmpipe, 2026-11-23), stated with headroom: ≥ 18 dB. The issue's
+    // goal (≥ 30 dB at 50% density) is not met on this 64-token model: its attention is spread
+    // over the whole 8×8 grid (the kept half of the tiles holds ~73% of the mass; README table).
+    assert.ok(p >= 18, `sparse vs dense PSNR ${p.toFixed(2)} dB`);
   },
 });
