@@ -51,6 +51,16 @@ export function freshRng(testName: string): Rng {
   return new Rng(seed);
 }
 
+/** Relative L2 error ‖a − b‖ / ‖b‖ (b the reference). */
+export function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let n = 0, d = 0;
+  for (let i = 0; i < b.length; i++) {
+    n += (a[i] - b[i]) ** 2;
+    d += b[i] ** 2;
+  }
+  return Math.sqrt(n / d);
+}
+
 /** Largest absolute and relative errors of `actual` against `expected`. */
 export function maxErrors(
   actual: ArrayLike<number>,

@@ -40,6 +40,7 @@
  * @module
  */
 import {
+  MASK_TILES,
   maskBytes,
   maskDensity,
   maskSet,
@@ -55,9 +56,10 @@ export const PARO_METADATA_KEY = "paro";
 /** Version of the stored plan this build writes and reads. */
 export const PARO_VERSION = 1;
 /** Mask tiles the sparse kernel supports. */
-export const PARO_TILES: readonly number[] = [8, 16, 32, 64];
+export const PARO_TILES: readonly number[] = MASK_TILES;
 
-const isInt = (v: unknown, min: number): v is number =>
+/** Whether `v` is a safe integer ≥ `min` (argument and metadata checks). */
+export const isInt = (v: unknown, min: number): v is number =>
   Number.isSafeInteger(v) && (v as number) >= min;
 
 /**

@@ -17,10 +17,7 @@ import {
   TOKEN_ORDERS,
 } from "../kernels/sparse_attention/layout.ts";
 import type { QuantFile } from "./format.ts";
-import { PARO_METADATA_KEY, PARO_TILES, PARO_VERSION, type ParoPlan } from "./paro.ts";
-
-const isInt = (v: unknown, min: number): v is number =>
-  Number.isSafeInteger(v) && (v as number) >= min;
+import { isInt, PARO_METADATA_KEY, PARO_TILES, PARO_VERSION, type ParoPlan } from "./paro.ts";
 
 /** A U8 tensor of the stored plan. */
 export interface ParoTensor {
@@ -182,6 +179,11 @@ function parsePlan(
   return { ...shape, orders, masks: masks.slice(), keptMass };
 }
 
+/** Whether a model file carries a sparse-attention plan (its `paro` metadata). */
+export function hasParoPlan(file: Pick<QuantFile, "reader">): boolean {
+  return file.reader.metadata[PARO_METADATA_KEY] !== undefined;
+}
+
 /**
  * The plan stored in an open pre-quantized file, or undefined when it has no `paro` metadata.
  * Throws {@linkcode FormatError} when the metadata is present but the plan or its tensors are not
@@ -196,8 +198,8 @@ function parsePlan(
 export async function readParoFrom(
   file: Pick<QuantFile, "path" | "reader">,
 ): Promise<ParoPlan | undefined> {
+  if (!hasParoPlan(file)) return undefined;
   const meta = file.reader.metadata[PARO_METADATA_KEY];
-  if (meta === undefined) return undefined;
   const bytes: Uint8Array[] = [];
   for (const name of ["paro.order", "paro.masks"]) {
     const info = file.reader.tensors.get(name);

@@ -55,8 +55,6 @@ export class AttentionStage {
   readonly buckets: number;
   /** "dense", or "sparse qk=… pv=… density=…" (for logs). */
   readonly kind: string;
-  /** Achieved density of the masks, over layers and buckets (1 when dense). */
-  readonly density: number;
   readonly #dense?: FlashAttention;
   readonly #sparse?: SparseAttention;
   readonly #plans: PlanBuffers[][]; // [bucket][layer]
@@ -66,7 +64,6 @@ export class AttentionStage {
     gpu: Gpu;
     buckets: number;
     kind: string;
-    density: number;
     dense?: FlashAttention;
     sparse?: SparseAttention;
     plans: PlanBuffers[][];
@@ -74,7 +71,6 @@ export class AttentionStage {
     this.#gpu = init.gpu;
     this.buckets = init.buckets;
     this.kind = init.kind;
-    this.density = init.density;
     this.#dense = init.dense;
     this.#sparse = init.sparse;
     this.#plans = init.plans;
@@ -88,7 +84,7 @@ export class AttentionStage {
   ): Promise<AttentionStage> {
     if (!sparse) {
       const dense = await FlashAttention.create(gpu, s);
-      return new AttentionStage({ gpu, buckets: 1, kind: "dense", density: 1, dense, plans: [] });
+      return new AttentionStage({ gpu, buckets: 1, kind: "dense", dense, plans: [] });
     }
     const { plan } = sparse;
     checkPlan(plan, s);
@@ -124,7 +120,6 @@ export class AttentionStage {
       gpu,
       buckets: plan.buckets,
       kind: `sparse qk=${qk} pv=${pv} tile=${plan.tile} density=${density.toFixed(2)}`,
-      density,
       sparse: op,
       plans,
     });

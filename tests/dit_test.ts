@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { TINY_DIT_PATH } from "./fixtures/make_fixture.ts";
-import { HAS_GPU, maxErrors, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, maxErrors, NO_GPU_REASON, relL2, testGpu } from "../kernels/_testing.ts";
 import { DiT } from "../runtime/dit.ts";
 import { ditForwardRef } from "../runtime/dit_ref.ts";
 import { ModelFile } from "../runtime/model_file.ts";
@@ -28,15 +28,6 @@ async function forward(path: string, x: Float32Array, t: number, y: number[]) {
     dit.destroy();
     file.close();
   }
-}
-
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let n = 0, d = 0;
-  for (let i = 0; i < b.length; i++) {
-    n += (a[i] - b[i]) ** 2;
-    d += b[i] ** 2;
-  }
-  return Math.sqrt(n / d);
 }
 
 const X = gaussianNoise(5, 2 * 4 * 16 * 16);

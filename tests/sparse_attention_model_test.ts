@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { TINY_DIT_PATH } from "./fixtures/make_fixture.ts";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, relL2, testGpu } from "../kernels/_testing.ts";
 import { denseMasks, maskBytes, TOKEN_ORDERS } from "../kernels/sparse_attention/layout.ts";
 import type { SparseAttentionChoice } from "../runtime/attention.ts";
 import { DiT } from "../runtime/dit.ts";
@@ -35,15 +35,6 @@ async function forward(sparse?: SparseAttentionChoice, bucket = 0): Promise<Floa
     dit.destroy();
     file.close();
   }
-}
-
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let n = 0, d = 0;
-  for (let i = 0; i < b.length; i++) {
-    n += (a[i] - b[i]) ** 2;
-    d += b[i] ** 2;
-  }
-  return Math.sqrt(n / d);
 }
 
 /** Every tile kept; head orders col, block2, block4, row over the (layer, head) pairs. */

@@ -8,6 +8,7 @@
 import { getGpu } from "../runtime/device.ts";
 import { GpuDeviceLostError } from "../runtime/errors.ts";
 import { ModelFile } from "../runtime/model_file.ts";
+import { hasParoPlan } from "../quant/paro_store.ts";
 import { Pipeline, type SamplerName } from "../runtime/pipeline.ts";
 
 /** One served model, as `/api/models` lists it. */
@@ -115,7 +116,7 @@ export class PipelineEngine implements Engine {
       }
       const f = await ModelFile.open(e.path);
       try {
-        if (e.attention === "sparse" && f.reader.metadata.paro === undefined) {
+        if (e.attention === "sparse" && !hasParoPlan(f)) {
           throw new RangeError(
             `Cannot register model "${e.id}" with sparse attention: ${e.path} has no ` +
               "sparse-attention plan (quantize it with --paro DENSITY)",

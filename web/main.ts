@@ -10,6 +10,7 @@ import { CACHE, FLOAT_MODEL, modelFor, PRECISIONS } from "../cli/_models.ts";
 import { createApp } from "./app.ts";
 import { PipelineEngine, type RegistryEntry } from "./engine.ts";
 import { ModelFile } from "../runtime/model_file.ts";
+import { hasParoPlan } from "../quant/paro_store.ts";
 
 const USAGE = `Usage: deno task serve [options]
 
@@ -40,7 +41,7 @@ async function defaultRegistry(): Promise<RegistryEntry[]> {
   const int4 = await modelFor("int4", (l) => console.log(l));
   const out: RegistryEntry[] = [{ id: "dit-emoji-int4", path: int4 }];
   const f = await ModelFile.open(int4);
-  const sparse = f.reader.metadata.paro !== undefined;
+  const sparse = hasParoPlan(f);
   f.close();
   if (sparse) out.push({ id: "dit-emoji-int4-sparse", path: int4, attention: "sparse" });
   for (const p of PRECISIONS) {

@@ -206,26 +206,40 @@ export function bufferSizes(
   ];
 }
 
-/** Validate the shape (before any GPU work) and return the tile to use. */
-function checkShape(gpu: Gpu, s: FlashAttentionShape): FlashAttentionTile {
-  checkDims(s, { kernel: NAME, keys: ["b", "t", "h", "d"] });
+/**
+ * The checks every attention kernel over the fused qkv layout makes (flash and sparse): positive
+ * integer dims, a supported head dim, u32-indexable qkv, dtype, scale, and shader-f16 for f16.
+ */
+export function checkQkvShape(
+  gpu: Gpu,
+  kernel: string,
+  s: Pick<FlashAttentionShape, "b" | "t" | "h" | "d" | "dtype" | "scale">,
+): void {
+  checkDims(s, { kernel, keys: ["b", "t", "h", "d"] });
   if (!FLASH_ATTENTION_HEAD_DIMS.includes(s.d)) {
     throw new RangeError(
-      `Cannot build ${NAME}: head dim D=${s.d} is unsupported; use one of ` +
+      `Cannot build ${kernel}: head dim D=${s.d} is unsupported; use one of ` +
         FLASH_ATTENTION_HEAD_DIMS.join(", "),
     );
   }
   if (s.b * s.t * 3 * s.h * s.d >= 2 ** 32) {
     throw new RangeError(
-      `Cannot build ${NAME}: qkv [B·T=${s.b * s.t}, 3·H·D=${3 * s.h * s.d}] has 2^32 elements ` +
+      `Cannot build ${kernel}: qkv [B·T=${s.b * s.t}, 3·H·D=${3 * s.h * s.d}] has 2^32 elements ` +
         "or more (u32 indices); split the batch",
     );
   }
-  checkDtype(NAME, s.dtype);
+  checkDtype(kernel, s.dtype);
   if (s.scale !== undefined && !(Number.isFinite(s.scale) && s.scale > 0)) {
-    throw new RangeError(`Cannot build ${NAME}: scale=${s.scale} must be a finite positive number`);
+    throw new RangeError(
+      `Cannot build ${kernel}: scale=${s.scale} must be a finite positive number`,
+    );
   }
-  checkShaderF16(gpu, NAME, s.dtype);
+  checkShaderF16(gpu, kernel, s.dtype);
+}
+
+/** Validate the shape (before any GPU work) and return the tile to use. */
+function checkShape(gpu: Gpu, s: FlashAttentionShape): FlashAttentionTile {
+  checkQkvShape(gpu, NAME, s);
   const fits = (t: FlashAttentionTile) => tileFits(gpu, s.d, t);
   if (s.tile) {
     const { bq, bk } = s.tile;

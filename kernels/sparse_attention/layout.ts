@@ -29,6 +29,9 @@
  * @module
  */
 
+/** Mask tile sizes (tokens per side) the sparse kernel is built for. */
+export const MASK_TILES: readonly number[] = [8, 16, 32, 64];
+
 /** Token orders the calibration chooses from (per layer and head). */
 export const TOKEN_ORDERS = ["row", "col", "block2", "block4", "block8"] as const;
 

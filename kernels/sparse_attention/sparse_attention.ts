@@ -23,13 +23,11 @@ import {
   checkBindingSizes,
   checkDims,
   checkDistinct,
-  checkDtype,
   checkGrid,
-  checkShaderF16,
 } from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
-import { FLASH_ATTENTION_HEAD_DIMS } from "../flash_attention/flash_attention.ts";
-import { maskCsr, maskDensity } from "./layout.ts";
+import { checkQkvShape, FLASH_ATTENTION_HEAD_DIMS } from "../flash_attention/flash_attention.ts";
+import { MASK_TILES, maskCsr, maskDensity } from "./layout.ts";
 
 const NAME = "sparse_attention";
 
@@ -41,7 +39,7 @@ export type SparsePv = "int8" | "f16";
 const MODES: readonly string[] = ["int8", "f16"];
 
 /** Mask tile sizes supported (tokens per tile = queries per workgroup). */
-export const SPARSE_ATTENTION_TILES: readonly number[] = [8, 16, 32, 64];
+export const SPARSE_ATTENTION_TILES: readonly number[] = MASK_TILES;
 
 /** Head dims supported: those of flash_attention. */
 export const SPARSE_ATTENTION_HEAD_DIMS: readonly number[] = FLASH_ATTENTION_HEAD_DIMS;
@@ -469,13 +467,8 @@ export function bufferSizes(
 
 /** Validate the shape (before any GPU work) and return the sub-tiling to use. */
 function checkShape(gpu: Gpu, s: SparseAttentionShape): SparseAttentionSubTiles {
-  checkDims(s, { kernel: NAME, keys: ["b", "t", "h", "d", "tile"] });
-  if (!SPARSE_ATTENTION_HEAD_DIMS.includes(s.d)) {
-    throw new RangeError(
-      `Cannot build ${NAME}: head dim D=${s.d} is unsupported; use one of ` +
-        SPARSE_ATTENTION_HEAD_DIMS.join(", "),
-    );
-  }
+  checkQkvShape(gpu, NAME, s);
+  checkDims(s, { kernel: NAME, keys: ["tile"] });
   if (!SPARSE_ATTENTION_TILES.includes(s.tile)) {
     throw new RangeError(
       `Cannot build ${NAME}: tile=${s.tile} is unsupported; use one of ` +
@@ -489,17 +482,6 @@ function checkShape(gpu: Gpu, s: SparseAttentionShape): SparseAttentionSubTiles 
       );
     }
   }
-  if (s.b * s.t * 3 * s.h * s.d >= 2 ** 32) {
-    throw new RangeError(
-      `Cannot build ${NAME}: qkv [B·T=${s.b * s.t}, 3·H·D=${3 * s.h * s.d}] has 2^32 elements ` +
-        "or more (u32 indices); split the batch",
-    );
-  }
-  checkDtype(NAME, s.dtype);
-  if (s.scale !== undefined && !(Number.isFinite(s.scale) && s.scale > 0)) {
-    throw new RangeError(`Cannot build ${NAME}: scale=${s.scale} must be a finite positive number`);
-  }
-  checkShaderF16(gpu, NAME, s.dtype);
   const c = gpu.caps;
   const nt = (s.tile / 4) * (s.d / 8);
   if (nt > Math.min(c.maxComputeInvocationsPerWorkgroup, c.maxComputeWorkgroupSizeX)) {

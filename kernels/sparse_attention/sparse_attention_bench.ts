@@ -136,14 +136,7 @@ export interface SparseBenchRow {
 }
 
 /** The attention shape of one side-by-side comparison. */
-export interface SparseCompareShape {
-  b: number;
-  t: number;
-  h: number;
-  d: number;
-  dtype: ActDtype;
-  tile: number;
-}
+export type SparseCompareShape = Omit<SparseAttentionShape, "qk" | "pv" | "scale" | "sub">;
 
 /**
  * flash_attention, then sparse INT8-QK with float and INT8 P·V at densities 1, 0.5 and 0.3, on
