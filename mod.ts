@@ -88,8 +88,16 @@ export { DiT, ditConfig } from "./runtime/dit.ts";
 export type { DiTConfig, DiTLoadOptions } from "./runtime/dit.ts";
 export type { SparseAttentionChoice } from "./runtime/attention.ts";
 export { ModelFile } from "./runtime/model_file.ts";
+export type { ModelSource } from "./runtime/model_file.ts";
 export { ddim, ddpmSchedule, dpmSolver2M, flowEuler } from "./runtime/schedulers.ts";
-export type { Sampler } from "./runtime/schedulers.ts";
+export type {
+  EpsSamplerOptions,
+  FlowEulerOptions,
+  FlowSampler,
+  NoiseSchedule,
+  Sampler,
+  TimestepSpacing,
+} from "./runtime/schedulers.ts";
 export { gaussianNoise } from "./runtime/random.ts";
 export { encodePng, toRgbGrid } from "./runtime/png.ts";
 export { psnr, ssim } from "./runtime/metrics.ts";
@@ -99,6 +107,7 @@ export { FlashAttention, flashAttention } from "./kernels/flash_attention/flash_
 export type {
   FlashAttentionBuffers,
   FlashAttentionShape,
+  FlashAttentionTile,
 } from "./kernels/flash_attention/flash_attention.ts";
 export {
   SPARSE_ATTENTION_TILES,
@@ -109,6 +118,7 @@ export {
 export type {
   SparseAttentionBuffers,
   SparseAttentionShape,
+  SparseAttentionSubTiles,
   SparsePv,
   SparseQk,
 } from "./kernels/sparse_attention/sparse_attention.ts";
@@ -120,7 +130,7 @@ export {
   TOKEN_ORDERS,
   tokenOrder,
 } from "./kernels/sparse_attention/layout.ts";
-export type { TokenOrder } from "./kernels/sparse_attention/layout.ts";
+export type { MaskCsr, TokenOrder } from "./kernels/sparse_attention/layout.ts";
 export { GemmF16, gemmF16 } from "./kernels/gemm_f16/gemm_f16.ts";
 export type { GemmF16Buffers, GemmF16Shape, GemmKernel } from "./kernels/gemm_f16/gemm_f16.ts";
 export { GemmW4A16, gemmW4A16 } from "./kernels/gemm_w4a16/gemm_w4a16.ts";
@@ -188,4 +198,5 @@ export { DEFAULT_DIT_POLICY, parsePolicy } from "./quant/policy.ts";
 export { AttentionRecorder, calibrateParo, describeParo, masksFor, permFor } from "./quant/paro.ts";
 export type { ParoOptions, ParoPlan } from "./quant/paro.ts";
 export { paroTensors, readParo, readParoFrom } from "./quant/paro_store.ts";
+export type { ParoTensor } from "./quant/paro_store.ts";
 export type { LayerPolicyRule } from "./quant/policy.ts";

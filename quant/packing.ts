@@ -50,8 +50,11 @@ export function groupSize(format: WeightFormat | ActMode): number {
 
 /** An INT4 weight: symmetric, group 64 along K, f16 scales. */
 export interface Int4Weight {
+  /** Format tag. */
   format: "int4";
+  /** Output features N (rows of the [N, K] weight). */
   n: number;
+  /** Input features K (a multiple of 64). */
   k: number;
   /** u32 [N, K/8]: nibble j of word w = element 8w+j, two's complement. */
   qweight: Uint32Array;
@@ -61,8 +64,11 @@ export interface Int4Weight {
 
 /** An NVFP4 weight: E2M1 codes, group 16, E4M3 group scales, one f32 per-tensor scale. */
 export interface Nvfp4Weight {
+  /** Format tag. */
   format: "nvfp4";
+  /** Output features N (rows of the [N, K] weight). */
   n: number;
+  /** Input features K (a multiple of 16). */
   k: number;
   /** u32 [N, K/8] E2M1 codes, same nibble order as INT4. */
   qweight: Uint32Array;
@@ -77,8 +83,11 @@ export type PackedWeight = Int4Weight | Nvfp4Weight;
 
 /** Quantized activations as `quantize_act_lowrank` writes them. */
 export interface QuantAct {
+  /** Activation quantization mode (sets the group size G: 64 for INT4, 16 for NVFP4). */
   mode: ActMode;
+  /** Rows M (tokens) of the [M, K] activation. */
   m: number;
+  /** Channels K (a multiple of G). */
   k: number;
   /** u32 [M, K/8], same nibble order as the weights. */
   qact: Uint32Array;

@@ -21,9 +21,13 @@ import { isInt, PARO_METADATA_KEY, PARO_TILES, PARO_VERSION, type ParoPlan } fro
 
 /** A U8 tensor of the stored plan. */
 export interface ParoTensor {
+  /** Tensor name: "paro.order" or "paro.masks". */
   name: string;
+  /** Element type (bytes). */
   dtype: "U8";
+  /** Dimensions: [layers, heads] for the orders, [buckets, layers, heads, ⌈nt²/8⌉] for the masks. */
   shape: number[];
+  /** The bytes, row-major. */
   data: Uint8Array;
 }
 

@@ -26,15 +26,25 @@ import type { ActMode, WeightFormat } from "../quant/packing.ts";
 
 /** DiT hyper-parameters, as the checkpoint's `model_config` names them. */
 export interface DiTConfig {
+  /** Hidden width D (channels per token). */
   hidden_size: number;
+  /** Number of transformer blocks. */
   depth: number;
+  /** Attention heads H; the head dim is D/H. */
   num_heads: number;
+  /** Patch side p in latent pixels; a patch of p×p×C values becomes one token. */
   patch_size: number;
+  /** Latent channels C of the input. */
   in_channels: number;
+  /** Latent side S in pixels (square); T = (S/p)² tokens. */
   input_size: number;
+  /** Number of classes; the class table has one more row, id `num_classes` = the null class. */
   num_classes: number;
+  /** MLP hidden width as a multiple of D (`round(D·mlp_ratio)`); default 4. */
   mlp_ratio: number;
+  /** Whether the output has 2C channels (ε, then the variance interpolation); default true. */
   learn_sigma: boolean;
+  /** Width of the sinusoidal timestep embedding fed to the timestep MLP; default 256. */
   frequency_embedding_size: number;
   /** Human-readable class names (index = class id), when the checkpoint has them. */
   class_names?: string[];

@@ -275,6 +275,7 @@ export interface FlowEulerOptions {
 
 /** A flow-matching sampler also exposes its σ grid (steps + 1 values, 1 down to 0). */
 export interface FlowSampler extends Sampler {
+  /** σ_0..σ_steps after the shift, descending from 1 to 0; step i goes from σ_i to σ_{i+1}. */
   readonly sigmas: readonly number[];
 }
 

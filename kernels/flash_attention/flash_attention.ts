@@ -33,7 +33,9 @@ export const FLASH_ATTENTION_HEAD_DIMS: readonly number[] = [32, 64, 72, 128];
  * multiple of 4). The workgroup has (bq/4)·(D/8) invocations.
  */
 export interface FlashAttentionTile {
+  /** Queries per workgroup (a multiple of 4). */
   bq: number;
+  /** Keys per step of the walk over K/V (a multiple of 4). */
   bk: number;
 }
 
@@ -115,6 +117,7 @@ export function candidateTiles(gpu: Gpu, d: number): FlashAttentionTile[] {
  * ```
  */
 export class FlashAttention {
+  /** The shape this kernel was compiled for. */
   readonly shape: Readonly<FlashAttentionShape>;
   /** The tile in use. */
   readonly tile: Readonly<FlashAttentionTile>;

@@ -51,8 +51,11 @@ export const SPARSE_ATTENTION_HEAD_DIMS: readonly number[] = FLASH_ATTENTION_HEA
  * resident). Ignored fields: `dc` for INT8 Q·Kᵀ.
  */
 export interface SparseAttentionSubTiles {
+  /** Keys per K sub-tile (a power of two from 4 to the tile). */
   bkk: number;
+  /** Keys per V sub-tile (a power of two from 4 to the tile). */
   bkv: number;
+  /** Head-dim channels per Q/K chunk for float Q·Kᵀ (a multiple of 4 dividing D). */
   dc: number;
 }
 
@@ -70,7 +73,9 @@ export interface SparseAttentionShape {
   dtype: ActDtype;
   /** Tokens per mask tile, one of {@linkcode SPARSE_ATTENTION_TILES}. */
   tile: number;
+  /** Q·Kᵀ arithmetic: INT8 codes or float. */
   qk: SparseQk;
+  /** P·V arithmetic: INT8 codes or float. */
   pv: SparsePv;
   /** Logit scale; default 1/√D. */
   scale?: number;
@@ -211,6 +216,7 @@ function scratch(s: SparseAttentionShape): Scratch {
  * ```
  */
 export class SparseAttention {
+  /** The shape this op was compiled for. */
   readonly shape: Readonly<SparseAttentionShape>;
   /** Tiles per side nt = ⌈T/tile⌉. */
   readonly tiles: number;
