@@ -50,8 +50,8 @@ def parse_args():
     p.add_argument("--min-snr-from", type=int, default=0,
                    help="first step that uses the Min-SNR weighting")
     p.add_argument("--restart", default="",
-                   help="STEP:LR — the first cycle's cosine ends at STEP; then a second cycle warms up\n"
-                        "over 100 steps to LR and decays (cosine) to --lr-min at --steps")
+                   help="STEP:LR[,STEP:LR...] — the previous cycle's cosine ends at STEP; a new cycle warms\n"
+                        "up over 100 steps to LR and decays (cosine) to --lr-min at the next STEP or --steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ckpt-every-s", type=float, default=300)
     p.add_argument("--max-minutes", type=float, default=0, help="stop early (0 = no limit)")
@@ -87,13 +87,20 @@ def cosine(lr, lr_min, step, warmup, start, end):
 
 
 def lr_at(args, step):
-    if args.restart:
-        at, lr2 = args.restart.split(":")
-        at, lr2 = int(at), float(lr2)
-        if step >= at:
-            return cosine(lr2, args.lr_min, step, 100, at, args.steps)
-        return cosine(args.lr, args.lr_min, step, args.warmup, 0, at)
-    return cosine(args.lr, args.lr_min, step, args.warmup, 0, args.steps)
+    """First cycle: warm-up + cosine to --lr-min; each --restart STEP:LR starts a new cycle at STEP
+    (100 warm-up steps from --lr-min to LR, cosine back to --lr-min where the next cycle starts or
+    at --steps)."""
+    cycles = [(int(at), float(lr)) for at, lr in
+              (r.split(":") for r in args.restart.split(",") if r)] if args.restart else []
+    cycles.sort()
+    starts = [0] + [at for at, _ in cycles]
+    ends = [at for at, _ in cycles] + [args.steps]
+    lrs = [args.lr] + [lr for _, lr in cycles]
+    for i in range(len(starts) - 1, -1, -1):
+        if step >= starts[i]:
+            warmup = args.warmup if i == 0 else 100
+            return cosine(lrs[i], args.lr_min, step, warmup, starts[i], ends[i])
+    return cosine(args.lr, args.lr_min, step, args.warmup, 0, ends[0])
 
 
 def save_ckpt(path, state):
