@@ -28,6 +28,35 @@ export const FLOAT_MODEL: string = new URL("dit_emoji.safetensors", MODELS).path
 /** Where built models and calibration statistics are cached. */
 export const CACHE: string = new URL(".cache/", MODELS).pathname;
 
+const tags = new Map<string, Promise<string>>();
+
+/**
+ * A short content tag of the float checkpoint `float` (first 12 hex digits of its SHA-256), part
+ * of every cached file's name derived from it, so a new checkpoint (e.g. after `git pull`) never
+ * reuses statistics or quantized files built from an old one.
+ */
+export function sourceTag(float: string): Promise<string> {
+  let tag = tags.get(float);
+  if (!tag) {
+    tag = Deno.readFile(float)
+      .then((bytes) => crypto.subtle.digest("SHA-256", bytes))
+      .then((d) =>
+        [...new Uint8Array(d, 0, 6)].map((b) => b.toString(16).padStart(2, "0")).join("")
+      );
+    tags.set(float, tag);
+  }
+  return tag;
+}
+
+/**
+ * Path in {@linkcode CACHE} of a file derived from the float checkpoint `float`:
+ * `<CACHE><dir><base>.<sourceTag>.<suffix>` (`base` = the checkpoint's name without `.safetensors`).
+ */
+export async function cachedPath(float: string, suffix: string, dir = ""): Promise<string> {
+  const base = float.slice(float.lastIndexOf("/") + 1).replace(/\.safetensors$/, "");
+  return `${CACHE}${dir}${base}.${await sourceTag(float)}.${suffix}`;
+}
+
 /**
  * Low-rank rank of the bundled model's quantized files: 16, since its hidden size is 256 (the
  * published R = 32 serves hidden sizes of 1152–3072), and it keeps the committed float + INT4
@@ -49,7 +78,7 @@ export async function modelFor(precision: Precision, log: (line: string) => void
   if (precision === "float") return await exists(FLOAT_MODEL, "the bundled float model");
   const committed = new URL(`dit_emoji.${precision}.safetensors`, MODELS).pathname;
   if (await fileExists(committed)) return committed;
-  const cached = `${CACHE}dit_emoji.${precision}.safetensors`;
+  const cached = await cachedPath(FLOAT_MODEL, `${precision}.safetensors`);
   if (await fileExists(cached)) return cached;
   log(`building the ${precision} model from the float checkpoint (once; cached in ${cached})`);
   await buildQuantized(FLOAT_MODEL, precision, cached, log);
@@ -88,8 +117,7 @@ export async function buildQuantized(
 
 /** Calibration statistics of the float model `float` (recorded once, cached beside others). */
 export async function calibration(float: string, log: (line: string) => void): Promise<CalibStats> {
-  const base = float.slice(float.lastIndexOf("/") + 1).replace(/\.safetensors$/, "");
-  const path = `${CACHE}${base}.calib.safetensors`;
+  const path = await cachedPath(float, "calib.safetensors");
   if (await fileExists(path)) return await readCalibStats(path);
   log(
     `calibrating: running the float model over every class (${CALIB.steps} steps each, recording every linear layer's inputs)`,

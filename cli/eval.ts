@@ -14,7 +14,7 @@ import { psnr, ssim } from "../runtime/metrics.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import type { ModelMethod } from "../quant/model.ts";
 import { fail, formatBytes, runCli } from "./_cli.ts";
-import { buildQuantized, CACHE, FLOAT_MODEL } from "./_models.ts";
+import { buildQuantized, cachedPath, FLOAT_MODEL } from "./_models.ts";
 
 /** The rows of the table: label, how the file is built (null = the float model itself). */
 const VARIANTS: { label: string; precision?: "int4" | "nvfp4" | "w4a16"; method?: ModelMethod }[] =
@@ -41,7 +41,6 @@ async function main(args: string[]): Promise<void> {
   if (!Number.isInteger(seeds) || seeds < 1 || seeds > 64) fail("--seeds must be in 1..64");
   if (!Number.isInteger(steps) || steps < 1 || steps > 1000) fail("--steps must be in 1..1000");
   const float = values.model ?? FLOAT_MODEL;
-  const base = float.slice(float.lastIndexOf("/") + 1).replace(/\.safetensors$/, "");
   const gpu = await getGpu();
   const log = (s: string) => console.error(s);
 
@@ -50,7 +49,7 @@ async function main(args: string[]): Promise<void> {
   for (const v of VARIANTS) {
     let path = float;
     if (v.precision) {
-      path = `${CACHE}eval/${base}.${v.method}.${v.precision}.safetensors`;
+      path = await cachedPath(float, `${v.method}.${v.precision}.safetensors`, "eval/");
       try {
         await Deno.stat(path);
       } catch {

@@ -6,7 +6,7 @@
  */
 import { parseArgs } from "node:util";
 import { fail, runCli } from "../cli/_cli.ts";
-import { CACHE, FLOAT_MODEL, modelFor, PRECISIONS } from "../cli/_models.ts";
+import { cachedPath, FLOAT_MODEL, modelFor, PRECISIONS } from "../cli/_models.ts";
 import { createApp } from "./app.ts";
 import { PipelineEngine, type RegistryEntry } from "./engine.ts";
 import { ModelFile } from "../runtime/model_file.ts";
@@ -48,7 +48,7 @@ async function defaultRegistry(): Promise<RegistryEntry[]> {
     if (p === "int4") continue;
     const candidates = p === "float" ? [FLOAT_MODEL] : [
       new URL(`../models/dit_emoji.${p}.safetensors`, import.meta.url).pathname,
-      `${CACHE}dit_emoji.${p}.safetensors`,
+      await cachedPath(FLOAT_MODEL, `${p}.safetensors`),
     ];
     for (const path of candidates) {
       if (await Deno.stat(path).then((s) => s.isFile, () => false)) {
