@@ -195,8 +195,15 @@ export type { Dtype, TensorInfo, TensorSpec } from "./quant/safetensors.ts";
 export { CalibRecorder, readCalibStats, writeCalibStats } from "./quant/calib.ts";
 export type { CalibStats, LayerStats } from "./quant/calib.ts";
 export { DEFAULT_DIT_POLICY, parsePolicy } from "./quant/policy.ts";
-export { AttentionRecorder, calibrateParo, describeParo, masksFor, permFor } from "./quant/paro.ts";
-export type { ParoOptions, ParoPlan } from "./quant/paro.ts";
+export {
+  AttentionRecorder,
+  calibrateParo,
+  describeParo,
+  masksFor,
+  PARO_BUDGETS,
+  permFor,
+} from "./quant/paro.ts";
+export type { ParoBudget, ParoOptions, ParoPlan } from "./quant/paro.ts";
 export { paroTensors, readParo, readParoFrom } from "./quant/paro_store.ts";
 export type { ParoTensor } from "./quant/paro_store.ts";
 export type { LayerPolicyRule } from "./quant/policy.ts";

@@ -48,13 +48,17 @@ export function sourceTag(float: string): Promise<string> {
   return tag;
 }
 
+/** A model file's name without its folder and `.safetensors`. */
+export function modelBaseName(path: string): string {
+  return path.slice(path.lastIndexOf("/") + 1).replace(/\.safetensors$/, "");
+}
+
 /**
  * Path in {@linkcode CACHE} of a file derived from the float checkpoint `float`:
  * `<CACHE><dir><base>.<sourceTag>.<suffix>` (`base` = the checkpoint's name without `.safetensors`).
  */
 export async function cachedPath(float: string, suffix: string, dir = ""): Promise<string> {
-  const base = float.slice(float.lastIndexOf("/") + 1).replace(/\.safetensors$/, "");
-  return `${CACHE}${dir}${base}.${await sourceTag(float)}.${suffix}`;
+  return `${CACHE}${dir}${modelBaseName(float)}.${await sourceTag(float)}.${suffix}`;
 }
 
 /**

@@ -17,7 +17,7 @@ import { getGpu } from "../runtime/device.ts";
 import { psnr, ssim } from "../runtime/metrics.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import type { SparseAttentionChoice } from "../runtime/attention.ts";
-import { calibrateParo } from "../quant/paro.ts";
+import { calibrateParo, PARO_BUDGETS, type ParoBudget } from "../quant/paro.ts";
 import { fail, runCli } from "./_cli.ts";
 import { attentionMaps, defaultTile, FLOAT_MODEL } from "./_models.ts";
 
@@ -49,9 +49,9 @@ async function main(args: string[]): Promise<void> {
   if (densities.some((d) => !(d > 0 && d <= 1))) {
     fail(`--densities must be numbers in (0, 1], got "${values.densities}"`);
   }
-  const budget = values.budget as "head" | "mass" | "global";
-  if (!["head", "mass", "global"].includes(budget)) {
-    fail(`--budget must be head, mass or global, got "${values.budget}"`);
+  const budget = values.budget as ParoBudget;
+  if (!PARO_BUDGETS.includes(budget)) {
+    fail(`--budget must be one of ${PARO_BUDGETS.join(", ")}, got "${values.budget}"`);
   }
   const float = values.model ?? FLOAT_MODEL;
   const gpu = await getGpu();

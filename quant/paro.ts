@@ -58,6 +58,11 @@ export const PARO_VERSION = 1;
 /** Mask tiles the sparse kernel supports. */
 export const PARO_TILES: readonly number[] = MASK_TILES;
 
+/** How {@linkcode calibrateParo} spreads the tile budget (see {@linkcode ParoOptions}.budget). */
+export const PARO_BUDGETS = ["head", "mass", "global"] as const;
+/** One of {@linkcode PARO_BUDGETS}. */
+export type ParoBudget = (typeof PARO_BUDGETS)[number];
+
 /** Whether `v` is a safe integer ≥ `min` (argument and metadata checks). */
 export const isInt = (v: unknown, min: number): v is number =>
   Number.isSafeInteger(v) && (v as number) >= min;
@@ -264,7 +269,7 @@ export interface ParoOptions {
    * tiles); "global" keeps the heaviest tiles by fraction of their head's mass (concentrated heads
    * get more). Each keeps every row's heaviest tile first.
    */
-  budget?: "head" | "mass" | "global";
+  budget?: ParoBudget;
 }
 
 /** A calibrated PAROAttention plan (what the runtime and the sparse kernel consume). */
@@ -348,7 +353,7 @@ function selectTiles(
   denseTiles: number,
   bits: Uint8Array,
   offsets: number[],
-  mode: "head" | "mass" | "global",
+  mode: ParoBudget,
 ): number[] {
   const totals = tms.map((tm) => tm.reduce((a, v) => a + v, 0));
   const keeps = tms.map((tm) => forcedTiles(tm, nt, denseTiles));
@@ -439,6 +444,12 @@ export function calibrateParo(rec: AttentionRecorder, opts: ParoOptions): ParoPl
   if (!(density > 0 && density <= 1)) {
     throw new RangeError(`${what}: density is ${density}, expected 0 < density <= 1`);
   }
+  const mode = opts.budget ?? "head", global = mode !== "head";
+  if (!PARO_BUDGETS.includes(mode)) {
+    throw new RangeError(
+      `${what}: budget is "${mode}", expected one of ${PARO_BUDGETS.join(", ")}`,
+    );
+  }
   const asked = opts.orders ?? TOKEN_ORDERS.filter((o) => orderApplies(o, gridH, gridW));
   for (const o of asked) {
     if (!TOKEN_ORDERS.includes(o) || !orderApplies(o, gridH, gridW)) {
@@ -479,10 +490,6 @@ export function calibrateParo(rec: AttentionRecorder, opts: ParoOptions): ParoPl
       chosen[l * heads + h] = best;
       orders[l * heads + h] = candidates[best].i;
     }
-  }
-  const mode = opts.budget ?? "head", global = mode !== "head";
-  if (!["head", "mass", "global"].includes(mode)) {
-    throw new RangeError(`${what}: budget is "${mode}", expected "head", "mass" or "global"`);
   }
   for (let s = 0; s < buckets; s++) {
     // one selection per mask set (global) or per (layer, head)

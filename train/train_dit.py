@@ -90,17 +90,14 @@ def lr_at(args, step):
     """First cycle: warm-up + cosine to --lr-min; each --restart STEP:LR starts a new cycle at STEP
     (100 warm-up steps from --lr-min to LR, cosine back to --lr-min where the next cycle starts or
     at --steps)."""
-    cycles = [(int(at), float(lr)) for at, lr in
-              (r.split(":") for r in args.restart.split(",") if r)] if args.restart else []
-    cycles.sort()
+    cycles = sorted((int(at), float(lr)) for at, lr in
+                    (r.split(":") for r in args.restart.split(",") if r))
     starts = [0] + [at for at, _ in cycles]
     ends = [at for at, _ in cycles] + [args.steps]
     lrs = [args.lr] + [lr for _, lr in cycles]
-    for i in range(len(starts) - 1, -1, -1):
-        if step >= starts[i]:
-            warmup = args.warmup if i == 0 else 100
-            return cosine(lrs[i], args.lr_min, step, warmup, starts[i], ends[i])
-    return cosine(args.lr, args.lr_min, step, args.warmup, 0, ends[0])
+    i = max(i for i, start in enumerate(starts) if step >= start)  # starts[0] = 0 <= step
+    warmup = args.warmup if i == 0 else 100
+    return cosine(lrs[i], args.lr_min, step, warmup, starts[i], ends[i])
 
 
 def save_ckpt(path, state):

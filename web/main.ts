@@ -6,7 +6,7 @@
  */
 import { parseArgs } from "node:util";
 import { fail, runCli } from "../cli/_cli.ts";
-import { cachedPath, FLOAT_MODEL, modelFor, PRECISIONS } from "../cli/_models.ts";
+import { cachedPath, FLOAT_MODEL, modelBaseName, modelFor, PRECISIONS } from "../cli/_models.ts";
 import { createApp } from "./app.ts";
 import { PipelineEngine, type RegistryEntry } from "./engine.ts";
 import { ModelFile } from "../runtime/model_file.ts";
@@ -28,12 +28,8 @@ W4_CORS (comma-separated allowed origins, * for any).`;
 
 /** The id a file path gets: its base name without .safetensors, made id-safe. */
 export function idFor(path: string): string {
-  const base = path.slice(path.lastIndexOf("/") + 1).replace(/\.safetensors$/, "");
-  return base.toLowerCase().replace(/[^a-z0-9._-]+/g, "-").replace(/^[^a-z0-9]+/, "").slice(
-    0,
-    64,
-  ) ||
-    "model";
+  const id = modelBaseName(path).toLowerCase().replace(/[^a-z0-9._-]+/g, "-");
+  return id.replace(/^[^a-z0-9]+/, "").slice(0, 64) || "model";
 }
 
 /** The default registry: the bundled int4 model (built once if needed), then other built ones. */
