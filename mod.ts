@@ -89,12 +89,15 @@ export type { DiTConfig, DiTLoadOptions } from "./runtime/dit.ts";
 export type { SparseAttentionChoice } from "./runtime/attention.ts";
 export { ModelFile } from "./runtime/model_file.ts";
 export type { ModelSource } from "./runtime/model_file.ts";
-export { ddim, ddpmSchedule, dpmSolver2M, flowEuler } from "./runtime/schedulers.ts";
+export { ddim, ddpm, ddpmSchedule, dpmSolver2M, flowEuler, sample } from "./runtime/schedulers.ts";
 export type {
+  DdpmOptions,
   EpsSamplerOptions,
   FlowEulerOptions,
   FlowSampler,
+  ModelFn,
   NoiseSchedule,
+  SampleOptions,
   Sampler,
   TimestepSpacing,
 } from "./runtime/schedulers.ts";

@@ -20,7 +20,8 @@ const USAGE = `Usage: deno task gen [prompt or class] [options]
   --steps N              denoising steps, 1..1000 (default 20)
   --cfg X                classifier-free guidance scale, 1..50 (default 4)
   --precision P          float | int4 | nvfp4 | w4a16 (default int4)
-  --sampler S            dpm | ddim (default dpm)
+  --sampler S            dpm | ddim | ddpm (default dpm); ddpm = ancestral sampling with the
+                         model's learned variance, wants --steps 100 or more
   --model FILE           a DiT model file (float or pre-quantized); overrides --precision
   --attention A          dense | sparse (default dense); sparse = PAROAttention: the file's
                          calibrated token orders and block masks, INT8 Q·Kᵀ (needs a file
@@ -75,8 +76,8 @@ async function main(args: string[]): Promise<void> {
     fail(`--attention must be dense or sparse, got "${attention}"`);
   }
   const sampler = values.sampler as SamplerName;
-  if (sampler !== "dpm" && sampler !== "ddim") {
-    fail(`--sampler must be dpm or ddim, got "${sampler}"`);
+  if (sampler !== "dpm" && sampler !== "ddim" && sampler !== "ddpm") {
+    fail(`--sampler must be dpm, ddim or ddpm, got "${sampler}"`);
   }
   if (positionals.length > 1) {
     fail(

@@ -1,6 +1,6 @@
 /**
- * The generation pipeline: class → seeded noise → denoising loop (DDIM or DPM-Solver++(2M),
- * classifier-free guidance) → image, with a progress callback, cancellation, timings, and a
+ * The generation pipeline: class → seeded noise → denoising loop (DPM-Solver++(2M), DDIM or
+ * ancestral DDPM with the learned variance; classifier-free guidance) → image, with a progress callback, cancellation, timings, and a
  * calibration mode that records activation statistics for the quantizer.
  *
  * @module
@@ -13,11 +13,15 @@ import type { Gpu } from "./device.ts";
 import { DiT } from "./dit.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import { ModelFile } from "./model_file.ts";
-import { gaussianNoise } from "./random.ts";
-import { ddim, ddpmSchedule, dpmSolver2M, type Sampler } from "./schedulers.ts";
+import { GaussianNoise } from "./random.ts";
+import { ddim, ddpm, ddpmSchedule, dpmSolver2M, type Sampler } from "./schedulers.ts";
 
-/** Sampler names accepted by {@linkcode Pipeline.generate}. */
-export type SamplerName = "ddim" | "dpm" | "euler";
+/**
+ * Sampler names accepted by {@linkcode Pipeline.generate}: "dpm" (DPM-Solver++(2M)), "ddim",
+ * "ddpm" (ancestral, learned variance; wants ≈ 100+ steps). "euler" is for flow-matching models
+ * and is refused for DiT with a message saying so.
+ */
+export type SamplerName = "ddim" | "dpm" | "ddpm" | "euler";
 
 /** One generation request. */
 export interface GenerateRequest {
@@ -29,7 +33,7 @@ export interface GenerateRequest {
   steps: number;
   /** Classifier-free guidance scale (1 = none). */
   cfg: number;
-  /** "dpm" (DPM-Solver++(2M), default) or "ddim". */
+  /** "dpm" (DPM-Solver++(2M), default), "ddim" or "ddpm". */
   sampler?: SamplerName;
   /** After each step: steps done, total, and a function giving the current x̂₀ preview. */
   onStep?: (done: number, total: number, preview: () => Float32Array) => void;
@@ -147,12 +151,20 @@ export class Pipeline {
     if (!(req.cfg >= 1 && req.cfg <= 50)) {
       throw new RangeError(`Cannot generate with guidance ${req.cfg}: use a number in 1..50`);
     }
-    const sampler = makeSampler(req.sampler ?? "dpm", req.steps);
     const per = C * S * S;
-    let x: Float32Array = new Float32Array(n * per);
-    for (let i = 0; i < n; i++) x.set(gaussianNoise(req.seed, per, i), i * per);
+    // Image b's randomness is stream b of the seed: its initial noise, then (ddpm) the noise of
+    // each step, so an image does not depend on the batch it is made in.
+    const streams = req.classes.map((_, b) => new GaussianNoise(req.seed, b));
+    const drawNoise = () => {
+      const z = new Float32Array(n * per);
+      streams.forEach((g, b) => g.fill(z.subarray(b * per, (b + 1) * per)));
+      return z;
+    };
+    const sampler = makeSampler(req.sampler ?? "dpm", req.steps, cfg.learn_sigma, drawNoise);
+    let x: Float32Array = drawNoise();
     const labels = [...req.classes, ...req.classes.map(() => cfg.num_classes)];
     const outC = cfg.learn_sigma ? 2 * C : C;
+    const withV = sampler.usesVariance === true;
     const alphasCumprod = ddpmSchedule().alphasCumprod;
     let x0: Float32Array = x;
     const stepMs: number[] = [];
@@ -180,15 +192,18 @@ export class Pipeline {
           bucketOfStep(this.model.attentionBuckets, i, total),
         );
       req.signal?.throwIfAborted();
-      const eps = new Float32Array(n * per);
+      // Guidance on ε; the learned variance (ddpm) is the conditional branch's, as in DiT.
+      const guided = new Float32Array((withV ? 2 : 1) * n * per);
+      const eps = guided.subarray(0, n * per);
       for (let b = 0; b < n; b++) {
         for (let j = 0; j < per; j++) {
           const c = out[b * outC * S * S + j], u = out[(n + b) * outC * S * S + j];
           eps[b * per + j] = u + req.cfg * (c - u);
+          if (withV) guided[(n + b) * per + j] = out[b * outC * S * S + per + j];
         }
       }
       const xt = x;
-      x = sampler.step(i, x, eps);
+      x = sampler.step(i, x, guided);
       stepMs.push(performance.now() - ts);
       if (req.onStep) {
         const a = alphasCumprod[t];
@@ -224,17 +239,25 @@ async function filePlan(file: ModelFile) {
   return plan;
 }
 
-function makeSampler(name: SamplerName, steps: number): Sampler {
+function makeSampler(
+  name: SamplerName,
+  steps: number,
+  learnSigma: boolean,
+  noise: () => Float32Array,
+): Sampler {
   if (!Number.isInteger(steps) || steps < 1 || steps > 1000) {
     throw new RangeError(`Cannot sample ${steps} steps: use an integer in 1..1000`);
   }
   if (name === "ddim") return ddim({ steps });
   if (name === "dpm") return dpmSolver2M({ steps });
+  if (name === "ddpm") {
+    return ddpm({ steps, noise, variance: learnSigma ? "learned" : "posterior" });
+  }
   if (name === "euler") {
     throw new RangeError(
       "Cannot use the euler sampler with this model: it is for flow-matching (velocity) models; " +
-        "DiT predicts noise (ε): use dpm or ddim",
+        "DiT predicts noise (ε): use dpm, ddim or ddpm",
     );
   }
-  throw new RangeError(`Cannot use sampler "${name}": use dpm or ddim`);
+  throw new RangeError(`Cannot use sampler "${name}": use dpm, ddim or ddpm`);
 }

@@ -6,6 +6,8 @@
  * - {@link ddim}: DDIM with η = 0 (deterministic) for ε-prediction models.
  * - {@link dpmSolver2M}: DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) for ε-prediction
  *   models: multistep, in data prediction, first order on the first step and on the last.
+ * - {@link ddpm}: ancestral DDPM sampling on a respaced schedule, with the model's learned
+ *   variance (improved DDPM, Nichol & Dhariwal 2021) or the fixed posterior variance.
  * - {@link flowEuler}: Euler on a rectified-flow ODE, `x_σ = (1−σ)·x₀ + σ·noise`, for
  *   velocity-prediction models (`v = noise − x₀`).
  *
@@ -13,10 +15,11 @@
  * `step(i, x, modelOutput)`, which returns the next latents. {@link sample} runs the loop.
  *
  * Not the sampler's job: classifier-free guidance (the pipeline runs the conditional and the
- * unconditional branch and combines them before `step`), and learned-sigma outputs: DiT with
- * `learn_sigma` predicts 2C channels, ε then the variance interpolation; the pipeline passes only
- * the ε half (the first C channels), since DDIM and DPM-Solver++ are deterministic and never use
- * the variance. A model output whose length differs from `x` is a `TypeError` saying so.
+ * unconditional branch and combines them before `step`). Learned sigma: DiT with `learn_sigma`
+ * predicts 2C channels, ε then the variance interpolation v. DDIM, DPM-Solver++ and flow Euler
+ * are deterministic and never use v: the pipeline passes only the ε half. A sampler with
+ * `usesVariance` (ddpm with learned variance) takes ε for all of `x` followed by v for all of
+ * `x`. A model output of another length is a `TypeError` saying so.
  *
  * @module
  */
@@ -68,10 +71,15 @@ export type ModelFn = (x: Float32Array, t: number) => Promise<Float32Array>;
 
 /** A sampler: which timesteps to evaluate the model at, and how to step between them. */
 export interface Sampler {
-  /** Name for messages: "ddim", "dpm-solver++(2m)", "flow-euler". */
+  /** Name for messages: "ddim", "dpm-solver++(2m)", "ddpm", "flow-euler". */
   readonly name: string;
   /** The timesteps the model is called with, strictly descending; one step each. */
   readonly timesteps: readonly number[];
+  /**
+   * True when `step` takes the learned variance too: `modelOutput` is ε for all of `x`, then
+   * the variance interpolation v ∈ [−1, 1] for all of `x` (2·x.length values).
+   */
+  readonly usesVariance?: boolean;
   /**
    * Latents after step `i` from latents `x` at `timesteps[i]` and the model's output there
    * (ε, or v for flow matching). Returns a new array; the inputs are not modified.
@@ -133,7 +141,16 @@ function checkStep(sampler: Sampler, i: number, x: Float32Array, out: Float32Arr
       `Cannot step ${sampler.name}: i must be an integer in [0, ${n - 1}], got ${i}`,
     );
   }
-  if (out.length !== x.length) {
+  if (sampler.usesVariance) {
+    if (out.length !== 2 * x.length) {
+      throw new TypeError(
+        `Cannot step ${sampler.name}: modelOutput has ${out.length} values, expected ` +
+          `${
+            2 * x.length
+          } (ε, then the learned variance v, for each of the ${x.length} values of x)`,
+      );
+    }
+  } else if (out.length !== x.length) {
     throw new TypeError(
       `Cannot step ${sampler.name}: modelOutput has ${out.length} values, expected ${x.length} ` +
         `(the length of x); for a learned-sigma model pass only the ε half`,
@@ -265,6 +282,97 @@ export function dpmSolver2M(options: EpsSamplerOptions): Sampler {
   return sampler;
 }
 
+/** Options of {@link ddpm}. */
+export interface DdpmOptions extends EpsSamplerOptions {
+  /**
+   * The Gaussian noise added after step `i` (every step but the last), `length` standard
+   * normal values; called once per step, in order. E.g. `(i, n) => gaussianNoise(seed, n, i + 1)`
+   * (the pipeline continues each image's own noise stream instead).
+   */
+  noise: (i: number, length: number) => Float32Array;
+  /**
+   * `"learned"` (default): the model's v interpolates the log-variance between the respaced
+   * β_i and the posterior variance β̃_i (`usesVariance`); `"posterior"`: β̃_i, for models
+   * without learned sigma.
+   */
+  variance?: "learned" | "posterior";
+}
+
+/**
+ * Ancestral DDPM on a respaced schedule (improved DDPM): the model is called at the spaced
+ * timesteps t_0 > t_1 > …, and step i samples `x_{i+1} ~ N(μ, σ²)` of the posterior
+ * `q(x_{t_{i+1}} | x_{t_i}, x̂₀)` with the respaced `β_i = 1 − ᾱ_{t_i}/ᾱ_{t_{i+1}}`:
+ * `x̂₀ = (x − √(1−ᾱ)·ε)/√ᾱ`, `μ = c₀·x̂₀ + c_t·x`, `c₀ = β_i√ᾱ_{i+1}/(1−ᾱ_i)`,
+ * `c_t = (1−ᾱ_{i+1})√(1−β_i)/(1−ᾱ_i)`, `β̃_i = β_i(1−ᾱ_{i+1})/(1−ᾱ_i)`, and
+ * `ln σ² = f·ln β_i + (1−f)·ln β̃_i`, `f = (v+1)/2` (learned) or `f = 0` (posterior). The last
+ * step returns μ = x̂₀ (ᾱ = 1 after it), no noise. No clipping of x̂₀. Default spacing
+ * "trailing" (the first call is at t = 999, where the input really is pure noise).
+ *
+ * Stochastic: two runs agree only with the same `noise`. It needs more steps than DDIM
+ * (≈ 100–250) and, with a well-trained variance, gives the model's own distribution rather than
+ * DDIM's smoother mode-seeking samples.
+ *
+ * @example
+ * ```ts
+ * import { ddpm, sample } from "./schedulers.ts";
+ * import { gaussianNoise } from "./random.ts";
+ * const model = (x: Float32Array, _t: number) => Promise.resolve(new Float32Array(2 * x.length));
+ * const s = ddpm({ steps: 50, noise: (i, n) => gaussianNoise(7, n, i + 1) });
+ * const img = await sample(s, gaussianNoise(7, 16), { model }); // ε = 0, v = 0
+ * console.log(img.length); // 16
+ * ```
+ */
+export function ddpm(options: DdpmOptions): Sampler {
+  const schedule = options.schedule ?? ddpmSchedule();
+  checkSteps("ddpm", options.steps, schedule.trainSteps);
+  const variance = options.variance ?? "learned";
+  if (variance !== "learned" && variance !== "posterior") {
+    throw new RangeError(
+      `Cannot create ddpm: variance must be "learned" or "posterior", got ${variance}`,
+    );
+  }
+  if (typeof options.noise !== "function") {
+    throw new TypeError("Cannot create ddpm: options.noise must be a function (i, length)");
+  }
+  const timesteps = spacedTimesteps(
+    options.steps,
+    options.spacing ?? "trailing",
+    schedule.trainSteps,
+  );
+  const learned = variance === "learned";
+  const sampler: Sampler = {
+    name: "ddpm",
+    timesteps,
+    usesVariance: learned,
+    step(i, x, out) {
+      checkStep(sampler, i, x, out);
+      const n = x.length;
+      const a = schedule.alphasCumprod[timesteps[i]];
+      const aNext = i + 1 < timesteps.length ? schedule.alphasCumprod[timesteps[i + 1]] : 1;
+      const beta = 1 - a / aNext;
+      const c0 = beta * Math.sqrt(aNext) / (1 - a),
+        ct = (1 - aNext) * Math.sqrt(a / aNext) / (1 - a);
+      const sa = Math.sqrt(a), s1a = Math.sqrt(1 - a);
+      const y = new Float32Array(n);
+      for (let k = 0; k < n; k++) y[k] = c0 * ((x[k] - s1a * out[k]) / sa) + ct * x[k];
+      if (aNext === 1) return y;
+      const z = options.noise(i, n);
+      if (!(z instanceof Float32Array) || z.length !== n) {
+        throw new TypeError(
+          `Cannot step ddpm: noise(${i}, ${n}) must return a Float32Array of ${n} values`,
+        );
+      }
+      const logBeta = Math.log(beta), logPost = Math.log(beta * (1 - aNext) / (1 - a));
+      for (let k = 0; k < n; k++) {
+        const f = learned ? (out[n + k] + 1) / 2 : 0;
+        y[k] += Math.exp(0.5 * (f * logBeta + (1 - f) * logPost)) * z[k];
+      }
+      return y;
+    },
+  };
+  return sampler;
+}
+
 /** Options of {@link flowEuler}. */
 export interface FlowEulerOptions {
   /** Number of model evaluations, 1..1000. */
@@ -316,7 +424,10 @@ export function flowEuler(options: FlowEulerOptions): FlowSampler {
 
 /** Options of {@link sample}. */
 export interface SampleOptions {
-  /** The denoiser (after classifier-free guidance, ε half only for learned sigma). */
+  /**
+   * The denoiser, after classifier-free guidance: ε (for learned sigma only the ε half), or ε
+   * then v for a sampler with `usesVariance`.
+   */
   model: ModelFn;
   /** Called after each step with the number of steps done and the total. */
   onStep?: (done: number, total: number) => void;

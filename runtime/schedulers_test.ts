@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { gaussianNoise } from "./random.ts";
 import {
   ddim,
+  ddpm,
   ddpmSchedule,
   dpmSolver2M,
   flowEuler,
@@ -265,4 +266,91 @@ Deno.test("step checks its index, the output length and DPM-Solver++'s order", (
   assert.throws(() => dpm.step(3, x, eps), { name: "RangeError", message: /in order/ });
   dpm.step(0, x, eps); // starts over
   assert.throws(() => dpm.step(1, new Float32Array(4), new Float32Array(4)), TypeError);
+});
+
+/** The oracle ε followed by a constant variance interpolation v, for samplers with usesVariance. */
+function withVariance(model: ModelFn, v: number): ModelFn {
+  return async (x, t) => {
+    const out = new Float32Array(2 * x.length);
+    out.set(await model(x, t));
+    out.fill(v, x.length);
+    return out;
+  };
+}
+
+Deno.test("DDPM recovers x₀ with the exact ε, whatever noise it adds on the way", async () => {
+  const n = 256;
+  const x0 = gaussianNoise(31, n).map((v) => 0.6 * v - 0.1);
+  for (const steps of [1, 2, 10, 100]) {
+    for (const variance of ["learned", "posterior"] as const) {
+      let calls = 0;
+      const s = ddpm({
+        steps,
+        variance,
+        noise: (i, len) => (calls++, gaussianNoise(32, len, i + 1)),
+      });
+      assert.equal(s.usesVariance, variance === "learned");
+      const model = variance === "learned" ? withVariance(oracleEps(x0), 0.3) : oracleEps(x0);
+      const out = await sample(s, gaussianNoise(33, n), { model });
+      // The last step returns x̂₀, which the exact ε gives back up to float32 rounding.
+      const a = SCHEDULE.alphasCumprod[s.timesteps[steps - 1]];
+      const err = maxAbsDiff(out, x0), tol = 1e-6 + 2.5e-7 * Math.sqrt((1 - a) / a);
+      assert(err < tol, `ddpm ${steps} ${variance}: max error ${err}, bound ${tol}`);
+      assert.equal(calls, steps - 1, "noise is drawn once per step but the last");
+    }
+  }
+});
+
+Deno.test("DDPM with the exact score samples a Gaussian mixture", async () => {
+  // 0.3·N(−1.5, 0.2²) + 0.7·N(1, 0.5²) as in the DPM-Solver++ test; 4000 independent chains,
+  // split at −0.25. Exact values of that split (the right mode's tail below it holds 0.62% of its
+  // mass): left weight 0.3043, right mean 1.0088, right sd 0.489; standard errors at n = 4000:
+  // 0.0073, 0.0095, 0.0067. The tolerances are 4 standard errors.
+  const model = mixtureEps([0.3, 0.7], [-1.5, 1], [0.2, 0.5]);
+  const n = 4000;
+  const cases: [number, "learned" | "posterior", number][] = [
+    [1000, "posterior", 0],
+    [1000, "learned", 1], // σ² = β: the other end of the interpolation, also exact at T steps
+    [250, "learned", -0.5],
+  ];
+  for (const [steps, variance, v] of cases) {
+    const s = ddpm({ steps, variance, noise: (i, len) => gaussianNoise(41, len, i + 1) });
+    const m = variance === "learned" ? withVariance(model, v) : model;
+    const out = await sample(s, gaussianNoise(40, n), { model: m });
+    const left = out.filter((x) => x < -0.25), right = out.filter((x) => x >= -0.25);
+    const w = left.length / n;
+    const mean = right.reduce((p, x) => p + x, 0) / right.length;
+    const sd = Math.sqrt(right.reduce((p, x) => p + (x - mean) ** 2, 0) / right.length);
+    console.log(
+      `ddpm ${steps} ${variance} v=${v}: left weight ${w.toFixed(4)}, right mean ` +
+        `${mean.toFixed(4)} sd ${sd.toFixed(4)}`,
+    );
+    assert(Math.abs(w - 0.3043) < 0.029, `left-mode weight ${w}, expected 0.3043`);
+    assert(Math.abs(mean - 1.0088) < 0.038, `right-mode mean ${mean}, expected 1.0088`);
+    assert(Math.abs(sd - 0.489) < 0.027, `right-mode sd ${sd}, expected 0.489`);
+  }
+});
+
+Deno.test("DDPM checks its options, the output length and the noise it is given", () => {
+  const noise = (_i: number, len: number) => new Float32Array(len);
+  const x = new Float32Array(8);
+  const learned = ddpm({ steps: 4, noise });
+  // Learned variance needs ε and v: the ε half alone is refused, saying what is expected.
+  assert.throws(() => learned.step(0, x, new Float32Array(8)), {
+    name: "TypeError",
+    message: /expected 16 .*learned variance/,
+  });
+  assert.throws(() => learned.step(4, x, new Float32Array(16)), { name: "RangeError" });
+  const posterior = ddpm({ steps: 4, variance: "posterior", noise });
+  assert.throws(() => posterior.step(0, x, new Float32Array(16)), { name: "TypeError" });
+  const bad = ddpm({ steps: 4, noise: () => new Float32Array(3) });
+  assert.throws(() => bad.step(0, x, new Float32Array(16)), {
+    name: "TypeError",
+    message: /noise\(0, 8\) must return/,
+  });
+  assert.throws(() => ddpm({ steps: 0, noise }), { name: "RangeError", message: /steps/ });
+  // @ts-expect-error: a variance mode that does not exist
+  assert.throws(() => ddpm({ steps: 4, noise, variance: "large" }), RangeError);
+  // @ts-expect-error: noise is required
+  assert.throws(() => ddpm({ steps: 4 }), { name: "TypeError", message: /noise/ });
 });

@@ -28,7 +28,7 @@ export class HttpError extends Error {
 /** Precisions the API knows (a known one may still not be served). */
 export const PRECISIONS = ["float", "int4", "nvfp4", "w4a16"] as const;
 /** Samplers the API accepts. */
-export const SAMPLERS = ["dpm", "ddim"] as const;
+export const SAMPLERS = ["dpm", "ddim", "ddpm"] as const;
 /** Limits of the schema. */
 export const LIMITS = {
   steps: [1, 100],
