@@ -1,7 +1,8 @@
 /**
- * `deno task samples [--out docs/samples.png]`: a grid of the bundled model's samples, one row
- * per precision (float, SVDQuant INT4, SVDQuant NVFP4), one column per class, same seeds — the
- * picture in the README. Also `--build-int4` rebuilds the committed INT4 file from the float
+ * `deno task samples [--out docs/samples.png] [--classes a,b,...] [--sampler dpm|ddim|ddpm]
+ * [--steps N] [--cfg X] [--seed N]`: a grid of the bundled model's samples, one row per precision
+ * (float, SVDQuant INT4, SVDQuant NVFP4), one column per class, same seed — the picture in the
+ * README. Also `--build-int4` rebuilds the committed INT4 file from the float
  * checkpoint (calibration + quantizer + the sparse-attention plan {@linkcode BUNDLED_PARO}), which
  * is how models/dit_emoji.int4.safetensors is made.
  *
@@ -10,10 +11,13 @@
 import { parseArgs } from "node:util";
 import { getGpu } from "../runtime/device.ts";
 import { ModelFile } from "../runtime/model_file.ts";
-import { Pipeline } from "../runtime/pipeline.ts";
+import { Pipeline, type SamplerName } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";
-import { runCli } from "./_cli.ts";
+import { runCli, UsageError } from "./_cli.ts";
 import { buildQuantized, BUNDLED_PARO, FLOAT_MODEL, modelFor } from "./_models.ts";
+
+/** The README grid's columns: the classes the model draws best, then some it does not. */
+const DEFAULT_CLASSES = ["smiley", "heart", "clock", "flag", "sign", "person", "fruit", "vehicle"];
 
 async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -23,6 +27,8 @@ async function main(args: string[]): Promise<void> {
       steps: { type: "string", default: "20" },
       cfg: { type: "string", default: "4" },
       seed: { type: "string", default: "11" },
+      sampler: { type: "string", default: "dpm" },
+      classes: { type: "string", default: DEFAULT_CLASSES.join(",") },
       "build-int4": { type: "boolean", default: false },
     },
   });
@@ -34,17 +40,27 @@ async function main(args: string[]): Promise<void> {
     log(`float ${f.size} bytes, int4 ${q.size} bytes (${(q.size / f.size).toFixed(3)}×)`);
     return;
   }
+  const sampler = values.sampler as SamplerName;
+  if (!["dpm", "ddim", "ddpm"].includes(sampler)) {
+    throw new UsageError(`--sampler must be dpm, ddim or ddpm, got "${values.sampler}"`);
+  }
+  const wanted = values.classes.split(",").map((w) => w.trim()).filter((w) => w);
   const gpu = await getGpu();
   const rows: Float32Array[] = [];
   let size = 0, n = 0, names: string[] = [];
-  const wanted = ["smiley", "heart", "mammal", "fruit", "vehicle", "building", "flag", "ball"];
   for (const precision of ["float", "int4", "nvfp4"] as const) {
     const path = await modelFor(precision, log);
     const file = await ModelFile.open(path);
     const all = (file.config.class_names as string[] | undefined) ?? [];
     file.close();
-    const classes = wanted.map((w) => all.indexOf(w)).filter((i) => i >= 0);
-    if (!classes.length) classes.push(0, 1, 2, 3);
+    const missing = wanted.filter((w) => !all.includes(w));
+    if (missing.length || !wanted.length) {
+      throw new UsageError(
+        `--classes: ${missing.length ? `no class ${missing.join(", ")} in ${path}` : "empty"}; ` +
+          `the classes are ${all.join(", ")}`,
+      );
+    }
+    const classes = wanted.map((w) => all.indexOf(w));
     names = classes.map((c) => all[c] ?? `class ${c}`);
     n = classes.length;
     const pipe = await Pipeline.load(gpu, path, { images: n });
@@ -55,6 +71,7 @@ async function main(args: string[]): Promise<void> {
         seed: Number(values.seed),
         steps: Number(values.steps),
         cfg: Number(values.cfg),
+        sampler,
       });
       rows.push(images);
       log(`${precision}: ${n} samples`);
