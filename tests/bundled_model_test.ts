@@ -88,8 +88,9 @@ Deno.test({
           `quick SVDQuant ${svd.toFixed(2)} dB, RTN W4A4 ${rtn.toFixed(2)} dB`,
       );
       // Bars, measured first (llvmpipe, 2026-11-23, 2400-step model: committed INT4 26.07 dB,
-      // quick SVDQuant 27.96 dB, RTN 20.81 dB; 6400-step model: 25.63, 26.69, 19.42 dB), then
-      // stated with headroom: ≥ 22 dB, and SVDQuant ≥ 3 dB over RTN.
+      // quick SVDQuant 27.96 dB, RTN 20.81 dB; 6400-step model: 25.63, 26.69, 19.42 dB; 10,000:
+      // 24.50, 25.58, 18.96 dB; 14,000: 24.55, 22.49, 17.85 dB), then stated with headroom:
+      // ≥ 22 dB, and SVDQuant ≥ 3 dB over RTN.
       assert.ok(committed >= 22, `committed INT4 PSNR ${committed.toFixed(2)} dB < 22 dB`);
       assert.ok(svd > rtn + 3, `SVDQuant ${svd.toFixed(2)} dB vs RTN ${rtn.toFixed(2)} dB`);
     } finally {
@@ -106,7 +107,8 @@ Deno.test({
     assert.match(sparse.attention, /^sparse qk=int8 pv=f16 tile=8 density=0\.50/);
     const p = mean(sparse.images.map((im, i) => psnr(im, dense.images[i])));
     console.log(`PSNR of sparse (INT8 Q·Kᵀ, 50% of tiles) vs dense attention: ${p.toFixed(2)} dB`);
-    // Bar: measured 20.54 dB (llvmpipe, 2026-11-23), stated with headroom: ≥ 18 dB. The issue's
+    // Bar: measured 20.54 dB (llvmpipe, 2026-11-23; 19.52 dB on the 14,000-step model), stated
+    // with headroom: ≥ 18 dB. The issue's
     // goal (≥ 30 dB at 50% density) is not met on this 64-token model: its attention is spread
     // over the whole 8×8 grid (the kept half of the tiles holds ~73% of the mass; README table).
     assert.ok(p >= 18, `sparse vs dense PSNR ${p.toFixed(2)} dB`);
