@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from dit_model import Diffusion, ddim_sample  # noqa: E402
 from sample_dit import load_model  # noqa: E402
+import train_dit  # noqa: E402
 
 CACHE = os.path.join(HERE, ".cache")
 SEED = 20241123
@@ -57,13 +58,12 @@ class Classifier(nn.Module):
 
 
 def load_data(path):
-    images = np.load(os.path.join(path, "images.npy"))
-    labels = np.load(os.path.join(path, "labels.npy"))
+    """The training set as train_dit.py reads it, plus each image's emoji name (skin tones
+    stripped), so that the variants of one emoji stay on one side of the split."""
+    x, y, names = train_dit.load_data(path)
     with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    groups = [item["name"].split(":")[0] for item in meta["items"]]
-    return x, torch.from_numpy(labels), meta["class_names"], groups, images
+        groups = [item["name"].split(":")[0] for item in json.load(f)["items"]]
+    return x, y, names, groups
 
 
 def split(labels, groups, n_classes, held=0.2):
@@ -141,9 +141,10 @@ def main():
 
     if not os.path.exists(os.path.join(a.data, "images.npy")):
         sys.exit(f"No training data in {a.data}: run python3 train/prepare_data.py first")
-    x, y, names, groups, raw = load_data(a.data)
+    x, y, names, groups = load_data(a.data)
     n_classes = len(names)
-    key = hashlib.sha256(raw.tobytes() + f"{SEED}/{EPOCHS}/v1".encode()).hexdigest()[:16]
+    key = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()
+                         + f"{SEED}/{EPOCHS}/v2".encode()).hexdigest()[:16]
     path = os.path.join(CACHE, "classifier.pt")
     tr, te = split(y.numpy(), groups, n_classes)
     clf = Classifier(n_classes)
