@@ -1,7 +1,8 @@
 /**
  * The generation pipeline: class → seeded noise → denoising loop (DPM-Solver++(2M), DDIM or
- * ancestral DDPM with the learned variance; classifier-free guidance) → image, with a progress callback, cancellation, timings, and a
- * calibration mode that records activation statistics for the quantizer.
+ * ancestral DDPM with the learned variance; classifier-free guidance) → image, with a progress
+ * callback, cancellation, timings, and a calibration mode that records activation statistics for
+ * the quantizer.
  *
  * @module
  */
