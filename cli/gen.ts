@@ -7,7 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import { getGpu } from "../runtime/device.ts";
-import { Pipeline, type SamplerName } from "../runtime/pipeline.ts";
+import { Pipeline, type SamplerName, SAMPLERS } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";
 import { fail, runCli } from "./_cli.ts";
 import { matchClass } from "./_classes.ts";
@@ -76,8 +76,8 @@ async function main(args: string[]): Promise<void> {
     fail(`--attention must be dense or sparse, got "${attention}"`);
   }
   const sampler = values.sampler as SamplerName;
-  if (sampler !== "dpm" && sampler !== "ddim" && sampler !== "ddpm") {
-    fail(`--sampler must be dpm, ddim or ddpm, got "${sampler}"`);
+  if (!(SAMPLERS as readonly string[]).includes(sampler)) {
+    fail(`--sampler must be one of ${SAMPLERS.join(", ")}, got "${sampler}"`);
   }
   if (positionals.length > 1) {
     fail(

@@ -11,7 +11,7 @@
 import { parseArgs } from "node:util";
 import { getGpu } from "../runtime/device.ts";
 import { ModelFile } from "../runtime/model_file.ts";
-import { Pipeline, type SamplerName } from "../runtime/pipeline.ts";
+import { Pipeline, type SamplerName, SAMPLERS } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";
 import { runCli, UsageError } from "./_cli.ts";
 import { buildQuantized, BUNDLED_PARO, FLOAT_MODEL, modelFor } from "./_models.ts";
@@ -41,8 +41,8 @@ async function main(args: string[]): Promise<void> {
     return;
   }
   const sampler = values.sampler as SamplerName;
-  if (!["dpm", "ddim", "ddpm"].includes(sampler)) {
-    throw new UsageError(`--sampler must be dpm, ddim or ddpm, got "${values.sampler}"`);
+  if (!(SAMPLERS as readonly string[]).includes(sampler)) {
+    throw new UsageError(`--sampler must be one of ${SAMPLERS.join(", ")}, got "${sampler}"`);
   }
   const wanted = values.classes.split(",").map((w) => w.trim()).filter((w) => w);
   const gpu = await getGpu();

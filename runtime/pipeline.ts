@@ -24,6 +24,9 @@ import { ddim, ddpm, ddpmSchedule, dpmSolver2M, type Sampler } from "./scheduler
  */
 export type SamplerName = "ddim" | "dpm" | "ddpm" | "euler";
 
+/** The samplers a DiT (ε-prediction) model runs with, the default first. */
+export const SAMPLERS = ["dpm", "ddim", "ddpm"] as const;
+
 /** One generation request. */
 export interface GenerateRequest {
   /** Class id per image (0..num_classes−1). */
@@ -257,8 +260,8 @@ function makeSampler(
   if (name === "euler") {
     throw new RangeError(
       "Cannot use the euler sampler with this model: it is for flow-matching (velocity) models; " +
-        "DiT predicts noise (ε): use dpm, ddim or ddpm",
+        `DiT predicts noise (ε): use ${SAMPLERS.join(", ")}`,
     );
   }
-  throw new RangeError(`Cannot use sampler "${name}": use dpm, ddim or ddpm`);
+  throw new RangeError(`Cannot use sampler "${name}": use ${SAMPLERS.join(", ")}`);
 }

@@ -348,21 +348,20 @@ export function ddpm(options: DdpmOptions): Sampler {
       checkStep(sampler, i, x, out);
       const n = x.length;
       const a = schedule.alphasCumprod[timesteps[i]];
-      const aNext = i + 1 < timesteps.length ? schedule.alphasCumprod[timesteps[i + 1]] : 1;
-      const beta = 1 - a / aNext;
-      const c0 = beta * Math.sqrt(aNext) / (1 - a),
-        ct = (1 - aNext) * Math.sqrt(a / aNext) / (1 - a);
-      const sa = Math.sqrt(a), s1a = Math.sqrt(1 - a);
+      const [alphaNext, sigmaNext] = nextAlphaSigma(schedule, timesteps, i);
+      const sa = Math.sqrt(a), s1a = Math.sqrt(1 - a), varNext = sigmaNext * sigmaNext;
+      const beta = 1 - a / (alphaNext * alphaNext);
+      const c0 = beta * alphaNext / (1 - a), ct = varNext * (sa / alphaNext) / (1 - a);
       const y = new Float32Array(n);
       for (let k = 0; k < n; k++) y[k] = c0 * ((x[k] - s1a * out[k]) / sa) + ct * x[k];
-      if (aNext === 1) return y;
+      if (sigmaNext === 0) return y;
       const z = options.noise(i, n);
       if (!(z instanceof Float32Array) || z.length !== n) {
         throw new TypeError(
           `Cannot step ddpm: noise(${i}, ${n}) must return a Float32Array of ${n} values`,
         );
       }
-      const logBeta = Math.log(beta), logPost = Math.log(beta * (1 - aNext) / (1 - a));
+      const logBeta = Math.log(beta), logPost = Math.log(beta * varNext / (1 - a));
       for (let k = 0; k < n; k++) {
         const f = learned ? (out[n + k] + 1) / 2 : 0;
         y[k] += Math.exp(0.5 * (f * logBeta + (1 - f) * logPost)) * z[k];

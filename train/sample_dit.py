@@ -30,18 +30,25 @@ def load_model(path):
     return model.eval(), cfg
 
 
+def sample_classes(model, cfg, seeds, steps, cfg_scale):
+    """DDIM samples of every class, clamped to [-1, 1]: [classes, seeds, 3, H, W]; seed j's noise
+    is torch.Generator().manual_seed(j), the same for every class."""
+    size = cfg["input_size"]
+    noise = torch.stack([torch.randn(3, size, size, generator=torch.Generator().manual_seed(s))
+                         for s in range(seeds)])
+    rows = []
+    for c in range(cfg["num_classes"]):
+        labels = torch.full((seeds,), c, dtype=torch.long)
+        rows.append(ddim_sample(model, Diffusion(), labels, noise.clone(), steps, cfg_scale))
+    return torch.stack(rows).clamp(-1, 1)
+
+
 def write_grid(model_path, out_path, seeds=8, steps=50, cfg_scale=4.0, scale=2):
     t0 = time.time()
     model, cfg = load_model(model_path)
     names, n_cls, size = cfg["class_names"], cfg["num_classes"], cfg["input_size"]
-    noise = torch.stack([torch.randn(3, size, size, generator=torch.Generator().manual_seed(s))
-                         for s in range(seeds)])
-    rows = []
-    for c in range(n_cls):
-        labels = torch.full((seeds,), c, dtype=torch.long)
-        rows.append(ddim_sample(model, Diffusion(), labels, noise.clone(), steps, cfg_scale))
-    imgs = torch.stack(rows)  # [classes, seeds, 3, H, W]
-    imgs = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    imgs = sample_classes(model, cfg, seeds, steps, cfg_scale)  # [classes, seeds, 3, H, W]
+    imgs = ((imgs + 1) * 127.5).round().to(torch.uint8)
     imgs = imgs.permute(0, 3, 1, 4, 2).reshape(n_cls * size, seeds * size, 3).numpy()
     grid = Image.fromarray(np.ascontiguousarray(imgs)).resize(
         (seeds * size * scale, n_cls * size * scale), Image.NEAREST)

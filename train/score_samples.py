@@ -29,8 +29,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from dit_model import Diffusion, ddim_sample  # noqa: E402
-from sample_dit import load_model  # noqa: E402
+from sample_dit import load_model, sample_classes  # noqa: E402
 import train_dit  # noqa: E402
 
 CACHE = os.path.join(HERE, ".cache")
@@ -163,16 +162,10 @@ def main():
         sys.exit(f"{a.model} has other classes than the data in {a.data}")
     t0 = time.time()
     n = a.per_class
-    noise = torch.stack([torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(s))
-                         for s in range(n)])
-    samples, labels = [], []
-    for c in range(n_classes):
-        lab = torch.full((n,), c, dtype=torch.long)
-        samples.append(ddim_sample(model, Diffusion(), lab, noise.clone(), a.steps, a.cfg)
-                       .clamp(-1, 1))
-        labels.append(lab)
+    samples = sample_classes(model, cfg, n, a.steps, a.cfg).flatten(0, 1)
+    labels = torch.arange(n_classes).repeat_interleave(n)
     log(f"sampled {n_classes}x{n} images in {time.time() - t0:.0f} s")
-    gen_acc = per_class_accuracy(predict(clf, torch.cat(samples)), torch.cat(labels), n_classes)
+    gen_acc = per_class_accuracy(predict(clf, samples), labels, n_classes)
 
     print(f"Class accuracy, {os.path.basename(a.model)}: DDIM {a.steps} steps, CFG {a.cfg}, "
           f"{n} samples per class; held-out real emoji for comparison.\n")

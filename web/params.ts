@@ -6,7 +6,7 @@
  * @module
  */
 import { matchClass } from "../cli/_classes.ts";
-import type { SamplerName } from "../runtime/pipeline.ts";
+import { type SamplerName, SAMPLERS } from "../runtime/pipeline.ts";
 import { MODEL_ID, type ModelInfo } from "./engine.ts";
 
 /** An error with an HTTP status; its message is safe to show to the client. */
@@ -27,8 +27,8 @@ export class HttpError extends Error {
 
 /** Precisions the API knows (a known one may still not be served). */
 export const PRECISIONS = ["float", "int4", "nvfp4", "w4a16"] as const;
-/** Samplers the API accepts. */
-export const SAMPLERS = ["dpm", "ddim", "ddpm"] as const;
+/** Samplers the API accepts: the pipeline's. */
+export { SAMPLERS };
 /** Limits of the schema. */
 export const LIMITS = {
   steps: [1, 100],
