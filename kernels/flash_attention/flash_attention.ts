@@ -25,8 +25,11 @@ import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
 const NAME = "flash_attention";
 
-/** Head dims the kernel is built for (DiT-XL uses 72 = 1152/16). */
-export const FLASH_ATTENTION_HEAD_DIMS: readonly number[] = [32, 64, 72, 128];
+/**
+ * Head dims the kernel is built for (DiT-XL uses 72 = 1152/16; the autoencoders' single-head
+ * mid-block attention uses D = channels, 256 or 512 in released VAEs).
+ */
+export const FLASH_ATTENTION_HEAD_DIMS: readonly number[] = [32, 64, 72, 128, 256, 512];
 
 /**
  * Workgroup tile: `bq` queries per workgroup (a multiple of 4), keys walked `bk` at a time (a
@@ -75,6 +78,11 @@ const TILES: Record<number, [number, number][]> = {
   64: [[64, 32], [32, 32], [16, 32]],
   72: [[64, 36], [32, 36], [16, 36], [16, 16]],
   128: [[32, 32], [16, 32], [8, 16]],
+  // Autoencoder mid-block attention (one head, D = channels): Q and the K/V tile dominate the
+  // workgroup memory, so the tiles are narrow; the smallest needs 24.7 KiB (D=512) and 16.7 KiB
+  // (D=256), over the 16 KiB WebGPU minimum but within llvmpipe's 32 KiB.
+  256: [[16, 16], [16, 8], [8, 8]],
+  512: [[8, 8], [8, 4]],
 };
 
 /** Bytes of workgroup memory of a tile: qt + kv + pt + rs, all f32. */

@@ -58,6 +58,9 @@ const CASES: Case[] = [
   "1 130 2 128 f16",
   "1 257 1 32 f32 gain=5 tile=8x16", // many key tiles, 8 invocations
   "2 100 1 72 f32 tile=16x16", // fewer logit tiles than invocations
+  "1 70 1 256 f32", // autoencoder mid-block attention: one head, D = channels
+  "2 37 1 512 f16 gain=5 shift=3",
+  "1 45 1 512 f32",
 ].map(parseCase);
 
 function parseCase(text: string): Case {
