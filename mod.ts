@@ -49,6 +49,16 @@
  * await quantizeCheckpoint("dit.safetensors", "dit.w4.safetensors", { paro: paroTensors(plan) });
  * ```
  *
+ * @example Decode latents with an autoencoder (FLUX.1 `ae.safetensors`, SD/SDXL VAEs, diffusers folders)
+ * ```ts ignore
+ * import { Autoencoder, getGpu } from "./mod.ts";
+ * const ae = await Autoencoder.load(await getGpu(), "ae.safetensors"); // config from the file
+ * const latent = new Float32Array(16 * 64 * 64); // [1, 16, 64, 64] from the transformer
+ * const image = await ae.decode(latent, [1, 16, 64, 64]); // [1, 3, 512, 512], about [-1, 1]
+ * const back = await ae.encode(image, [1, 3, 512, 512]); // [1, 16, 64, 64]
+ * ae.destroy();
+ * ```
+ *
  * @example Quantize a whole float checkpoint into the pre-quantized file
  * ```ts ignore
  * import { QuantFile, quantizeCheckpoint } from "./mod.ts";
@@ -105,6 +115,13 @@ export { gaussianNoise } from "./runtime/random.ts";
 export { encodePng, toRgbGrid } from "./runtime/png.ts";
 export { psnr, ssim } from "./runtime/metrics.ts";
 
+// latent decoding: autoencoders
+export { Autoencoder, toNchw, toNhwc } from "./runtime/autoencoder.ts";
+export type { AutoencoderOptions, Nchw } from "./runtime/autoencoder.ts";
+export { AE_PRESETS, AeCheckpoint } from "./runtime/autoencoder_keys.ts";
+export type { AeConfig, AeLayout, AePreset, AePresetName } from "./runtime/autoencoder_keys.ts";
+export type { AePart } from "./runtime/autoencoder_weights.ts";
+
 // kernels
 export { FlashAttention, flashAttention } from "./kernels/flash_attention/flash_attention.ts";
 export type {
@@ -152,6 +169,15 @@ export type {
   GemmW4A4LowrankShape,
   W4A4Tile,
 } from "./kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank.ts";
+export { Conv2d, conv2d, conv2dGeometry, packConvWeight } from "./kernels/conv2d/conv2d.ts";
+export type {
+  Conv2dBuffers,
+  Conv2dGeometry,
+  Conv2dPad,
+  Conv2dShape,
+} from "./kernels/conv2d/conv2d.ts";
+export { GROUP_NORM_GROUPS, GroupNorm, groupNorm } from "./kernels/group_norm/group_norm.ts";
+export type { GroupNormBuffers, GroupNormShape } from "./kernels/group_norm/group_norm.ts";
 export type { ActDtype } from "./kernels/_wgsl.ts";
 
 // formats and the quantizer
