@@ -11,6 +11,7 @@ import {
   GpuSelfTestError,
   GpuUnavailableError,
   GpuValidationError,
+  NumericError,
 } from "../runtime/errors.ts";
 
 /** A command-line usage error (exit code 2). */
@@ -35,6 +36,7 @@ const KNOWN = [
   GpuDeviceLostError,
   GpuValidationError,
   GpuSelfTestError,
+  NumericError,
   RangeError,
   TypeError,
 ];
