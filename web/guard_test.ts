@@ -7,7 +7,7 @@ import { serveGuarded } from "./guard.ts";
 
 const enc = new TextEncoder(), dec = new TextDecoder();
 
-async function start(opts: { perAddress?: number } = {}) {
+function start(opts: { perAddress?: number } = {}) {
   const seen: string[] = [];
   const s = serveGuarded({
     hostname: "127.0.0.1",
@@ -45,7 +45,7 @@ async function readAll(c: Deno.Conn, ms = 3000): Promise<{ text: string; ms: num
 }
 
 Deno.test("guard: a request passes through; keep-alive serves a second one", async () => {
-  const { s, seen } = await start();
+  const { s, seen } = start();
   try {
     const url = `http://127.0.0.1:${s.addr.port}/x`;
     const r1 = await fetch(url, { method: "POST", body: '{"a":1}' });
@@ -60,7 +60,7 @@ Deno.test("guard: a request passes through; keep-alive serves a second one", asy
 });
 
 Deno.test("guard: a stalled head is answered 408 and closed within the header timeout", async () => {
-  const { s, seen } = await start();
+  const { s, seen } = start();
   try {
     const c = await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port });
     await c.write(enc.encode("GET / HTTP/1.1\r\nHost: x\r\n"));
@@ -78,7 +78,7 @@ Deno.test("guard: a stalled head is answered 408 and closed within the header ti
 });
 
 Deno.test("guard: a stalled body is answered 408 and closed; the handler sees no request", async () => {
-  const { s, seen } = await start();
+  const { s, seen } = start();
   try {
     const c = await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port });
     await c.write(
@@ -96,7 +96,7 @@ Deno.test("guard: a stalled body is answered 408 and closed; the handler sees no
 });
 
 Deno.test("guard: connections beyond the per-address cap get 503; chunked bodies 411", async () => {
-  const { s } = await start({ perAddress: 2 });
+  const { s } = start({ perAddress: 2 });
   try {
     const held = [
       await Deno.connect({ hostname: "127.0.0.1", port: s.addr.port }),
@@ -122,7 +122,7 @@ Deno.test("guard: connections beyond the per-address cap get 503; chunked bodies
 });
 
 Deno.test("guard: a port in use throws AddrInUse before anything starts", async () => {
-  const { s } = await start();
+  const { s } = start();
   try {
     assert.throws(
       () => serveGuarded({ hostname: "127.0.0.1", port: s.addr.port }, () => new Response()),
