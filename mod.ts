@@ -81,6 +81,7 @@ export {
   GpuSelfTestError,
   GpuUnavailableError,
   GpuValidationError,
+  NumericError,
 } from "./runtime/errors.ts";
 export { W4A4Linear } from "./runtime/linear.ts";
 export type { StoredTensor, W4A4LinearSpec } from "./runtime/linear.ts";

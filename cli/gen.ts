@@ -9,7 +9,8 @@ import { parseArgs } from "node:util";
 import { getGpu } from "../runtime/device.ts";
 import { Pipeline, type SamplerName, SAMPLERS } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";
-import { fail, runCli } from "./_cli.ts";
+import { checkOutputFile, fail, runCli } from "./_cli.ts";
+import { plural } from "../web/plural.ts";
 import { matchClass } from "./_classes.ts";
 import { modelFor, type Precision, PRECISIONS } from "./_models.ts";
 
@@ -53,7 +54,7 @@ async function main(args: string[]): Promise<void> {
   });
   if (values.help) return console.log(USAGE);
   const int = (name: string, v: string, lo: number, hi: number) => {
-    const x = Number(v);
+    const x = /^\d+$/.test(v.trim()) ? Number(v) : NaN;
     if (!Number.isInteger(x) || x < lo || x > hi) {
       fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`);
     }
@@ -87,6 +88,8 @@ async function main(args: string[]): Promise<void> {
     );
   }
 
+  if (!values.list) await checkOutputFile(values.out);
+
   const tty = Deno.stdout.isTerminal();
   const t0 = performance.now();
   const path = values.model ?? await modelFor(precision, (line) => console.log(line));
@@ -111,7 +114,7 @@ async function main(args: string[]): Promise<void> {
       `model ${path} (${pipe.file.precision}, ${pipe.model.attention} attention, ${gpu.caps.adapter}); class ${cls} "${
         names[cls]
       }", ` +
-        `seed ${seed}, ${steps} steps ${sampler}, cfg ${cfg}`,
+        `seed ${seed}, ${plural(steps, "step")} ${sampler}, cfg ${cfg}`,
     );
     const { images, stepMs, totalMs } = await pipe.generate({
       classes: Array(n).fill(cls),
@@ -127,8 +130,13 @@ async function main(args: string[]): Promise<void> {
     const { rgb, width, height } = toRgbGrid(images, n, S, n, scale);
     const png = await encodePng(rgb, width, height);
     const tmp = `${values.out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-    await Deno.writeFile(tmp, png);
-    await Deno.rename(tmp, values.out);
+    try {
+      await Deno.writeFile(tmp, png);
+      await Deno.rename(tmp, values.out);
+    } catch (e) {
+      await Deno.remove(tmp).catch(() => {});
+      throw e;
+    }
     const mean = stepMs.reduce((a, b) => a + b, 0) / stepMs.length;
     console.log(
       `wrote ${values.out} (${width}×${height}); load ${(loadMs / 1000).toFixed(2)} s, ` +

@@ -12,7 +12,7 @@ import { DEFAULT_DIT_POLICY, parsePolicy } from "../quant/policy.ts";
 import type { WeightFormat } from "../quant/packing.ts";
 import { paroTensors } from "../quant/paro_store.ts";
 import { SPARSE_ATTENTION_TILES } from "../kernels/sparse_attention/sparse_attention.ts";
-import { fail, formatBytes, runCli } from "./_cli.ts";
+import { checkOutputFile, fail, formatBytes, runCli } from "./_cli.ts";
 import { paroPlan } from "./_models.ts";
 
 const USAGE = `Usage: deno task quantize <in.safetensors> --out <out.safetensors> [options]
@@ -90,6 +90,13 @@ async function main(args: string[]): Promise<void> {
   const alphas = Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
 
   const input = positionals[0];
+  if (method === "w8a8") {
+    fail(
+      "--method w8a8 writes a file this runtime cannot run (it has no W8A8 kernels); it is a " +
+        "baseline for the quantizer's error tables (quant/baselines.ts): use another method",
+    );
+  }
+  await checkOutputFile(values.out);
   let paro;
   if (values.paro !== undefined) {
     const density = Number(values.paro);

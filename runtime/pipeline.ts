@@ -14,6 +14,7 @@ import type { Gpu } from "./device.ts";
 import { DiT } from "./dit.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import { ModelFile } from "./model_file.ts";
+import { NumericError } from "./errors.ts";
 import { GaussianNoise } from "./random.ts";
 import { ddim, ddpm, ddpmSchedule, dpmSolver2M, type Sampler } from "./schedulers.ts";
 
@@ -208,6 +209,7 @@ export class Pipeline {
       }
       const xt = x;
       x = sampler.step(i, x, guided);
+      assertFiniteLatent(x, i, total);
       stepMs.push(performance.now() - ts);
       if (req.onStep) {
         const a = alphasCumprod[t];
@@ -228,6 +230,22 @@ export class Pipeline {
   destroy(): void {
     this.model.destroy();
     this.file.close();
+  }
+}
+
+/**
+ * Stops the loop with a {@linkcode NumericError} naming the step when the latent holds NaN or
+ * ±Inf (which would otherwise end as an all-black image written without complaint).
+ */
+function assertFiniteLatent(x: Float32Array, i: number, total: number): void {
+  for (let j = 0; j < x.length; j++) {
+    if (!Number.isFinite(x[j])) {
+      throw new NumericError(
+        `denoising step ${i + 1}/${total}`,
+        `the latent has a non-finite value (element ${j}); the weights or the GPU driver ` +
+          "produce NaN/Inf: try --precision float or another adapter, and report it",
+      );
+    }
   }
 }
 
