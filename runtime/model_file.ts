@@ -9,6 +9,7 @@ import { FormatError } from "./errors.ts";
 import { type LayerPolicyEntry, QuantFile } from "../quant/format.ts";
 import { SafetensorsReader } from "../quant/safetensors.ts";
 import type { StoredTensor } from "./linear.ts";
+import { inferDitConfig, isPublicDit } from "./dit_public.ts";
 
 /**
  * What the DiT graph reads from a model: config, layer policy and tensors. {@linkcode ModelFile}
@@ -87,6 +88,16 @@ export class ModelFile implements ModelSource {
         precision,
         q,
       );
+    }
+    if (probe.metadata.model_config === undefined && isPublicDit(probe.tensors)) {
+      // A public DiT checkpoint converted to safetensors: the config comes from the shapes.
+      try {
+        const config = inferDitConfig(path, probe.tensors);
+        return new ModelFile(path, probe, "dit", config, {}, "float");
+      } catch (e) {
+        probe.close();
+        throw e;
+      }
     }
     let config: Record<string, unknown>;
     try {

@@ -8,56 +8,11 @@ import assert from "node:assert/strict";
 import { readTinyDecoder, TinyDecoder } from "./tiny_autoencoder.ts";
 import { tinyDecoderRef } from "./tiny_autoencoder_ref.ts";
 import { FormatError } from "./errors.ts";
-import { SafetensorsWriter } from "../quant/safetensors.ts";
+import { randomTaesd, writeTensors as writeFile } from "../tests/_latent_fixtures.ts";
 import { HAS_GPU, NO_GPU_REASON, Rng, testGpu } from "../kernels/_testing.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`tiny decoder tests skipped: ${NO_GPU_REASON}`);
-
-/**
- * A small TAESD-shaped decoder: conv(z→16)+ReLU, Block(16,16), up, conv, Block(16,24) with a
- * skip, up, conv, Block(24,24), conv(24→3); Sequential indices as taesd.py numbers them.
- */
-function randomTaesd(z: number, rng: Rng): Map<string, { shape: number[]; data: Float32Array }> {
-  const t = new Map<string, { shape: number[]; data: Float32Array }>();
-  const conv = (name: string, cout: number, cin: number, ks: number, bias: boolean) => {
-    t.set(`${name}.weight`, {
-      shape: [cout, cin, ks, ks],
-      data: rng.normals(cout * cin * ks * ks, 1.4 / Math.sqrt(cin * ks * ks)),
-    });
-    if (bias) t.set(`${name}.bias`, { shape: [cout], data: rng.normals(cout, 0.1) });
-  };
-  const block = (i: number, cin: number, cout: number) => {
-    conv(`${i}.conv.0`, cout, cin, 3, true);
-    conv(`${i}.conv.2`, cout, cout, 3, true);
-    conv(`${i}.conv.4`, cout, cout, 3, true);
-    if (cin !== cout) conv(`${i}.skip`, cout, cin, 1, false);
-  };
-  conv("1", 16, z, 3, true); // 0: clamp, 2: ReLU
-  block(3, 16, 16);
-  conv("5", 16, 16, 3, false); // 4: upsample
-  block(6, 16, 24);
-  conv("8", 24, 24, 3, false); // 7: upsample
-  block(9, 24, 24);
-  conv("10", 3, 24, 3, true);
-  return t;
-}
-
-async function writeFile(
-  path: string,
-  tensors: Map<string, { shape: number[]; data: Float32Array }>,
-  rename: (k: string) => string,
-) {
-  const specs = [...tensors].map(([k, v]) => ({
-    name: rename(k),
-    dtype: "F32" as const,
-    shape: v.shape,
-    byteLength: v.data.byteLength,
-  }));
-  const w = await SafetensorsWriter.create(path, { tensors: specs });
-  for (const [k, v] of tensors) await w.write(rename(k), new Uint8Array(v.data.buffer));
-  await w.commit();
-}
 
 function relMax(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let d = 0, m = 0;
