@@ -118,10 +118,12 @@ export { psnr, ssim } from "./runtime/metrics.ts";
 
 // latent decoding: autoencoders
 export { Autoencoder, toNchw, toNhwc } from "./runtime/autoencoder.ts";
-export type { AutoencoderOptions, Nchw } from "./runtime/autoencoder.ts";
+export type { AutoencoderOptions, DecodeOptions, Nchw } from "./runtime/autoencoder.ts";
 export { AE_PRESETS, AeCheckpoint } from "./runtime/autoencoder_keys.ts";
 export type { AeConfig, AeLayout, AePreset, AePresetName } from "./runtime/autoencoder_keys.ts";
 export type { AePart } from "./runtime/autoencoder_weights.ts";
+export { readTinyDecoder, TinyDecoder } from "./runtime/tiny_autoencoder.ts";
+export type { TinyDecoderOptions, TinyLayer } from "./runtime/tiny_autoencoder.ts";
 
 // kernels
 export { FlashAttention, flashAttention } from "./kernels/flash_attention/flash_attention.ts";

@@ -15,6 +15,7 @@ import {
 } from "./autoencoder_keys.ts";
 import { type AePart, AeWeights } from "./autoencoder_weights.ts";
 import { AeGraph } from "./autoencoder_graph.ts";
+import { autoTile, decodeTiled, largestActivation } from "./autoencoder_tiles.ts";
 import { type ActDtype, fromActBytes, toActArray } from "../kernels/_wgsl.ts";
 import { checkShaderF16 } from "../kernels/_launch.ts";
 
@@ -31,6 +32,20 @@ export interface AutoencoderOptions {
   preset?: AePresetName;
   /** Which halves to load: default both that the file has. */
   parts?: AePart[];
+}
+
+/** Options of {@linkcode Autoencoder.decode}. */
+export interface DecodeOptions {
+  /**
+   * Latent tile side: `"auto"` (default) decodes in one pass when every activation fits the
+   * adapter's binding and buffer limits (and `maxActivationBytes`), else in the largest square
+   * tiles that fit; a number forces tiles of that side.
+   */
+  tile?: number | "auto";
+  /** Latent pixels shared by neighbouring tiles (default a quarter of the tile, at least 1). */
+  overlap?: number;
+  /** Largest activation allowed in one pass, in bytes (default: the adapter's limits). */
+  maxActivationBytes?: number;
 }
 
 /** `[B, C, H, W]`. */
@@ -110,8 +125,45 @@ export class Autoencoder {
    * Decode latents `[B, zChannels, h, w]` (as the diffusion model produces them: scaled and
    * shifted) to images `[B, outChannels, h·factor, w·factor]`, about [-1, 1] (not clamped).
    */
-  async decode(latent: Float32Array, shape: Nchw): Promise<Float32Array> {
-    return (await this.decodeDetailed(latent, shape)).image;
+  async decode(latent: Float32Array, shape: Nchw, opts: DecodeOptions = {}): Promise<Float32Array> {
+    this.#check("decoder", latent, shape, this.config.zChannels);
+    const [, , h, w] = shape;
+    const bytes = this.dtype === "f16" ? 2 : 4;
+    const caps = this.#gpu.caps;
+    const limit = Math.min(
+      caps.maxStorageBufferBindingSize,
+      caps.maxBufferSize,
+      opts.maxActivationBytes ?? Infinity,
+    );
+    let tile = opts.tile ?? "auto";
+    if (tile === "auto") {
+      if (largestActivation(this.config, shape[0], h, w, bytes) <= limit) {
+        return (await this.decodeDetailed(latent, shape)).image;
+      }
+      tile = autoTile(this.config, h, w, bytes, limit);
+      if (tile === 0) {
+        throw new RangeError(
+          `Cannot decode [${shape}]: even an 8×8 latent tile needs activations over ${limit} ` +
+            "bytes; raise maxActivationBytes or use a device with larger buffers",
+        );
+      }
+    }
+    if (!Number.isInteger(tile) || tile < 1) {
+      throw new RangeError(`Cannot decode: tile=${tile} must be a positive integer or "auto"`);
+    }
+    const overlap = opts.overlap ?? Math.max(1, Math.round(tile / 4));
+    if (!Number.isInteger(overlap) || overlap < 0 || overlap >= tile) {
+      throw new RangeError(
+        `Cannot decode: overlap=${overlap} must be an integer in 0..${tile - 1}`,
+      );
+    }
+    return await decodeTiled(latent, shape, {
+      tile,
+      overlap,
+      factor: this.factor,
+      outChannels: this.config.outChannels,
+      decodeTile: async (x, s) => (await this.decodeDetailed(x, s)).image,
+    });
   }
 
   /**

@@ -12,6 +12,7 @@ import { computeChecksum, type LayerPolicyEntry, QuantFile } from "../quant/form
 import { assertFinite, checkDitFile } from "./model_check.ts";
 import { SafetensorsReader } from "../quant/safetensors.ts";
 import type { StoredTensor } from "./linear.ts";
+import { inferDitConfig, isPublicDit } from "./dit_public.ts";
 
 /**
  * What the DiT graph reads from a model: config, layer policy and tensors. {@linkcode ModelFile}
@@ -119,6 +120,16 @@ export class ModelFile implements ModelSource {
           path,
           "checksum mismatch: the file is corrupt or was modified; re-download or re-export it",
         );
+      }
+    }
+    if (probe.metadata.model_config === undefined && isPublicDit(probe.tensors)) {
+      // A public DiT checkpoint converted to safetensors: the config comes from the shapes.
+      try {
+        const config = inferDitConfig(path, probe.tensors);
+        return new ModelFile(path, probe, "dit", config, {}, "float");
+      } catch (e) {
+        probe.close();
+        throw e;
       }
     }
     let config: Record<string, unknown>;

@@ -2,7 +2,8 @@
  * Launcher of `conv2d`: a 3×3 or 1×1 convolution over NHWC activations as an implicit GEMM with
  * register tiling (see conv2d.wgsl), stride 1 or 2, any zero padding (including the
  * right/bottom-only pad of the LDM/BFL Downsample), bias, and three fusions: a nearest 2×
- * upsample on the input read, SiLU on the input read, and a residual add in the epilogue.
+ * upsample on the input read, SiLU on the input read, and a residual add (then an optional ReLU)
+ * in the epilogue.
  * Storage f16 (with `shader-f16`) or f32, accumulation f32.
  *
  * @module
@@ -56,6 +57,8 @@ export interface Conv2dShape {
   bias: boolean;
   /** Add `residual` [B, Ho, Wo, Cout] in the epilogue. */
   residual?: boolean;
+  /** ReLU after the bias and residual (the TAESD blocks). Default false. */
+  relu?: boolean;
   /** Storage dtype of x, w, residual and y (f16 needs the `shader-f16` feature). */
   dtype: ActDtype;
 }
@@ -206,6 +209,7 @@ export class Conv2d {
       SILU_IN: shape.siluIn ? 1 : 0,
       HAS_BIAS: shape.bias ? 1 : 0,
       HAS_RESIDUAL: shape.residual ? 1 : 0,
+      RELU: shape.relu ? 1 : 0,
       PAD: tilePad(gpu, NAME),
     };
     const pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, constants, NAME);

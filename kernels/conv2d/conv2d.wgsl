@@ -1,5 +1,5 @@
 // conv2d: a 2-D convolution over NHWC activations as an implicit GEMM,
-//   Y[M, N] = im2col(X)[M, K] · W[N, K]ᵀ + bias[N] (+ residual[M, N])
+//   Y[M, N] = act(im2col(X)[M, K] · W[N, K]ᵀ + bias[N] (+ residual[M, N])), act = ReLU or none
 // with M = B·Ho·Wo output pixels, N = Cout, K = KS·KS·Cin; the column k of im2col is the tap
 // (ky, kx) = ((k / Cin) / KS, (k / Cin) % KS) of input channel k % Cin. X, W, residual, Y in ACT
 // (f16 with shader-f16, else f32), bias f32, accumulation f32.
@@ -53,6 +53,7 @@ override UPSAMPLE: bool = false; // nearest 2× upsample on the input read
 override SILU_IN: bool = false; // silu on the input read
 override HAS_BIAS: bool = false;
 override HAS_RESIDUAL: bool = false;
+override RELU: bool = false; // max(0, ·) after bias and residual (TAESD blocks)
 
 const BM = 128u; // output pixels (M) per workgroup
 const BN = 128u; // output channels (N) per workgroup
@@ -131,6 +132,9 @@ fn epilogue(v: f32, row: u32, col: u32) -> f32 {
   }
   if (HAS_RESIDUAL) {
     r += f32(residual[row * params.n + col]);
+  }
+  if (RELU) {
+    r = max(r, 0.0);
   }
   return r;
 }

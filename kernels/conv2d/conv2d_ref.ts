@@ -19,7 +19,7 @@ export interface Conv2dRefInputs extends Omit<Conv2dShape, "dtype" | "bias" | "r
 
 /**
  * `y[b, oy, ox, o] = Σ_{c, ky, kx} weight[o, c, ky, kx] · in[b, oy·s + ky − top, ox·s + kx − left, c]
- * + bias[o] + residual[b, oy, ox, o]`, where `in` is x (or its nearest 2× upsample), through SiLU
+ * + bias[o] + residual[b, oy, ox, o]` (then ReLU when asked), where `in` is x (or its nearest 2× upsample), through SiLU
  * when asked, and 0 outside; float64, NHWC output.
  *
  * @example
@@ -56,7 +56,7 @@ export function conv2dRef(p: Conv2dRefInputs): Float64Array {
             }
           }
           if (p.residual) s += p.residual[at + o];
-          y[at + o] = s;
+          y[at + o] = p.relu ? Math.max(s, 0) : s;
         }
       }
     }
@@ -75,6 +75,7 @@ export function conv2dAbsRef(p: Conv2dRefInputs): Float64Array {
   return conv2dRef({
     ...p,
     siluIn: false,
+    relu: false,
     x,
     weight: abs(p.weight)!,
     bias: abs(p.bias),

@@ -18,6 +18,30 @@ if (ignore) console.warn(`conv2d tests skipped: ${NO_GPU_REASON}`);
 // 130 (past one 128-wide N tile), B·Ho·Wo past one 128-row M tile, each fusion, both dtypes.
 const CASES: Conv2dShape[] = [
   { b: 1, h: 5, w: 7, cin: 3, cout: 8, kernel: 3, bias: true, dtype: "f32" },
+  {
+    b: 2,
+    h: 5,
+    w: 9,
+    cin: 16,
+    cout: 16,
+    kernel: 3,
+    bias: true,
+    residual: true,
+    relu: true,
+    dtype: "f32",
+  },
+  {
+    b: 1,
+    h: 4,
+    w: 6,
+    cin: 24,
+    cout: 24,
+    kernel: 3,
+    upsample: true,
+    bias: false,
+    relu: true,
+    dtype: "f16",
+  },
   { b: 2, h: 9, w: 11, cin: 16, cout: 130, kernel: 3, bias: true, dtype: "f16" },
   { b: 2, h: 6, w: 13, cin: 20, cout: 3, kernel: 3, bias: true, residual: true, dtype: "f32" },
   { b: 1, h: 12, w: 12, cin: 32, cout: 17, kernel: 1, bias: true, residual: true, dtype: "f16" },
@@ -83,6 +107,7 @@ function caseName(c: Conv2dShape): string {
     c.siluIn ? "silu" : "",
     c.bias ? "bias" : "",
     c.residual ? "residual" : "",
+    c.relu ? "relu" : "",
   ].filter((f) => f).join(" ");
   return `conv2d ${c.kernel}×${c.kernel} B=${c.b} ${c.h}×${c.w} ${c.cin}→${c.cout} ${flags} ${c.dtype}`;
 }
