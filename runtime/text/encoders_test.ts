@@ -1,0 +1,63 @@
+/**
+ * TextEncoders end to end on the tiny fixtures: text → tokenizer → CLIP and T5 on the GPU must
+ * give the upstream goldens of the FLUX-style batch (row 0: a long prompt, truncated; row 1:
+ * "a photo of a cat", padded), f32 within 1e-5 of each tensor's scale; the process cache returns
+ * the same embedding without GPU work; `offload()` frees the encoders and they reload on demand.
+ */
+import assert from "node:assert/strict";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "../../kernels/_testing.ts";
+import { clearPromptCache, TextEncoders } from "./encoders.ts";
+import { fixturePath, readGolden, scaledError } from "./_golden.ts";
+
+const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
+if (ignore) console.warn(`TextEncoders tests skipped: ${NO_GPU_REASON}`);
+
+Deno.test({
+  name: "TextEncoders: prompts → goldens (CLIP pooled, T5 unmasked), cache, offload",
+  ignore,
+  async fn() {
+    const gpu = (await testGpu())!;
+    const pairs = JSON.parse(await Deno.readTextFile(fixturePath("tokenizer_pairs.json")));
+    const texts: string[] = pairs.t5_batch.texts;
+    assert.deepEqual(texts, pairs.clip_batch.texts);
+    const t5g = await readGolden("t5_golden.safetensors");
+    const clipg = await readGolden("clip_golden.safetensors");
+    clearPromptCache();
+    const enc = await TextEncoders.create(gpu, {
+      clip: fixturePath("clip_tiny.safetensors"),
+      clipTokenizer: fixturePath("clip_tokenizer.json"),
+      t5: fixturePath("t5_tiny.safetensors"),
+      t5Tokenizer: fixturePath("t5_tokenizer.json"),
+      t5Length: 40,
+      dtype: "f32",
+    });
+    try {
+      assert.equal(enc.resident, false); // nothing on the GPU before the first prompt
+      for (const [row, text] of texts.entries()) {
+        const e = await enc.encode(text);
+        assert.equal(e.t5Dim, 64);
+        assert.equal(e.t5Length, 40);
+        assert.deepEqual(e.truncated, { clip: row === 0, t5: row === 0 });
+        const t5 = (t5g.get("nomask.last_hidden_state") as Float32Array)
+          .subarray(row * 40 * 64, (row + 1) * 40 * 64);
+        const pooled = (clipg.get("pooler_output") as Float32Array)
+          .subarray(row * 64, (row + 1) * 64);
+        assert.ok(scaledError(e.t5, t5).rel < 1e-5, `T5 row ${row}`);
+        assert.ok(scaledError(e.pooled, pooled).rel < 1e-5, `CLIP row ${row}`);
+      }
+      assert.equal(enc.resident, true);
+      const again = await enc.encode(texts[1]);
+      assert.equal(again, await enc.encode(texts[1])); // same object: from the cache
+      enc.offload();
+      assert.equal(enc.resident, false);
+      assert.equal(await enc.encode(texts[1]), again); // cached: no reload
+      assert.equal(enc.resident, false);
+      const other = await enc.encode("a cat"); // uncached: reloads
+      assert.equal(enc.resident, true);
+      assert.equal(other.pooled.length, 64);
+    } finally {
+      enc.destroy();
+      clearPromptCache();
+    }
+  },
+});
