@@ -14,7 +14,7 @@ import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
 import { SafetensorsReader } from "./safetensors.ts";
 import { quantizeTextEncoder } from "./text_encoder.ts";
 import { T5Encoder } from "../runtime/text/t5.ts";
-import { writeRandomT5 } from "../runtime/text/_random_t5.ts";
+import { writeRandomT5 } from "../runtime/text/_random.ts";
 import { cosine, fixturePath, readGolden } from "../runtime/text/_golden.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
