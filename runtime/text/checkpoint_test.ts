@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { Checkpoint } from "./checkpoint.ts";
+import { compactTable } from "./_linears.ts";
 import { FormatError } from "../errors.ts";
 import { SafetensorsReader, SafetensorsWriter } from "../../quant/safetensors.ts";
 
@@ -92,4 +93,12 @@ Deno.test("checkpoint: a bad index or folder is a FormatError that says what is 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("compactTable keeps a table in f16 only when every value is exact in f16", () => {
+  const exact = compactTable(Float32Array.of(0.5, -1.25, 65504, 0));
+  assert.ok(exact instanceof Float16Array);
+  assert.deepEqual(Array.from(exact), [0.5, -1.25, 65504, 0]);
+  const inexact = Float32Array.of(0.5, 0.1);
+  assert.equal(compactTable(inexact), inexact);
 });

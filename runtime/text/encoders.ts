@@ -17,6 +17,7 @@ import { ClipTextEncoder } from "./clip.ts";
 import { T5Encoder } from "./t5.ts";
 import type { TextTokenizer } from "./tokenizer.ts";
 import type { TextWeightFormat } from "./_linears.ts";
+import { Serial } from "./_serial.ts";
 
 /** CLIP's token length in every FLUX/SD pipeline (its 77 positions). */
 const CLIP_LENGTH = 77;
@@ -69,6 +70,23 @@ export function clearPromptCache(): void {
   cache.clear();
 }
 
+/**
+ * A one-line warning when `e`'s prompt was truncated (for a CLI's stderr or a response header),
+ * else null.
+ *
+ * @example
+ * ```ts ignore
+ * const w = truncationWarning(await text.encode(prompt));
+ * if (w) console.warn(w); // endpoint: headers.set("X-Prompt-Truncated", w)
+ * ```
+ */
+export function truncationWarning(e: PromptEmbedding): string | null {
+  const parts: string[] = [];
+  if (e.truncated.clip) parts.push(`CLIP kept 77 of ${e.tokens.clip} tokens`);
+  if (e.truncated.t5) parts.push(`T5 kept ${e.t5Length} of ${e.tokens.t5} tokens`);
+  return parts.length ? `prompt truncated: ${parts.join("; ")}` : null;
+}
+
 /** Load a `tokenizer.json` (or a folder holding one) with the npm tokenizer, imported lazily. */
 export async function loadTokenizer(path: string): Promise<TextTokenizer> {
   const { TextTokenizer } = await import("./tokenizer.ts");
@@ -98,6 +116,7 @@ export class TextEncoders {
   #clip: ClipTextEncoder | null = null;
   #t5: T5Encoder | null = null;
   #key: string;
+  #serial = new Serial();
 
   private constructor(
     gpu: Gpu,
@@ -151,8 +170,15 @@ export class TextEncoders {
     return this.#clip !== null || this.#t5 !== null;
   }
 
-  /** Embeddings of `prompt`, from the process cache when this (models, prompt) was seen. */
-  async encode(prompt: string): Promise<PromptEmbedding> {
+  /**
+   * Embeddings of `prompt`, from the process cache when this (models, prompt) was seen.
+   * Concurrent calls run one after another (they share the encoders' buffers).
+   */
+  encode(prompt: string): Promise<PromptEmbedding> {
+    return this.#serial.run(() => this.#encodePrompt(prompt));
+  }
+
+  async #encodePrompt(prompt: string): Promise<PromptEmbedding> {
     const key = `${this.#key}\u0000${prompt}`;
     const hit = cache.get(key);
     if (hit) {
@@ -162,7 +188,7 @@ export class TextEncoders {
     }
     const c = this.#clipTok.encodeBatch([prompt], CLIP_LENGTH);
     const t = this.#t5Tok.encodeBatch([prompt], this.options.t5Length);
-    const e = await this.encodeIds(c.inputIds, t.inputIds);
+    const e = await this.#encodeIds(c.inputIds, t.inputIds);
     const out: PromptEmbedding = {
       ...e,
       truncated: { clip: c.truncated[0], t5: t.truncated[0] },
@@ -177,7 +203,14 @@ export class TextEncoders {
    * Embeddings of already tokenized ids (CLIP [77], T5 [t5Length]), e.g. from
    * {@linkcode TextTokenizer.encodeBatch}; no tokenizer is loaded and nothing is cached.
    */
-  async encodeIds(
+  encodeIds(
+    clipIds: ArrayLike<number>,
+    t5Ids: ArrayLike<number>,
+  ): Promise<Omit<PromptEmbedding, "truncated" | "tokens">> {
+    return this.#serial.run(() => this.#encodeIds(clipIds, t5Ids));
+  }
+
+  async #encodeIds(
     clipIds: ArrayLike<number>,
     t5Ids: ArrayLike<number>,
   ): Promise<Omit<PromptEmbedding, "truncated" | "tokens">> {
@@ -193,7 +226,10 @@ export class TextEncoders {
     };
   }
 
-  /** Free the encoders' GPU memory (the tokenizers and the prompt cache stay). */
+  /**
+   * Free the encoders' GPU memory (the tokenizers and the prompt cache stay). Call it when no
+   * `encode` is pending (e.g. after awaiting the prompt's embedding).
+   */
   offload(): void {
     this.#clip?.destroy();
     this.#t5?.destroy();

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { HAS_GPU, NO_GPU_REASON, testGpu } from "../../kernels/_testing.ts";
-import { clearPromptCache, TextEncoders } from "./encoders.ts";
+import { clearPromptCache, TextEncoders, truncationWarning } from "./encoders.ts";
 import { fixturePath, readGolden, scaledError } from "./_golden.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
@@ -44,7 +44,17 @@ Deno.test({
           .subarray(row * 64, (row + 1) * 64);
         assert.ok(scaledError(e.t5, t5).rel < 1e-5, `T5 row ${row}`);
         assert.ok(scaledError(e.pooled, pooled).rel < 1e-5, `CLIP row ${row}`);
+        const w = truncationWarning(e);
+        if (row === 0) {
+          assert.match(w!, /^prompt truncated: CLIP kept 77 of \d+ tokens; T5 kept 40 of/);
+        } else assert.equal(w, null);
       }
+      // concurrent calls on uncached prompts queue up and each gets its own result
+      clearPromptCache();
+      const [p0, p1] = await Promise.all([enc.encode(texts[0]), enc.encode(texts[1])]);
+      const t5All = t5g.get("nomask.last_hidden_state") as Float32Array;
+      assert.ok(scaledError(p0.t5, t5All.subarray(0, 40 * 64)).rel < 1e-5);
+      assert.ok(scaledError(p1.t5, t5All.subarray(40 * 64, 80 * 64)).rel < 1e-5);
       assert.equal(enc.resident, true);
       const again = await enc.encode(texts[1]);
       assert.equal(again, await enc.encode(texts[1])); // same object: from the cache

@@ -29,8 +29,10 @@ import { FormatError } from "../errors.ts";
 import type { StoredTensor } from "../linear.ts";
 import type { LinearOp } from "../linears.ts";
 import { Checkpoint } from "./checkpoint.ts";
+import { Serial } from "./_serial.ts";
 import {
   buildTextLinear,
+  compactTable,
   concatRows,
   padHeadCols,
   padHeadRows,
@@ -201,7 +203,7 @@ export class T5Encoder {
   /** How the linears run (e.g. "f16", "w4a16"). */
   readonly weightKind: string;
   #gpu: Gpu;
-  #embed: Float32Array;
+  #embed: Float32Array | Float16Array;
   #ops: { destroy(): void }[];
   #bufs: GPUBuffer[];
   #x: GPUBuffer;
@@ -211,6 +213,7 @@ export class T5Encoder {
   #plain: Dispatch[];
   #masked: Dispatch[];
   #keep: boolean;
+  #serial = new Serial();
 
   private constructor(init: T5Parts) {
     this.#gpu = init.gpu;
@@ -250,7 +253,11 @@ export class T5Encoder {
    * Encode `ids` (int [B, L]); with `mask` ([B, L], 0 = padding) padded keys are skipped as in
    * transformers' masked call (FLUX passes no mask: padding tokens are attended to).
    */
-  async encode(ids: ArrayLike<number>, opts: { mask?: ArrayLike<number> } = {}): Promise<T5Output> {
+  encode(ids: ArrayLike<number>, opts: { mask?: ArrayLike<number> } = {}): Promise<T5Output> {
+    return this.#serial.run(() => this.#encode(ids, opts));
+  }
+
+  async #encode(ids: ArrayLike<number>, opts: { mask?: ArrayLike<number> }): Promise<T5Output> {
     const { dModel: d, vocabSize } = this.config;
     const rows = this.batch * this.length;
     if (ids.length !== rows) {
@@ -308,7 +315,7 @@ interface T5Parts {
   batch: number;
   length: number;
   dtype: ActDtype;
-  embed: Float32Array;
+  embed: Float32Array | Float16Array;
   ops: { destroy(): void }[];
   bufs: GPUBuffer[];
   x: GPUBuffer;
@@ -356,10 +363,11 @@ async function build(gpu: Gpu, ck: Checkpoint, opts: T5EncoderOptions): Promise<
   };
   try {
     const embedName = ck.has("shared.weight") ? "shared.weight" : "encoder.embed_tokens.weight";
-    const embed = await ck.float(embedName);
-    if (embed.length !== cfg.vocabSize * d) {
+    const embed32 = await ck.float(embedName);
+    if (embed32.length !== cfg.vocabSize * d) {
       throw new FormatError(ck.path, `expected [${cfg.vocabSize}, ${d}]`, embedName);
     }
+    const embed = compactTable(embed32);
     const relName = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
     const rel = await ck.float(relName);
     if (rel.length !== cfg.numBuckets * h) {
