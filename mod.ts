@@ -231,6 +231,7 @@ export {
   FLUX_T5_LENGTH,
   loadTokenizer,
   TextEncoders,
+  truncationWarning,
 } from "./runtime/text/encoders.ts";
 export type { PromptEmbedding, TextEncodersOptions } from "./runtime/text/encoders.ts";
 export {
@@ -251,6 +252,8 @@ export type {
   TokenizedBatch,
 } from "./runtime/text/tokenizer.ts";
 export type { TextWeightFormat } from "./runtime/text/_linears.ts";
+export { quantizeTextEncoder, TEXT_QUANT_METHODS } from "./quant/text_encoder.ts";
+export type { TextQuantMethod, TextQuantReport } from "./quant/text_encoder.ts";
 export { AddNorm, addNorm } from "./kernels/add_norm/add_norm.ts";
 export type { AddNormBuffers, AddNormShape } from "./kernels/add_norm/add_norm.ts";
 export { FfnAct, ffnAct } from "./kernels/ffn_act/ffn_act.ts";
