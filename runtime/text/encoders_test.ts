@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { HAS_GPU, NO_GPU_REASON, testGpu } from "../../kernels/_testing.ts";
 import { clearPromptCache, TextEncoders, truncationWarning } from "./encoders.ts";
-import { fixturePath, readGolden, scaledError } from "./_golden.ts";
+import { fixturePath, readGolden, scaledError, shardCheckpoint } from "./_golden.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`TextEncoders tests skipped: ${NO_GPU_REASON}`);
@@ -68,6 +68,60 @@ Deno.test({
     } finally {
       enc.destroy();
       clearPromptCache();
+    }
+  },
+});
+
+Deno.test({
+  name: "TextEncoders.fromFluxFolder reads the diffusers layout (sharded T5, tokenizer folders)",
+  ignore,
+  async fn() {
+    const gpu = (await testGpu())!;
+    const root = await Deno.makeTempDir();
+    try {
+      // text_encoder/ (one file + config.json), tokenizer/, text_encoder_2/ (two shards + index
+      // + config.json), tokenizer_2/ (tokenizer.json + special_tokens_map.json), as
+      // black-forest-labs/FLUX.1-schnell ships them
+      for (const sub of ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]) {
+        await Deno.mkdir(`${root}/${sub}`);
+      }
+      await Deno.copyFile(
+        fixturePath("clip_tiny.safetensors"),
+        `${root}/text_encoder/model.safetensors`,
+      );
+      await Deno.copyFile(fixturePath("clip_config.json"), `${root}/text_encoder/config.json`);
+      await Deno.copyFile(fixturePath("clip_tokenizer.json"), `${root}/tokenizer/tokenizer.json`);
+      await Deno.writeTextFile(
+        `${root}/tokenizer/special_tokens_map.json`,
+        JSON.stringify({ pad_token: "<|endoftext|>" }),
+      );
+      await shardCheckpoint(fixturePath("t5_tiny.safetensors"), `${root}/text_encoder_2`);
+      await Deno.copyFile(fixturePath("t5_config.json"), `${root}/text_encoder_2/config.json`);
+      await Deno.copyFile(fixturePath("t5_tokenizer.json"), `${root}/tokenizer_2/tokenizer.json`);
+      await Deno.writeTextFile(
+        `${root}/tokenizer_2/special_tokens_map.json`,
+        JSON.stringify({ pad_token: "<pad>", eos_token: "</s>" }),
+      );
+      clearPromptCache();
+      const enc = await TextEncoders.fromFluxFolder(gpu, root, {
+        variant: "schnell",
+        dtype: "f32",
+      });
+      try {
+        assert.equal(enc.options.t5Length, 256);
+        const e = await enc.encode("a photo of a cat");
+        assert.equal(e.t5.length, 256 * 64);
+        const pooled = (await readGolden("clip_golden.safetensors")).get(
+          "pooler_output",
+        ) as Float32Array;
+        assert.ok(scaledError(e.pooled, pooled.subarray(64, 128)).rel < 1e-5);
+        assert.ok(e.t5.every(Number.isFinite));
+      } finally {
+        enc.destroy();
+        clearPromptCache();
+      }
+    } finally {
+      await Deno.remove(root, { recursive: true });
     }
   },
 });
