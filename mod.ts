@@ -68,6 +68,20 @@
  * file.close();
  * ```
  *
+ * @example Encode a prompt for FLUX.1 (CLIP-L pooled + T5-XXL sequence, cached per prompt)
+ * ```ts ignore
+ * import { getGpu, TextEncoders } from "./mod.ts";
+ * const gpu = await getGpu();
+ * // a diffusers FLUX.1 folder: text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/
+ * const text = await TextEncoders.fromFluxFolder(gpu, "FLUX.1-schnell", {
+ *   variant: "schnell", // T5 padded to 256 tokens (dev: 512)
+ *   t5Weights: "w8a16", // or "float", "w4a16" (quantized on load; a pre-quantized file wins)
+ * });
+ * const e = await text.encode("a red fox under a golden tree, oil painting");
+ * console.log(e.t5.length / e.t5Dim, e.pooled.length, e.truncated); // 256 768 { clip: false, t5: false }
+ * text.offload(); // --offload-text: free T5-XXL's GPU memory before the transformer runs
+ * ```
+ *
  * @module
  */
 
@@ -239,3 +253,39 @@ export type { ParoBudget, ParoOptions, ParoPlan } from "./quant/paro.ts";
 export { paroTensors, readParo, readParoFrom } from "./quant/paro_store.ts";
 export type { ParoTensor } from "./quant/paro_store.ts";
 export type { LayerPolicyRule } from "./quant/policy.ts";
+
+// text encoders (FLUX.1: CLIP-L pooled output + T5-XXL sequence; tokenizers from tokenizer.json)
+export {
+  clearPromptCache,
+  FLUX_T5_LENGTH,
+  loadTokenizer,
+  TextEncoders,
+  truncationWarning,
+} from "./runtime/text/encoders.ts";
+export type { PromptEmbedding, TextEncodersOptions } from "./runtime/text/encoders.ts";
+export {
+  bucketTable,
+  relativePositionBucket,
+  t5ConfigFrom,
+  T5Encoder,
+  t5PositionBias,
+} from "./runtime/text/t5.ts";
+export type { T5Config, T5EncoderOptions, T5Output } from "./runtime/text/t5.ts";
+export { clipConfigFrom, clipEosIndex, ClipTextEncoder } from "./runtime/text/clip.ts";
+export type { ClipTextConfig, ClipTextOptions, ClipTextOutput } from "./runtime/text/clip.ts";
+export { Checkpoint } from "./runtime/text/checkpoint.ts";
+export type { TensorMeta } from "./runtime/text/checkpoint.ts";
+export type {
+  TextTokenizer,
+  TextTokenizerOptions,
+  TokenizedBatch,
+} from "./runtime/text/tokenizer.ts";
+export type { TextWeightFormat } from "./runtime/text/_linears.ts";
+export { quantizeTextEncoder, TEXT_QUANT_METHODS } from "./quant/text_encoder.ts";
+export type { TextQuantMethod, TextQuantReport } from "./quant/text_encoder.ts";
+export { AddNorm, addNorm } from "./kernels/add_norm/add_norm.ts";
+export type { AddNormBuffers, AddNormShape } from "./kernels/add_norm/add_norm.ts";
+export { FfnAct, ffnAct } from "./kernels/ffn_act/ffn_act.ts";
+export type { FfnActBuffers, FfnActShape } from "./kernels/ffn_act/ffn_act.ts";
+export { GemmW8A16, gemmW8A16 } from "./kernels/gemm_w8a16/gemm_w8a16.ts";
+export type { GemmW8A16Buffers, GemmW8A16Shape } from "./kernels/gemm_w8a16/gemm_w8a16.ts";

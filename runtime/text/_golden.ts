@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { SafetensorsReader } from "../../quant/safetensors.ts";
+import { SafetensorsReader, SafetensorsWriter } from "../../quant/safetensors.ts";
 
 /** Fixture folder URL. */
 export const TEXT_FIXTURES = new URL("../../tests/fixtures/text/", import.meta.url);
@@ -57,4 +57,37 @@ export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
     bb += b[i] * b[i];
   }
   return ab / Math.sqrt(aa * bb);
+}
+
+/** Split `src` into two shards + index in `dir`, the way transformers writes them. */
+export async function shardCheckpoint(src: string, dir: string): Promise<string[]> {
+  const r = await SafetensorsReader.open(src);
+  try {
+    const names = [...r.tensors.keys()];
+    const parts = [names.slice(0, names.length >> 1), names.slice(names.length >> 1)];
+    const files = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    const weightMap: Record<string, string> = {};
+    for (let i = 0; i < 2; i++) {
+      const tensors = parts[i].map((name) => {
+        const t = r.info(name);
+        return { name, dtype: t.dtype, shape: t.shape, byteLength: t.end - t.begin };
+      });
+      const w = await SafetensorsWriter.create(`${dir}/${files[i]}`, {
+        tensors,
+        metadata: { format: "pt" },
+      });
+      for (const name of parts[i]) {
+        await w.write(name, await r.readRaw(name));
+        weightMap[name] = files[i];
+      }
+      await w.commit();
+    }
+    await Deno.writeTextFile(
+      `${dir}/model.safetensors.index.json`,
+      JSON.stringify({ metadata: { total_size: 0 }, weight_map: weightMap }),
+    );
+    return names;
+  } finally {
+    r.close();
+  }
 }

@@ -8,6 +8,7 @@
  * @module
  */
 import { GROUP_SIZE_INT4, packF16, quantizeWeight } from "../../quant/packing.ts";
+import { quantizeWeightClipped } from "../../quant/clip.ts";
 import { quantizeRowsInt8 } from "../../quant/baselines.ts";
 import type { ActDtype } from "../../kernels/_wgsl.ts";
 import { GemmW8A16 } from "../../kernels/gemm_w8a16/gemm_w8a16.ts";
@@ -72,14 +73,22 @@ export async function buildTextLinear(
   return await buildW8A16(gpu, spec, tensors);
 }
 
-/** INT4 RTN, group 64, as stored tensors (`qweight` U32 [N, K/8], `wscales` F16 [N, K/64]). */
+/**
+ * INT4, group 64, as stored tensors (`qweight` U32 [N, K/8], `wscales` F16 [N, K/64]): round to
+ * nearest, or with `clip` the per-group clipping search of quant/clip.ts (lower weight error,
+ * ~11× slower: ~15 min for T5-XXL on 2 CPU cores, so the offline tool uses it and loading does
+ * not).
+ */
 export function quantizeInt4(
   w: Float32Array,
   n: number,
   k: number,
   name: string,
+  clip = false,
 ): Map<string, StoredTensor> {
-  const p = quantizeWeight(w, n, k, "int4", { name });
+  const p = clip
+    ? quantizeWeightClipped(w, n, k, "int4", { name })
+    : quantizeWeight(w, n, k, "int4", { name });
   return new Map([
     ["qweight", stored("U32", [n, k / 8], p.qweight)],
     ["wscales", stored("F16", [n, k / W4A16_GROUP], packF16(p.wscales))],
@@ -196,4 +205,14 @@ export function padHeadVec(b: Float32Array, h: number, d: number, dp: number): F
 /** The smallest multiple of `g` at or above `v`. */
 export function roundUp(v: number, g: number): number {
   return Math.ceil(v / g) * g;
+}
+
+/**
+ * A host-side embedding table in the smallest exact form: `Float16Array` when every value is an
+ * f16 value (a 16-bit checkpoint's table, half the host memory: 263 MB instead of 526 MB for
+ * T5-XXL's), else the `Float32Array` as is.
+ */
+export function compactTable(v: Float32Array): Float32Array | Float16Array {
+  for (let i = 0; i < v.length; i++) if (Math.f16round(v[i]) !== v[i]) return v;
+  return Float16Array.from(v);
 }

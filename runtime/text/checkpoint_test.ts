@@ -1,42 +1,10 @@
 import assert from "node:assert/strict";
 import { Checkpoint } from "./checkpoint.ts";
+import { compactTable } from "./_linears.ts";
 import { FormatError } from "../errors.ts";
-import { SafetensorsReader, SafetensorsWriter } from "../../quant/safetensors.ts";
+import { shardCheckpoint as shard } from "./_golden.ts";
 
 const T5 = new URL("../../tests/fixtures/text/t5_tiny.safetensors", import.meta.url).pathname;
-
-/** Split `src` into two shards + index in `dir`, the way transformers writes them. */
-async function shard(src: string, dir: string): Promise<string[]> {
-  const r = await SafetensorsReader.open(src);
-  try {
-    const names = [...r.tensors.keys()];
-    const parts = [names.slice(0, names.length >> 1), names.slice(names.length >> 1)];
-    const files = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
-    const weightMap: Record<string, string> = {};
-    for (let i = 0; i < 2; i++) {
-      const tensors = parts[i].map((name) => {
-        const t = r.info(name);
-        return { name, dtype: t.dtype, shape: t.shape, byteLength: t.end - t.begin };
-      });
-      const w = await SafetensorsWriter.create(`${dir}/${files[i]}`, {
-        tensors,
-        metadata: { format: "pt" },
-      });
-      for (const name of parts[i]) {
-        await w.write(name, await r.readRaw(name));
-        weightMap[name] = files[i];
-      }
-      await w.commit();
-    }
-    await Deno.writeTextFile(
-      `${dir}/model.safetensors.index.json`,
-      JSON.stringify({ metadata: { total_size: 0 }, weight_map: weightMap }),
-    );
-    return names;
-  } finally {
-    r.close();
-  }
-}
 
 Deno.test("checkpoint: a sharded folder reads the same tensors as the single file", async () => {
   const dir = await Deno.makeTempDir();
@@ -92,4 +60,12 @@ Deno.test("checkpoint: a bad index or folder is a FormatError that says what is 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("compactTable keeps a table in f16 only when every value is exact in f16", () => {
+  const exact = compactTable(Float32Array.of(0.5, -1.25, 65504, 0));
+  assert.ok(exact instanceof Float16Array);
+  assert.deepEqual(Array.from(exact), [0.5, -1.25, 65504, 0]);
+  const inexact = Float32Array.of(0.5, 0.1);
+  assert.equal(compactTable(inexact), inexact);
 });

@@ -23,9 +23,11 @@ import type { Dispatch, Gpu } from "../device.ts";
 import { FormatError } from "../errors.ts";
 import type { LinearOp } from "../linears.ts";
 import { Checkpoint } from "./checkpoint.ts";
+import { Serial } from "./_serial.ts";
 import { paddedHeadDim } from "./t5.ts";
 import {
   buildTextLinear,
+  compactTable,
   concatRows,
   padHeadCols,
   padHeadRows,
@@ -144,7 +146,7 @@ interface Parts {
   batch: number;
   length: number;
   dtype: ActDtype;
-  tok: Float32Array;
+  tok: Float32Array | Float16Array;
   pos: Float32Array;
   ops: { destroy(): void }[];
   bufs: GPUBuffer[];
@@ -185,6 +187,7 @@ export class ClipTextEncoder {
   /** How the linears run (e.g. "f16"). */
   readonly weightKind: string;
   #p: Parts;
+  #serial = new Serial();
 
   private constructor(p: Parts) {
     this.#p = p;
@@ -211,7 +214,11 @@ export class ClipTextEncoder {
   }
 
   /** Encode `ids` (int [B, L]). Attention is causal only, as FLUX calls it (no padding mask). */
-  async encode(ids: ArrayLike<number>): Promise<ClipTextOutput> {
+  encode(ids: ArrayLike<number>): Promise<ClipTextOutput> {
+    return this.#serial.run(() => this.#encode(ids));
+  }
+
+  async #encode(ids: ArrayLike<number>): Promise<ClipTextOutput> {
     const p = this.#p;
     const { hidden: d, vocabSize } = p.config;
     const b = p.batch, l = p.length, rows = b * l;
@@ -304,7 +311,7 @@ async function build(gpu: Gpu, ck: Checkpoint, opts: ClipTextOptions): Promise<P
     return op;
   };
   try {
-    const tok = await get("embeddings.token_embedding.weight", cfg.vocabSize * d);
+    const tok = compactTable(await get("embeddings.token_embedding.weight", cfg.vocabSize * d));
     const pos = await get("embeddings.position_embedding.weight", cfg.maxPositions * d);
     const layers: ClipLayer[] = [];
     for (let i = 0; i < cfg.layers; i++) {

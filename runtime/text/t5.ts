@@ -29,12 +29,13 @@ import { FormatError } from "../errors.ts";
 import type { StoredTensor } from "../linear.ts";
 import type { LinearOp } from "../linears.ts";
 import { Checkpoint } from "./checkpoint.ts";
+import { Serial } from "./_serial.ts";
 import {
   buildTextLinear,
+  compactTable,
   concatRows,
   padHeadCols,
   padHeadRows,
-  padRows,
   roundUp,
   type TextLinearSource,
   type TextWeightFormat,
@@ -202,7 +203,7 @@ export class T5Encoder {
   /** How the linears run (e.g. "f16", "w4a16"). */
   readonly weightKind: string;
   #gpu: Gpu;
-  #embed: Float32Array;
+  #embed: Float32Array | Float16Array;
   #ops: { destroy(): void }[];
   #bufs: GPUBuffer[];
   #x: GPUBuffer;
@@ -212,6 +213,7 @@ export class T5Encoder {
   #plain: Dispatch[];
   #masked: Dispatch[];
   #keep: boolean;
+  #serial = new Serial();
 
   private constructor(init: T5Parts) {
     this.#gpu = init.gpu;
@@ -251,7 +253,11 @@ export class T5Encoder {
    * Encode `ids` (int [B, L]); with `mask` ([B, L], 0 = padding) padded keys are skipped as in
    * transformers' masked call (FLUX passes no mask: padding tokens are attended to).
    */
-  async encode(ids: ArrayLike<number>, opts: { mask?: ArrayLike<number> } = {}): Promise<T5Output> {
+  encode(ids: ArrayLike<number>, opts: { mask?: ArrayLike<number> } = {}): Promise<T5Output> {
+    return this.#serial.run(() => this.#encode(ids, opts));
+  }
+
+  async #encode(ids: ArrayLike<number>, opts: { mask?: ArrayLike<number> }): Promise<T5Output> {
     const { dModel: d, vocabSize } = this.config;
     const rows = this.batch * this.length;
     if (ids.length !== rows) {
@@ -309,7 +315,7 @@ interface T5Parts {
   batch: number;
   length: number;
   dtype: ActDtype;
-  embed: Float32Array;
+  embed: Float32Array | Float16Array;
   ops: { destroy(): void }[];
   bufs: GPUBuffer[];
   x: GPUBuffer;
@@ -357,10 +363,11 @@ async function build(gpu: Gpu, ck: Checkpoint, opts: T5EncoderOptions): Promise<
   };
   try {
     const embedName = ck.has("shared.weight") ? "shared.weight" : "encoder.embed_tokens.weight";
-    const embed = await ck.float(embedName);
-    if (embed.length !== cfg.vocabSize * d) {
+    const embed32 = await ck.float(embedName);
+    if (embed32.length !== cfg.vocabSize * d) {
       throw new FormatError(ck.path, `expected [${cfg.vocabSize}, ${d}]`, embedName);
     }
+    const embed = compactTable(embed32);
     const relName = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
     const rel = await ck.float(relName);
     if (rel.length !== cfg.numBuckets * h) {
@@ -379,25 +386,22 @@ async function build(gpu: Gpu, ck: Checkpoint, opts: T5EncoderOptions): Promise<
       const qkv = await readLinear(ck, ["q", "k", "v"].map((s) => `${p}.0.SelfAttention.${s}`), {
         rows: h * dkv,
         k: d,
-        pad: (w) => padHeadRows(w, h, dkv, dp, d),
-        padRows: h * dp,
+        rowPad: { h, d: dkv, dp },
       });
       const o = await readLinear(ck, [`${p}.0.SelfAttention.o`], {
         rows: d,
         k: h * dkv,
-        padK: (w) => padHeadCols(w, d, h, dkv, dp),
-        kp: h * dp,
+        colPad: { h, d: dkv, dp },
       });
       const wi = await readLinear(
         ck,
         [`${p}.1.DenseReluDense.wi_0`, `${p}.1.DenseReluDense.wi_1`],
-        { rows: cfg.dFf, k: d, pad: (w) => padRows(w, cfg.dFf, d, f), padRows: f },
+        { rows: cfg.dFf, k: d, rowPad: { h: 1, d: cfg.dFf, dp: f } },
       );
       const wo = await readLinear(ck, [`${p}.1.DenseReluDense.wo`], {
         rows: d,
         k: cfg.dFf,
-        padK: (w) => padHeadCols(w, d, 1, cfg.dFf, f),
-        kp: f,
+        colPad: { h: 1, d: cfg.dFf, dp: f },
       });
       blocks.push({
         qkv: await lin({ name: `${p}.0.SelfAttention.qkv`, n: 3 * h * dp, k: d, ...qkv }, dtype),
@@ -527,23 +531,25 @@ async function build(gpu: Gpu, ck: Checkpoint, opts: T5EncoderOptions): Promise<
   }
 }
 
+/** Zero padding of head-major rows or columns: each of `h` heads grows from `d` to `dp`. */
+interface HeadPad {
+  h: number;
+  d: number;
+  dp: number;
+}
+
 /**
- * One fused linear's weights: the float parts concatenated by rows (then `pad` for extra rows or
- * `padK` for extra columns), or a pre-quantized file's parts concatenated byte-wise by rows.
+ * One fused linear's weights: the parts [rows, K] concatenated by rows, each part's head-major
+ * rows padded by `rowPad`, the columns by `colPad` (zeros: results unchanged). Float parts are
+ * padded as values; a pre-quantized file's parts byte-wise (rows of any format; columns only for
+ * INT8, whose scale is per row; INT4's K groups would shift).
  */
 async function readLinear(
   ck: Checkpoint,
   bases: string[],
-  opts: {
-    rows: number;
-    k: number;
-    pad?: (w: Float32Array) => Float32Array;
-    padRows?: number;
-    padK?: (w: Float32Array) => Float32Array;
-    kp?: number;
-  },
+  opts: { rows: number; k: number; rowPad?: HeadPad; colPad?: HeadPad },
 ): Promise<Pick<TextLinearSource, "values" | "stored">> {
-  const { rows, k } = opts;
+  const { rows, k, rowPad, colPad } = opts;
   if (bases.every((base) => ck.has(`${base}.weight`))) {
     const parts: Float32Array[] = [];
     for (const base of bases) {
@@ -551,35 +557,45 @@ async function readLinear(
       if (w.length !== rows * k) {
         throw new FormatError(ck.path, `expected [${rows}, ${k}]`, `${base}.weight`);
       }
-      parts.push(opts.pad ? opts.pad(w) : w);
+      parts.push(rowPad ? padHeadRows(w, rowPad.h, rowPad.d, rowPad.dp, k) : w);
     }
     const w = concatRows(parts);
-    return { values: opts.padK ? opts.padK(w) : w };
+    const n = w.length / k;
+    return { values: colPad ? padHeadCols(w, n, colPad.h, colPad.d, colPad.dp) : w };
   }
   if (bases.every((base) => ck.has(`${base}.qweight`) && ck.has(`${base}.wscales`))) {
-    const padded = (opts.padRows !== undefined && opts.padRows !== rows) ||
-      (opts.kp !== undefined && opts.kp !== k);
-    if (padded) {
-      throw new FormatError(
-        ck.path,
-        "a pre-quantized layer cannot be padded to the kernels' shapes (head dim or FFN width); " +
-          "load the float checkpoint with `weights` set instead",
-        bases[0],
-      );
-    }
     const stored = new Map<string, StoredTensor>();
     for (const suffix of ["qweight", "wscales"]) {
       const metas = bases.map((base) => ck.meta(`${base}.${suffix}`));
-      const datas = await Promise.all(bases.map((base) => ck.raw(`${base}.${suffix}`)));
-      const total = datas.reduce((s, a) => s + a.length, 0);
-      const data = new Uint8Array(total);
+      const datas: Uint8Array[] = [];
+      for (const [i, base] of bases.entries()) {
+        let a = await ck.raw(`${base}.${suffix}`);
+        if (metas[i].shape[0] !== rows) {
+          throw new FormatError(ck.path, `expected ${rows} rows`, `${base}.${suffix}`);
+        }
+        if (rowPad) a = padHeadRowsBytes(a, rowPad, a.length / rows);
+        datas.push(a);
+      }
+      let data: Uint8Array = new Uint8Array(datas.reduce((s, a) => s + a.length, 0));
       let at = 0;
       for (const a of datas) {
         data.set(a, at);
         at += a.length;
       }
-      const shape = [...metas[0].shape];
-      shape[0] = metas.reduce((s, mt) => s + mt.shape[0], 0);
+      const n = (rowPad ? (rows / rowPad.d) * rowPad.dp : rows) * bases.length;
+      const shape = [n, ...metas[0].shape.slice(1)];
+      if (colPad && colPad.dp !== colPad.d && suffix === "qweight") {
+        if (metas[0].dtype !== "I8") {
+          throw new FormatError(
+            ck.path,
+            "an INT4 layer cannot be padded along K to the kernels' shapes (head dim or FFN " +
+              'width); load the float checkpoint with weights: "w4a16" instead',
+            `${bases[0]}.qweight`,
+          );
+        }
+        data = padHeadColsBytes(data, n, colPad);
+        shape[1] = (shape[1] / colPad.d) * colPad.dp;
+      }
       stored.set(suffix, { dtype: metas[0].dtype, shape, data });
     }
     return { stored };
@@ -589,4 +605,27 @@ async function readLinear(
     "the checkpoint has neither its float weight nor qweight + wscales; is it a T5 encoder?",
     `${bases[0]}.weight`,
   );
+}
+
+/** Rows of `rowBytes` bytes, head-major: each head's d rows then dp − d zero rows. */
+function padHeadRowsBytes(a: Uint8Array, p: HeadPad, rowBytes: number): Uint8Array {
+  if (p.dp === p.d) return a;
+  const heads = a.length / (p.d * rowBytes);
+  const out = new Uint8Array(heads * p.dp * rowBytes);
+  for (let i = 0; i < heads; i++) {
+    out.set(a.subarray(i * p.d * rowBytes, (i + 1) * p.d * rowBytes), i * p.dp * rowBytes);
+  }
+  return out;
+}
+
+/** One-byte elements [n, heads·d] → [n, heads·dp] with zero columns after each head. */
+function padHeadColsBytes(a: Uint8Array, n: number, p: HeadPad): Uint8Array {
+  const k = a.length / n, heads = k / p.d;
+  const out = new Uint8Array(n * heads * p.dp);
+  for (let r = 0; r < n; r++) {
+    for (let i = 0; i < heads; i++) {
+      out.set(a.subarray(r * k + i * p.d, r * k + (i + 1) * p.d), (r * heads + i) * p.dp);
+    }
+  }
+  return out;
 }

@@ -17,7 +17,7 @@ import {
 import { t5EncoderRef } from "./t5_ref.ts";
 import { numel, SafetensorsWriter } from "../../quant/safetensors.ts";
 import { Checkpoint } from "./checkpoint.ts";
-import { fixturePath, readGolden, scaledError } from "./_golden.ts";
+import { fixturePath, readGolden, scaledError, shardCheckpoint } from "./_golden.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`T5 GPU tests skipped: ${NO_GPU_REASON}`);
@@ -172,6 +172,32 @@ Deno.test({
       }
     } finally {
       src.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "T5 encoder loads a sharded folder (two shards + index + config.json) identically",
+  ignore,
+  async fn() {
+    const gpu = (await testGpu())!;
+    const dir = await Deno.makeTempDir();
+    try {
+      await shardCheckpoint(fixturePath("t5_tiny.safetensors"), dir);
+      await Deno.copyFile(fixturePath("t5_config.json"), `${dir}/config.json`);
+      const opts = { batch: 2, length: 40, dtype: "f32" as const };
+      const a = await T5Encoder.create(gpu, dir, opts);
+      const b = await T5Encoder.create(gpu, fixturePath("t5_tiny.safetensors"), opts);
+      try {
+        const x = (await a.encode(ids)).lastHiddenState;
+        assert.deepEqual(x, (await b.encode(ids)).lastHiddenState);
+        assert.ok(scaledError(x, g("nomask.last_hidden_state")).rel <= 1e-5);
+      } finally {
+        a.destroy();
+        b.destroy();
+      }
+    } finally {
       await Deno.remove(dir, { recursive: true });
     }
   },
