@@ -19,7 +19,7 @@ const USAGE = `Usage: deno task quantize <in.safetensors> --out <out.safetensors
 
 Options:
   --format int4|nvfp4      4-bit residual format (default int4)
-  --method M               svdquant|dilate|smooth|rtn|w4a16|w8a8 for the W4A4 layers (default svdquant)
+  --method M               svdquant|dilate|smooth|rtn|w4a16 for the W4A4 layers (default svdquant)
   --rank R                 low-rank rank (default 32; 0 = none)
   --calib FILE             calibration statistics (safetensors written by the runtime's calibration mode);
                            without it, synthetic heavy-tailed activations stand in

@@ -7,6 +7,9 @@
  * - a body read timeout: a body announced by `Content-Length` must arrive within `bodyTimeoutMs`
  *   after its head (408, then closed); a chunked request body is refused (411: bodies here are
  *   small JSON or form posts);
+ * - an idle timeout: a connection silent both ways for `idleTimeoutMs` is closed (a kept-alive
+ *   connection after its last answer; set it above the longest silent request, e.g. the request
+ *   time limit, since a generation answered as one PNG is silent until done);
  * - a cap of `perAddress` concurrent connections per client address (503 for one more);
  * - a 16 KB limit on a request head (431).
  * Responses (including Server-Sent-Event streams, however long) are relayed untouched.
@@ -24,6 +27,8 @@ export interface GuardOptions {
   headerTimeoutMs?: number;
   /** Milliseconds to receive a request body after its head (default 30 000). */
   bodyTimeoutMs?: number;
+  /** Milliseconds a connection may be silent in both directions (default 130 000). */
+  idleTimeoutMs?: number;
   /** Concurrent connections per client address (default 16). */
   perAddress?: number;
   /** Called once listening. */
@@ -86,6 +91,7 @@ export function serveGuarded(
   const headerMs = opts.headerTimeoutMs ?? 10_000;
   const bodyMs = opts.bodyTimeoutMs ?? 30_000;
   const cap = opts.perAddress ?? 16;
+  const idleMs = opts.idleTimeoutMs ?? 130_000;
   const listener = Deno.listen({ hostname: opts.hostname, port: opts.port });
   // the real server, on a loopback port of its own (a Unix socket would need more permissions
   // than the tests grant; local processes are trusted either way)
@@ -100,11 +106,13 @@ export function serveGuarded(
     let upstream: Deno.TcpConn | undefined;
     let responded = false; // the server sent bytes for the current request
     let timer: ReturnType<typeof setTimeout> | undefined;
+    let idle: ReturnType<typeof setTimeout> | undefined;
     let closed = false;
     const close = () => {
       if (closed) return;
       closed = true;
       clearTimeout(timer);
+      clearTimeout(idle);
       for (const c of [conn, upstream]) {
         try {
           c?.close();
@@ -115,6 +123,10 @@ export function serveGuarded(
       clearTimeout(timer);
       if (!responded) await conn.write(plain(status, message)).catch(() => {});
       close();
+    };
+    const touch = () => {
+      clearTimeout(idle);
+      if (!closed) idle = setTimeout(close, idleMs);
     };
     const deadline = (ms: number, status: string, message: string) => {
       clearTimeout(timer);
@@ -129,6 +141,7 @@ export function serveGuarded(
         for (;;) {
           const n = await up.read(buf).catch(() => null);
           if (n === null) break;
+          touch();
           responded = true;
           let o = 0;
           while (o < n) o += await conn.write(buf.subarray(o, n));
@@ -140,9 +153,11 @@ export function serveGuarded(
       let state: "head" | "body" = "head";
       let bodyLeft = 0;
       deadline(headerMs, "408 Request Timeout", "Cannot read the request: headers too slow");
+      touch();
       for (;;) {
         const n = await conn.read(buf).catch(() => null);
         if (n === null) break;
+        touch();
         let chunk: Uint8Array = buf.slice(0, n);
         while (chunk.length > 0) {
           if (state === "body") {

@@ -100,6 +100,7 @@ async function main(args: string[]): Promise<void> {
     headerTimeoutMs: int("header-timeout", values["header-timeout"], 1, 3600) * 1000,
     bodyTimeoutMs: int("body-timeout", values["body-timeout"], 1, 3600) * 1000,
     perAddress: int("per-client", values["per-client"], 1, 10000),
+    idleTimeoutMs: queue.timeoutMs + 10_000, // no request is silent longer than its time limit
   };
   const token = Deno.env.get("W4_API_TOKEN") || undefined;
   const models = values.models ? await readRegistry(values.models) : undefined;
