@@ -350,3 +350,35 @@ function swapHalves(v: Float32Array): Float32Array {
   out.set(v.subarray(0, h), h);
   return out;
 }
+
+/**
+ * Where the FLUX transformer of `input` is, or null when `input` is not FLUX: a model folder
+ * (`model_index.json` / `transformer/`) gives its `transformer/`; a folder with `config.json`
+ * and shards, or a safetensors file whose metadata says `family: flux` or whose keys are FLUX's
+ * (`img_in.weight`, `x_embedder.weight` with `transformer_blocks.0.attn.add_q_proj.weight`),
+ * is itself.
+ */
+export async function fluxTransformerPath(input: string): Promise<string | null> {
+  const stat = await Deno.stat(input).catch(() => null);
+  if (!stat) return null;
+  if (stat.isDirectory) {
+    const has = async (p: string) => Boolean(await Deno.stat(`${input}/${p}`).catch(() => null));
+    if (await has("transformer")) return await fluxTransformerPath(`${input}/transformer`);
+    const text = await Deno.readTextFile(`${input}/config.json`).catch(() => "");
+    return text.includes("FluxTransformer2DModel") ? input : null;
+  }
+  let r: SafetensorsReader;
+  try {
+    r = await SafetensorsReader.open(input);
+  } catch {
+    return null;
+  }
+  try {
+    const t = r.tensors;
+    const flux = r.metadata.family === "flux" || t.has("img_in.weight") ||
+      (t.has("x_embedder.weight") && t.has("transformer_blocks.0.attn.add_q_proj.weight"));
+    return flux ? input : null;
+  } finally {
+    r.close();
+  }
+}
