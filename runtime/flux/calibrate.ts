@@ -10,7 +10,7 @@ import type { Gpu } from "../device.ts";
 import { gaussianNoise } from "../random.ts";
 import { flowEuler, fluxShift } from "../schedulers.ts";
 import { FluxTransformer } from "./transformer.ts";
-import type { FluxWeights } from "./weights.ts";
+import type { FluxSource } from "./weights.ts";
 
 /** One calibration conditioning: the text encoders' outputs for one prompt. */
 export interface FluxCalibSample {
@@ -46,7 +46,7 @@ export interface FluxCalibOptions {
  */
 export async function calibrateFlux(
   gpu: Gpu,
-  weights: FluxWeights,
+  weights: FluxSource,
   samples: readonly FluxCalibSample[],
   opts: FluxCalibOptions,
 ): Promise<CalibStats> {

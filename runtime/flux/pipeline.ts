@@ -16,7 +16,7 @@ import { type DenoiseJob, runDenoise } from "../family.ts";
 import { flowEuler, fluxShift } from "../schedulers.ts";
 import { packLatents, unpackLatents } from "./embed.ts";
 import { FluxTransformer } from "./transformer.ts";
-import type { FluxWeights } from "./weights.ts";
+import type { FluxSource } from "./weights.ts";
 
 /** The text side of FLUX: T5 tokens and the CLIP pooled vector per prompt. */
 export interface FluxTextConditioner {
@@ -122,7 +122,7 @@ export class FluxPipeline {
   /** Upload the transformer for `opts`' resolution and batch. */
   static async load(
     gpu: Gpu,
-    parts: { transformer: FluxWeights; text?: FluxTextConditioner; decoder?: LatentDecoder },
+    parts: { transformer: FluxSource; text?: FluxTextConditioner; decoder?: LatentDecoder },
     opts: FluxPipelineOptions,
   ): Promise<FluxPipeline> {
     checkResolution(opts.width, opts.height);

@@ -36,7 +36,7 @@ import {
   jointIds,
   ropeTable,
 } from "./embed.ts";
-import { type FluxWeights, singleBlockLayers } from "./weights.ts";
+import { type FluxSource, singleBlockLayers } from "./weights.ts";
 
 /** Options of {@linkcode FluxTransformer.load}. */
 export interface FluxLoadOptions {
@@ -69,6 +69,8 @@ export interface FluxInputs {
 /** A graph step: dispatches, and the linear layer input they start with (for calibration). */
 interface Step {
   d: Dispatch[];
+  /** Which part of the model the step belongs to: embed, double.N, join, single.N, final. */
+  segment: string;
   /** After the step, the named stream state (for {@linkcode FluxTransformer.forwardTrace}). */
   mark?: { name: string; buf: GPUBuffer; rows: number }[];
   probe?: { name: string; buf: GPUBuffer; m: number; k: number };
@@ -128,7 +130,7 @@ export class FluxTransformer {
   }
 
   /** Upload the weights and build the graph. */
-  static async load(gpu: Gpu, w: FluxWeights, opts: FluxLoadOptions): Promise<FluxTransformer> {
+  static async load(gpu: Gpu, w: FluxSource, opts: FluxLoadOptions): Promise<FluxTransformer> {
     const cfg = w.config, dtype: ActDtype = opts.dtype ?? (gpu.caps.shaderF16 ? "f16" : "f32");
     const B = opts.batch, Lt = opts.txtTokens, Li = opts.grid.h * opts.grid.w, L = Lt + Li;
     const D = cfg.hidden_size, H = cfg.num_heads, hd = headDim(cfg), mlp = mlpWidth(cfg);
@@ -287,30 +289,33 @@ export class FluxTransformer {
       ];
       const { c, h, y, o, q3, qkv, f } = bufs;
       const steps: Step[] = [];
+      let seg = "embed";
+      const push = (st: Omit<Step, "segment">) => void steps.push({ ...st, segment: seg });
       const imgIn = await linear("img_in", B * Li, D, cfg.in_channels);
-      steps.push({
+      push({
         d: imgIn.dispatch(bufs.img, bufs.xi),
         probe: probe("img_in", bufs.img, B * Li, cfg.in_channels),
         mark: [{ name: "img_in", buf: bufs.xi, rows: B * Li }],
       });
       const txtIn = await linear("txt_in", B * Lt, D, cfg.context_in_dim);
-      steps.push({
+      push({
         d: txtIn.dispatch(bufs.txt, bufs.xt),
         probe: probe("txt_in", bufs.txt, B * Lt, cfg.context_in_dim),
         mark: [{ name: "txt_in", buf: bufs.xt, rows: B * Lt }],
       });
       for (let i = 0; i < cfg.depth; i++) {
         const p = `double_blocks.${i}`;
+        seg = `double.${i}`;
         for (const s of streams) {
           const mod = await linear(`${p}.${s.tag}_mod.lin`, B, 6 * D, D);
-          steps.push({ d: mod.dispatch(c, s.mod), probe: probe(`${p}.${s.tag}_mod.lin`, c, B, D) });
+          push({ d: mod.dispatch(c, s.mod), probe: probe(`${p}.${s.tag}_mod.lin`, c, B, D) });
         }
         for (const s of streams) {
           const qkvL = await linear(`${p}.${s.tag}_attn.qkv`, B * s.n, 3 * D, D);
           const qs = await scale(`${p}.${s.tag}_attn.norm.query_norm.scale`);
           const ks = await scale(`${p}.${s.tag}_attn.norm.key_norm.scale`);
-          steps.push({ d: [s.ln1.dispatch({ x: s.x, mod: s.mod, h })] });
-          steps.push({
+          push({ d: [s.ln1.dispatch({ x: s.x, mod: s.mod, h })] });
+          push({
             d: [
               ...qkvL.dispatch(h, q3),
               s.rope.dispatch({ src: q3, qscale: qs, kscale: ks, rope: bufs.rope, qkv }),
@@ -318,19 +323,19 @@ export class FluxTransformer {
             probe: probe(`${p}.${s.tag}_attn.qkv`, h, B * s.n, D),
           });
         }
-        steps.push({ d: [attn.dispatch({ qkv, o })] });
+        push({ d: [attn.dispatch({ qkv, o })] });
         for (const s of streams) {
           const proj = await linear(`${p}.${s.tag}_attn.proj`, B * s.n, D, D);
           const fc1 = await linear(`${p}.${s.tag}_mlp.0`, B * s.n, mlp, D, true);
           const fc2 = await linear(`${p}.${s.tag}_mlp.2`, B * s.n, D, mlp);
-          steps.push({ d: [s.split.dispatch({ src: o, dst: h })] });
-          steps.push({
+          push({ d: [s.split.dispatch({ src: o, dst: h })] });
+          push({
             d: [...proj.dispatch(h, y), s.g1.dispatch({ x: s.x, y, mod: s.mod })],
             probe: probe(`${p}.${s.tag}_attn.proj`, h, B * s.n, D),
           });
-          steps.push({ d: [s.ln2.dispatch({ x: s.x, mod: s.mod, h })] });
-          steps.push({ d: fc1.dispatch(h, f), probe: probe(`${p}.${s.tag}_mlp.0`, h, B * s.n, D) });
-          steps.push({
+          push({ d: [s.ln2.dispatch({ x: s.x, mod: s.mod, h })] });
+          push({ d: fc1.dispatch(h, f), probe: probe(`${p}.${s.tag}_mlp.0`, h, B * s.n, D) });
+          push({
             d: [...fc2.dispatch(f, y), s.g2.dispatch({ x: s.x, y, mod: s.mod })],
             probe: probe(`${p}.${s.tag}_mlp.2`, f, B * s.n, mlp),
           });
@@ -340,8 +345,9 @@ export class FluxTransformer {
           { name: `double.${i}.txt`, buf: bufs.xt, rows: B * Lt },
         ];
       }
+      seg = "join";
       const joinT = await copy(Lt, Lt, 0, L, 0), joinI = await copy(Li, Li, 0, L, Lt);
-      steps.push({
+      push({
         d: [
           joinT.dispatch({ src: bufs.xt, dst: bufs.x }),
           joinI.dispatch({ src: bufs.xi, dst: bufs.x }),
@@ -352,6 +358,7 @@ export class FluxTransformer {
       const x = bufs.x, ms = bufs.mi;
       for (let i = 0; i < cfg.depth_single_blocks; i++) {
         const p = `single_blocks.${i}`, names = singleBlockLayers(i);
+        seg = `single.${i}`;
         const mod = await linear(`${p}.modulation.lin`, B, 3 * D, D);
         const l1q = await linear(names.qkv, B * L, 3 * D, D);
         const l1m = await linear(names.mlpIn, B * L, mlp, D, true);
@@ -359,9 +366,9 @@ export class FluxTransformer {
         const l2m = await linear(names.mlpOut, B * L, D, mlp);
         const qs = await scale(`${p}.norm.query_norm.scale`);
         const ks = await scale(`${p}.norm.key_norm.scale`);
-        steps.push({ d: mod.dispatch(c, ms), probe: probe(`${p}.modulation.lin`, c, B, D) });
-        steps.push({ d: [sLn.dispatch({ x, mod: ms, h })] });
-        steps.push({
+        push({ d: mod.dispatch(c, ms), probe: probe(`${p}.modulation.lin`, c, B, D) });
+        push({ d: [sLn.dispatch({ x, mod: ms, h })] });
+        push({
           d: [
             ...l1q.dispatch(h, q3),
             sRope.dispatch({ src: q3, qscale: qs, kscale: ks, rope: bufs.rope, qkv }),
@@ -369,31 +376,32 @@ export class FluxTransformer {
           ],
           probe: probe(names.qkv, h, B * L, D),
         });
-        steps.push({ d: l1m.dispatch(h, f), probe: probe(names.mlpIn, h, B * L, D) });
-        steps.push({
+        push({ d: l1m.dispatch(h, f), probe: probe(names.mlpIn, h, B * L, D) });
+        push({
           d: [...l2a.dispatch(o, y), sGate.dispatch({ x, y, mod: ms })],
           probe: probe(names.attnOut, o, B * L, D),
         });
-        steps.push({
+        push({
           d: [...l2m.dispatch(f, y), sGate.dispatch({ x, y, mod: ms })],
           probe: probe(names.mlpOut, f, B * L, mlp),
           mark: [{ name: `single.${i}`, buf: x, rows: B * L }],
         });
       }
+      seg = "final";
       const take = await copy(Li, L, Lt, Li, 0);
-      steps.push({
+      push({
         d: [take.dispatch({ src: x, dst: bufs.xi })],
         mark: [{ name: "final_in", buf: bufs.xi, rows: B * Li }],
       });
       const fMod = await linear("final_layer.adaLN_modulation.1", B, 2 * D, D);
       const fLn = await lnMod(Li, 2, 0, 1);
       const fLin = await linear("final_layer.linear", B * Li, cfg.out_channels, D);
-      steps.push({
+      push({
         d: fMod.dispatch(c, bufs.mi),
         probe: probe("final_layer.adaLN_modulation.1", c, B, D),
       });
-      steps.push({ d: [fLn.dispatch({ x: bufs.xi, mod: bufs.mi, h })] });
-      steps.push({
+      push({ d: [fLn.dispatch({ x: bufs.xi, mod: bufs.mi, h })] });
+      push({
         d: fLin.dispatch(h, bufs.out),
         probe: probe("final_layer.linear", h, B * Li, D),
       });
@@ -463,6 +471,20 @@ export class FluxTransformer {
       }
     }
     out.set("out", await this.#readOutput());
+    return out;
+  }
+
+  /**
+   * The dispatches of one forward grouped by model part, in order: `embed`, `double.N`, `join`,
+   * `single.N`, `final` (benchmarks time the parts; the inputs are those of the last forward).
+   */
+  segments(): { name: string; dispatches: Dispatch[] }[] {
+    const out: { name: string; dispatches: Dispatch[] }[] = [];
+    for (const s of this.#steps) {
+      const last = out[out.length - 1];
+      if (last?.name === s.segment) last.dispatches.push(...s.d);
+      else out.push({ name: s.segment, dispatches: [...s.d] });
+    }
     return out;
   }
 

@@ -125,8 +125,27 @@ export function toDiffusersName(name: string): string | undefined {
   return undefined;
 }
 
+/**
+ * What the FLUX graph reads, by canonical names: {@linkcode FluxWeights} is the one backed by
+ * files; a benchmark supplies random weights through the same interface.
+ */
+export interface FluxSource {
+  /** Where the weights come from, for messages. */
+  readonly path: string;
+  /** Model hyper-parameters. */
+  readonly config: FluxConfig;
+  /** The policy entry of a canonical linear layer. */
+  policyOf(base: string): LayerPolicyEntry;
+  /** Whether a canonical tensor exists. */
+  has(name: string): boolean;
+  /** A canonical float tensor as f32 values. */
+  float(name: string): Promise<Float32Array>;
+  /** A linear layer's tensors as `createLinear` takes them. */
+  linearTensors(base: string): Promise<Map<string, StoredTensor | Float32Array>>;
+}
+
 /** An open FLUX transformer (any layout), read by canonical names. */
-export class FluxWeights {
+export class FluxWeights implements FluxSource {
   /** File or folder it was opened from. */
   readonly path: string;
   /** Key layout of the file(s). */
