@@ -27,6 +27,7 @@ import type { ActMode, WeightFormat } from "../../quant/packing.ts";
 import { silu } from "../activations.ts";
 import type { Dispatch, Gpu } from "../device.ts";
 import { createLinear, type LinearOp } from "../linears.ts";
+import { fluxTensorList } from "../../quant/flux_policy.ts";
 import { type FluxConfig, headDim, mlpWidth } from "./config.ts";
 import {
   FLUX_TIME_EMBED_DIM,
@@ -148,6 +149,32 @@ export class FluxTransformer {
     const linears: LinearOp[] = [];
     const total = 2 + 10 * cfg.depth + 5 * cfg.depth_single_blocks + 2;
     let done = 0;
+    // one activation scratch for every W4A4 layer (they run one after another): sized for the
+    // largest M·K (joint tokens × MLP width) and rank, the finest group (NVFP4's 16)
+    const W4A4 = ["svdquant", "rtn", "smooth", "dilate"];
+    const rMax = Math.max(
+      0,
+      ...fluxTensorList(cfg).linears.map((l) => w.policyOf(l.base))
+        .filter((p) => W4A4.includes(p.method)).map((p) => p.r),
+    );
+    const anyW4A4 = fluxTensorList(cfg).linears.some((l) =>
+      W4A4.includes(w.policyOf(l.base).method)
+    );
+    const scratch = anyW4A4
+      ? {
+        qact: await gpu.createBuffer("buffer flux.w4a4.qact", (B * L * mlp) / 2),
+        ascales: await gpu.createBuffer("buffer flux.w4a4.ascales", (B * L * mlp) / 4),
+        lora_act: rMax > 0
+          ? await gpu.createBuffer("buffer flux.w4a4.lora_act", B * L * rMax * 4)
+          : undefined,
+      }
+      : undefined;
+    const bufs: Record<string, GPUBuffer> = {};
+    if (scratch) {
+      bufs["w4a4.qact"] = scratch.qact;
+      bufs["w4a4.ascales"] = scratch.ascales;
+      if (scratch.lora_act) bufs["w4a4.lora_act"] = scratch.lora_act;
+    }
     const linear = async (base: string, m: number, n: number, k: number, gelu = false) => {
       const pol = w.policyOf(base);
       const op = await createLinear(gpu, {
@@ -160,6 +187,7 @@ export class FluxTransformer {
         method: pol.method,
         format: pol.format as WeightFormat,
         actMode: pol.actMode as ActMode | undefined,
+        scratch,
       }, await w.linearTensors(base));
       ops.push(op);
       linears.push(op);
@@ -192,7 +220,6 @@ export class FluxTransformer {
           : undefined,
       };
       const eb = dtype === "f16" ? 2 : 4;
-      const bufs: Record<string, GPUBuffer> = {};
       const buf = async (name: string, elems: number) =>
         bufs[name] = await gpu.createBuffer(`buffer flux.${name}`, elems * eb);
       await buf("img", B * Li * cfg.in_channels);
@@ -418,6 +445,7 @@ export class FluxTransformer {
       });
     } catch (e) {
       for (const o of ops) o.destroy();
+      gpu.destroy(...Object.values(bufs));
       throw e;
     }
   }
