@@ -34,23 +34,37 @@ export const FLUX_POLICY: LayerPolicyRule[] = [
 
 /** The hyper-parameters the tensor list depends on. */
 export interface FluxShapeConfig {
+  /** Channels of a packed latent token. */
   in_channels: number;
+  /** Channels of an output token. */
   out_channels: number;
+  /** Width of the pooled text vector. */
   vec_in_dim: number;
+  /** Width of the text tokens. */
   context_in_dim: number;
+  /** Hidden width D. */
   hidden_size: number;
+  /** MLP width as a multiple of D. */
   mlp_ratio: number;
+  /** Attention heads. */
   num_heads: number;
+  /** Double blocks. */
   depth: number;
+  /** Single blocks. */
   depth_single_blocks: number;
+  /** Whether the guidance embedding exists. */
   guidance_embed: boolean;
 }
 
 /** A linear layer of the canonical list: base name, [N, K], bias or not. */
 export interface FluxLinearName {
+  /** Canonical base name (tensors are `<base>.weight`, `<base>.bias`). */
   base: string;
+  /** Out-features N. */
   n: number;
+  /** In-features K. */
   k: number;
+  /** Whether the layer has a bias. */
   bias: boolean;
 }
 

@@ -79,7 +79,11 @@ export function mlpEmbed(inLayer: HostLinear, outLayer: HostLinear, x: ArrayLike
  * console.log(Array.from(t.slice(4))); // ≈ [0.5403, 0.8415]: axis 2 turns by 1 rad
  * ```
  */
-export function ropeTable(ids: ArrayLike<number>, axes: readonly number[], theta: number) {
+export function ropeTable(
+  ids: ArrayLike<number>,
+  axes: readonly number[],
+  theta: number,
+): Float32Array {
   const L = ids.length / axes.length, pairs = axes.reduce((a, b) => a + b, 0) / 2;
   const out = new Float32Array(L * pairs * 2);
   for (let l = 0; l < L; l++) {
@@ -186,10 +190,15 @@ export interface FluxHostWeights {
 
 /** Intermediates of {@linkcode fluxVec}, per image. */
 export interface FluxVec {
+  /** Sinusoidal embedding of t [256]. */
   timeEmb: Float64Array;
+  /** time_in output [D]. */
   timeIn: Float64Array;
+  /** Sinusoidal embedding of the guidance value [256] (dev models). */
   guidanceEmb?: Float64Array;
+  /** guidance_in output [D] (dev models). */
   guidanceIn?: Float64Array;
+  /** vector_in output [D]. */
   vectorIn: Float64Array;
   /** time_in + guidance_in + vector_in. */
   vec: Float64Array;

@@ -51,8 +51,9 @@ export function linearBytes(
 export interface FluxPlanOptions {
   /** Text tokens per image. */
   txtTokens: number;
-  /** Image size in pixels. */
+  /** Image width in pixels. */
   width: number;
+  /** Image height in pixels. */
   height: number;
   /** Images per forward. */
   batch: number;
@@ -138,7 +139,10 @@ export function fluxMemoryPlan(cfg: FluxConfig, o: FluxPlanOptions): FluxMemoryP
 }
 
 /** The FLUX policy entry for `base` at a W4A4 format (a plan for a file not yet quantized). */
-export function fluxPolicyAt(format: "int4" | "nvfp4", r = 32) {
+export function fluxPolicyAt(
+  format: "int4" | "nvfp4",
+  r = 32,
+): (base: string) => LayerPolicyEntry {
   return (base: string): LayerPolicyEntry => {
     const rule = policyFor(base, FLUX_POLICY);
     if (rule.method === "float") return { method: "float", format: "f16", r: 0 };

@@ -97,8 +97,9 @@ export interface FluxResult {
 export class FluxPipeline {
   /** The transformer on the GPU. */
   readonly model: FluxTransformer;
-  /** Image width and height in pixels. */
+  /** Image width in pixels. */
   readonly width: number;
+  /** Image height in pixels. */
   readonly height: number;
   /** Images per call. */
   readonly images: number;

@@ -32,6 +32,7 @@ import { type FluxConfig, headDim, mlpWidth } from "./config.ts";
 import {
   FLUX_TIME_EMBED_DIM,
   type FluxHostWeights,
+  type FluxVec,
   fluxVec,
   type HostLinear,
   jointIds,
@@ -79,6 +80,7 @@ interface Step {
 
 /** Receives each linear layer's input during {@linkcode FluxTransformer.forwardRecording}. */
 export interface LinearProbe {
+  /** Layer `name`'s input `x` [M=m, K=k] (f32 values). */
   record(name: string, x: Float32Array, m: number, k: number): void;
 }
 
@@ -517,7 +519,7 @@ export class FluxTransformer {
   }
 
   /** Host-side conditioning of one image (the float64 embeddings; for tests and tools). */
-  conditioning(t: number, y: ArrayLike<number>, guidance?: number) {
+  conditioning(t: number, y: ArrayLike<number>, guidance?: number): FluxVec {
     return fluxVec(this.#host, this.config, t, y, guidance);
   }
 
