@@ -11,10 +11,11 @@
  */
 import assert from "node:assert/strict";
 import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
-import { SafetensorsReader, SafetensorsWriter } from "../quant/safetensors.ts";
+import { SafetensorsReader } from "../quant/safetensors.ts";
 import { jointIds, packLatents, ropeTable, unpackLatents } from "../runtime/flux/embed.ts";
 import { type FluxInputs, FluxTransformer } from "../runtime/flux/transformer.ts";
-import { DIFFUSERS_NAMES, FluxWeights } from "../runtime/flux/weights.ts";
+import { FluxWeights } from "../runtime/flux/weights.ts";
+import { bflToDiffusers } from "./fixtures/flux_convert.ts";
 import { flowEuler, fluxShift } from "../runtime/schedulers.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
@@ -230,99 +231,6 @@ Deno.test({
   },
 });
 
-/** Write the fixture's weights in diffusers' layout (the documented renaming, q/k/v split). */
-async function toDiffusers(path: string): Promise<void> {
-  const r = await SafetensorsReader.open(MODEL);
-  const cfg = JSON.parse(r.metadata.model_config);
-  const D = cfg.hidden_size;
-  const out: { name: string; data: Float32Array; shape: number[] }[] = [];
-  const put = (name: string, data: Float32Array, shape: number[]) =>
-    out.push({ name, data, shape });
-  for (const [name, info] of r.tensors) {
-    const v = await r.readFloat32(name);
-    let m = name.match(/^double_blocks\.(\d+)\.(img|txt)_attn\.qkv\.(weight|bias)$/);
-    if (m) {
-      const a = `transformer_blocks.${m[1]}.attn`;
-      const qkv = m[2] === "img"
-        ? ["to_q", "to_k", "to_v"]
-        : ["add_q_proj", "add_k_proj", "add_v_proj"];
-      const n = v.length / 3;
-      qkv.forEach((p, i) =>
-        put(`${a}.${p}.${m![3]}`, v.slice(i * n, (i + 1) * n), [D, ...info.shape.slice(1)])
-      );
-      continue;
-    }
-    m = name.match(/^single_blocks\.(\d+)\.linear1\.(weight|bias)$/);
-    if (m) {
-      const a = `single_transformer_blocks.${m[1]}`;
-      const cols = m[2] === "weight" ? D : 1;
-      ["to_q", "to_k", "to_v"].forEach((p, i) =>
-        put(
-          `${a}.attn.${p}.${m![2]}`,
-          v.slice(i * D * cols, (i + 1) * D * cols),
-          m![2] === "weight" ? [D, D] : [D],
-        )
-      );
-      const rest = v.slice(3 * D * cols);
-      put(`${a}.proj_mlp.${m[2]}`, rest, m[2] === "weight" ? [rest.length / D, D] : [rest.length]);
-      continue;
-    }
-    m = name.match(/^single_blocks\.(\d+)\.linear2\.(weight|bias)$/);
-    if (m) {
-      put(`single_transformer_blocks.${m[1]}.proj_out.${m[2]}`, v, info.shape);
-      continue;
-    }
-    if (name.startsWith("final_layer.adaLN_modulation.1.")) {
-      // diffusers' norm_out.linear gives (scale, shift); BFL's final layer (shift, scale)
-      const h = v.length / 2, sw = new Float32Array(v.length);
-      sw.set(v.subarray(h), 0);
-      sw.set(v.subarray(0, h), h);
-      put(name.replace("final_layer.adaLN_modulation.1", "norm_out.linear"), sw, info.shape);
-      continue;
-    }
-    const g = name.match(/^(double_blocks|single_blocks)\.(\d+)\.(.*)$/);
-    const generic = g ? `${g[1]}.N.${g[3]}` : name;
-    const hit = DIFFUSERS_NAMES.find(([b]) => generic === b || generic.startsWith(b + "."));
-    assert.ok(hit, `no diffusers name for ${name}`);
-    const renamed = hit[1] + generic.slice(hit[0].length);
-    put(g ? renamed.replace(".N.", `.${g[2]}.`) : renamed, v, info.shape);
-  }
-  r.close();
-  await Deno.mkdir(path, { recursive: true });
-  await Deno.writeTextFile(
-    `${path}/config.json`,
-    JSON.stringify({
-      _class_name: "FluxTransformer2DModel",
-      attention_head_dim: D / cfg.num_heads,
-      num_attention_heads: cfg.num_heads,
-      guidance_embeds: cfg.guidance_embed,
-      in_channels: cfg.in_channels,
-      joint_attention_dim: cfg.context_in_dim,
-      pooled_projection_dim: cfg.vec_in_dim,
-      num_layers: cfg.depth,
-      num_single_layers: cfg.depth_single_blocks,
-      axes_dims_rope: cfg.axes_dim,
-      patch_size: 1,
-    }),
-  );
-  // two shards, as big checkpoints come
-  const half = Math.ceil(out.length / 2);
-  for (const [i, part] of [out.slice(0, half), out.slice(half)].entries()) {
-    const specs = part.map((t) => ({
-      name: t.name,
-      dtype: "F32" as const,
-      shape: t.shape,
-      byteLength: t.data.byteLength,
-    }));
-    const wr = await SafetensorsWriter.create(
-      `${path}/diffusion_pytorch_model-0000${i + 1}-of-00002.safetensors`,
-      { tensors: specs },
-    );
-    for (const t of part) await wr.write(t.name, new Uint8Array(t.data.buffer));
-    await wr.commit();
-  }
-}
-
 Deno.test({
   name: "FLUX in the diffusers layout (renamed, sharded) gives the same output",
   ignore,
@@ -331,7 +239,7 @@ Deno.test({
     const g = await golden();
     const dir = await Deno.makeTempDir({ prefix: "flux_diffusers_" });
     try {
-      await toDiffusers(dir);
+      await bflToDiffusers(MODEL, dir);
       const w = await FluxWeights.open(dir);
       assert.equal(w.layout, "diffusers");
       const model = await FluxTransformer.load(gpu, w, { ...LOAD, dtype: "f32" });
