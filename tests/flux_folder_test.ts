@@ -115,3 +115,54 @@ Deno.test("FLUX memory plan: FLUX.1 weights per precision, activations, refusals
     { name: "RangeError", message: /MLP hidden buffer needs .* per-buffer limit; lower --width/ },
   );
 });
+
+Deno.test("deno task quantize takes a FLUX model folder (diffusers transformer/) and writes a file that loads", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "flux_quantize_cli_" });
+  try {
+    const out = `${dir}/flux.nvfp4.safetensors`;
+    const root = new URL("..", import.meta.url).pathname;
+    const cmd = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        `${root}cli/quantize.ts`,
+        `${root}tests/fixtures/flux_tiny_model`,
+        "--out",
+        out,
+        "--format",
+        "nvfp4",
+        "--rank",
+        "8",
+        "--alpha-step",
+        "0.5",
+        "--rounds",
+        "0",
+        "--quiet",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const r = await cmd.output();
+    const text = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
+    assert.equal(r.code, 0, text);
+    assert.match(text, /single_blocks\.0\.linear2_mlp\s+svdquant\s+nvfp4/);
+    const w = await FluxWeights.open(out);
+    try {
+      assert.equal(w.layout, "ours");
+      assert.equal(w.precision, "nvfp4");
+      assert.equal(w.config.context_in_dim, 64);
+      assert.equal(w.policyOf("double_blocks.0.txt_attn.qkv").format, "nvfp4");
+      assert.equal(w.policyOf("single_blocks.0.modulation.lin").method, "w4a16");
+    } finally {
+      w.close();
+    }
+    // a pre-quantized transformer beside the float folder resolves with the folder's other parts
+    const parts = await resolveFluxModel(`${root}tests/fixtures/flux_tiny_model`, {
+      transformer: out,
+    });
+    assert.equal(parts.transformer, out);
+    assert.ok(parts.vae.endsWith("ae.safetensors"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
