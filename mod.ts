@@ -289,3 +289,59 @@ export { FfnAct, ffnAct } from "./kernels/ffn_act/ffn_act.ts";
 export type { FfnActBuffers, FfnActShape } from "./kernels/ffn_act/ffn_act.ts";
 export { GemmW8A16, gemmW8A16 } from "./kernels/gemm_w8a16/gemm_w8a16.ts";
 export type { GemmW8A16Buffers, GemmW8A16Shape } from "./kernels/gemm_w8a16/gemm_w8a16.ts";
+// FLUX.1 (runtime/flux/, quant/flux_*.ts)
+/**
+ * FLUX.1 text-to-image: open the transformer in any layout, run the float64-conditioned graph on
+ * the GPU, denoise through the shared sampler loop.
+ *
+ * @example
+ * ```ts ignore
+ * import { FluxPipeline, FluxWeights, getGpu } from "./mod.ts";
+ * const gpu = await getGpu();
+ * const transformer = await FluxWeights.open("FLUX.1-schnell/transformer");
+ * const pipe = await FluxPipeline.load(gpu, { transformer, text, decoder }, {
+ *   width: 1024, height: 1024, txtTokens: 256,
+ * });
+ * const { images } = await pipe.generate({ prompts: ["a red fox"], seed: 1, steps: 4 });
+ * ```
+ */
+export { FluxPipeline } from "./runtime/flux/pipeline.ts";
+export type {
+  FluxConditioning,
+  FluxPipelineOptions,
+  FluxRequest,
+  FluxResult,
+  FluxTextConditioner,
+  LatentDecoder,
+} from "./runtime/flux/pipeline.ts";
+export { FluxTransformer } from "./runtime/flux/transformer.ts";
+export type { FluxInputs, FluxLoadOptions, LinearProbe } from "./runtime/flux/transformer.ts";
+export { fluxTransformerPath, FluxWeights, singleBlockLayers } from "./runtime/flux/weights.ts";
+export type { FluxLayout, FluxSource } from "./runtime/flux/weights.ts";
+export { FLUX1_CONFIG } from "./runtime/flux/config.ts";
+export type { FluxConfig } from "./runtime/flux/config.ts";
+export {
+  jointIds,
+  packLatents,
+  ropeTable,
+  timestepEmbedding,
+  unpackLatents,
+} from "./runtime/flux/embed.ts";
+export type { FluxVec } from "./runtime/flux/embed.ts";
+export { resolveFluxModel } from "./runtime/flux/model_folder.ts";
+export type { FluxModelParts, FluxPart } from "./runtime/flux/model_folder.ts";
+export { checkFluxPlan, fluxMemoryPlan, fluxPolicyAt } from "./runtime/flux/memory.ts";
+export type { FluxMemoryPlan, FluxPlanOptions } from "./runtime/flux/memory.ts";
+export { calibrateFlux } from "./runtime/flux/calibrate.ts";
+export type { FluxCalibOptions, FluxCalibSample } from "./runtime/flux/calibrate.ts";
+export { runDenoise } from "./runtime/family.ts";
+export type { DenoiseJob, DenoiseOptions, DenoiseResult } from "./runtime/family.ts";
+export { fluxShift } from "./runtime/schedulers.ts";
+export { quantizeFlux } from "./quant/flux_model.ts";
+export type { QuantizeFluxOptions } from "./quant/flux_model.ts";
+export { FLUX_POLICY, fluxTensorList } from "./quant/flux_policy.ts";
+export type { FluxLinearName, FluxShapeConfig } from "./quant/flux_policy.ts";
+export { QkNormRope } from "./kernels/qk_norm_rope/qk_norm_rope.ts";
+export type { QkNormRopeBuffers, QkNormRopeShape } from "./kernels/qk_norm_rope/qk_norm_rope.ts";
+export { CopyRows } from "./kernels/copy_rows/copy_rows.ts";
+export type { CopyRowsBuffers, CopyRowsShape } from "./kernels/copy_rows/copy_rows.ts";

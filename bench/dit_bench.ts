@@ -77,7 +77,7 @@ export const DIT_SMALL: BenchDiTConfig = {
 };
 
 /** xorshift32 stream seeded from a string (same name, same bytes). */
-function stream(name: string, seed: number): () => number {
+export function stream(name: string, seed: number): () => number {
   let h = (0x811c9dc5 ^ seed) >>> 0;
   for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193) >>> 0;
   let s = h || 1;
@@ -90,14 +90,14 @@ function stream(name: string, seed: number): () => number {
 }
 
 /** `count` random u32 words. */
-function randomWords(next: () => number, count: number): Uint32Array {
+export function randomWords(next: () => number, count: number): Uint32Array {
   const out = new Uint32Array(count);
   for (let i = 0; i < count; i++) out[i] = next();
   return out;
 }
 
 /** `count` values uniform in [lo, hi). */
-function uniform(next: () => number, count: number, lo: number, hi: number): Float32Array {
+export function uniform(next: () => number, count: number, lo: number, hi: number): Float32Array {
   const out = new Float32Array(count), span = (hi - lo) / 2 ** 32;
   for (let i = 0; i < count; i++) out[i] = lo + next() * span;
   return out;
@@ -107,7 +107,7 @@ function uniform(next: () => number, count: number, lo: number, hi: number): Flo
  * `count` f16 bit patterns with magnitude in [2^-10, 2^-6) (≈ 0.001–0.0156), random mantissa,
  * and a random sign when `signed`: finite normal numbers, built without a float conversion.
  */
-function smallF16(next: () => number, count: number, signed: boolean): Uint16Array {
+export function smallF16(next: () => number, count: number, signed: boolean): Uint16Array {
   const out = new Uint16Array(count);
   for (let i = 0; i < count; i++) {
     const r = next();

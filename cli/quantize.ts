@@ -17,6 +17,10 @@ import { paroPlan } from "./_models.ts";
 
 const USAGE = `Usage: deno task quantize <in.safetensors> --out <out.safetensors> [options]
 
+The input is a DiT checkpoint, or a FLUX.1 transformer: a BFL file (flux1-dev.safetensors), a
+diffusers transformer/ folder, or a whole FLUX model folder (its transformer/ is quantized with
+the FLUX policy: W4A4 + low-rank attention/MLP, W4A16 modulation, 16-bit elsewhere).
+
 Options:
   --format int4|nvfp4      4-bit residual format (default int4)
   --method M               svdquant|dilate|smooth|rtn|w4a16 for the W4A4 layers (default svdquant)
@@ -97,6 +101,22 @@ async function main(args: string[]): Promise<void> {
     );
   }
   await checkOutputFile(values.out);
+  const { fluxTransformerPath } = await import("../runtime/flux/weights.ts");
+  const fluxInput = await fluxTransformerPath(input);
+  if (fluxInput) {
+    if (values.paro !== undefined) fail("--paro is for DiT models, not FLUX");
+    return await quantizeFluxCli(fluxInput, values.out, {
+      method,
+      format,
+      rank,
+      alphas,
+      rounds,
+      gpu: values.gpu,
+      quiet: values.quiet,
+      calib: values.calib,
+      policy: values.policy,
+    });
+  }
   let paro;
   if (values.paro !== undefined) {
     const density = Number(values.paro);
@@ -142,6 +162,45 @@ async function main(args: string[]): Promise<void> {
     onLayer: values.quiet ? undefined : (r, i, n) => console.log(progressLine(r, i, n)),
   }).finally(closeGpu);
   console.log(table(reports, (performance.now() - t0) / 1000, values.out));
+}
+
+/** FLUX: any layout (file, diffusers transformer folder, model folder) via quantizeFlux. */
+async function quantizeFluxCli(input: string, out: string, o: {
+  method: ModelMethod;
+  format: WeightFormat;
+  rank: number;
+  alphas: number[];
+  rounds: number;
+  gpu: boolean;
+  quiet: boolean;
+  calib?: string;
+  policy?: string;
+}): Promise<void> {
+  const { quantizeFlux } = await import("../quant/flux_model.ts");
+  const policy = o.policy ? parsePolicy(await Deno.readTextFile(o.policy), o.policy) : undefined;
+  const calib = o.calib ? await readCalibStats(o.calib) : undefined;
+  if (!calib) console.log("note: no --calib file; using synthetic activation statistics");
+  let matmul;
+  let closeGpu = () => {};
+  if (o.gpu) {
+    const { gpuMatMul } = await import("../runtime/gpu_matmul.ts");
+    const g = await gpuMatMul();
+    matmul = g.matmul;
+    closeGpu = g.close;
+  }
+  const t0 = performance.now();
+  const reports = await quantizeFlux(input, out, {
+    method: o.method,
+    format: o.format,
+    rank: o.rank,
+    calib,
+    policy,
+    alphas: o.alphas,
+    rounds: o.rounds,
+    matmul,
+    onLayer: o.quiet ? undefined : (r, i, n) => console.log(progressLine(r, i, n)),
+  }).finally(closeGpu);
+  console.log(table(reports, (performance.now() - t0) / 1000, out));
 }
 
 function progressLine(r: LayerReport, i: number, n: number): string {

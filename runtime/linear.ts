@@ -44,6 +44,20 @@ export interface W4A4LinearSpec {
   gelu?: boolean;
 }
 
+/**
+ * Scratch buffers of a W4A4 layer's activation side (`qact`, `ascales`, `lora_act`), shareable
+ * by every W4A4 layer of a graph whose layers run one after another: each must be at least the
+ * size a layer needs (`quantize_act_lowrank`'s bufferSizes). A layer given them does not own them.
+ */
+export interface W4A4Scratch {
+  /** 4-bit activation codes. */
+  qact: GPUBuffer;
+  /** Activation scales. */
+  ascales: GPUBuffer;
+  /** Low-rank activations (layers with R > 0). */
+  lora_act?: GPUBuffer;
+}
+
 /** A compiled W4A4 + low-rank linear layer with its weights resident on the GPU. */
 export class W4A4Linear {
   /** The spec the layer was built for. */
@@ -54,6 +68,7 @@ export class W4A4Linear {
   #quant: QuantizeActLowrank;
   #gemm: GemmW4A4Lowrank;
   #bufs: Record<string, GPUBuffer | undefined>;
+  #scratch?: W4A4Scratch;
 
   private constructor(
     gpu: Gpu,
@@ -62,7 +77,9 @@ export class W4A4Linear {
     quant: QuantizeActLowrank,
     gemm: GemmW4A4Lowrank,
     bufs: Record<string, GPUBuffer | undefined>,
+    scratch?: W4A4Scratch,
   ) {
+    this.#scratch = scratch;
     this.#gpu = gpu;
     this.spec = spec;
     this.r = r;
@@ -94,6 +111,7 @@ export class W4A4Linear {
     gpu: Gpu,
     spec: W4A4LinearSpec,
     tensors: ReadonlyMap<string, StoredTensor>,
+    scratch?: W4A4Scratch,
   ): Promise<W4A4Linear> {
     const { name, m, n, k } = spec;
     const need = (suffix: string, shape: number[]): StoredTensor => {
@@ -151,18 +169,41 @@ export class W4A4Linear {
       lora_down: await up_("lora_down", down),
       lora_up: await up_("lora_up", up),
       bias: await up_("bias", bias),
-      qact: await gpu.createBuffer(`buffer ${name}.qact`, sizes.qact),
-      ascales: await gpu.createBuffer(`buffer ${name}.ascales`, sizes.ascales),
-      lora_act: r > 0
+      qact: scratch ? undefined : await gpu.createBuffer(`buffer ${name}.qact`, sizes.qact),
+      ascales: scratch
+        ? undefined
+        : await gpu.createBuffer(`buffer ${name}.ascales`, sizes.ascales),
+      lora_act: r > 0 && !scratch
         ? await gpu.createBuffer(`buffer ${name}.lora_act`, sizes.lora_act)
         : undefined,
     };
-    return new W4A4Linear(gpu, spec, r, quant, gemm, bufs);
+    if (scratch) {
+      // shared: bound at dispatch (sizes checked there), never destroyed by this layer
+      for (const key of ["qact", "ascales", "lora_act"] as const) {
+        if (key === "lora_act" && r === 0) continue;
+        const b = scratch[key];
+        if (!b || b.size < sizes[key]) {
+          throw new TypeError(
+            `Cannot build ${name}: the shared scratch ${key} has ${b?.size ?? 0} bytes, ` +
+              `the layer needs ${sizes[key]}`,
+          );
+        }
+      }
+    }
+    return new W4A4Linear(gpu, spec, r, quant, gemm, bufs, scratch);
   }
 
   /** The two dispatches computing `y = linear(x)` (x: ACT [M, K], y: ACT [M, N]). */
   dispatch(io: { x: GPUBuffer; y: GPUBuffer }): Dispatch[] {
-    const b = this.#bufs;
+    const own = this.#bufs, sc = this.#scratch;
+    const b = sc
+      ? {
+        ...own,
+        qact: sc.qact,
+        ascales: sc.ascales,
+        lora_act: this.r > 0 ? sc.lora_act : undefined,
+      }
+      : own;
     return [
       this.#quant.dispatch({
         x: io.x,

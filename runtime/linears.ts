@@ -10,7 +10,7 @@ import { GemmW4A16 } from "../kernels/gemm_w4a16/gemm_w4a16.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import type { ActMode, WeightFormat } from "../quant/packing.ts";
 import type { Dispatch, Gpu } from "./device.ts";
-import { type StoredTensor, W4A4Linear } from "./linear.ts";
+import { type StoredTensor, W4A4Linear, type W4A4Scratch } from "./linear.ts";
 
 /** A linear layer resident on the GPU: `y = x·Wᵀ + b` (optionally GELU) over M fixed rows. */
 export interface LinearOp {
@@ -40,6 +40,8 @@ export interface LinearSpec {
   format?: WeightFormat;
   /** W4A4 activation mode. */
   actMode?: ActMode;
+  /** Shared W4A4 activation scratch (layers that run one after another); default its own. */
+  scratch?: W4A4Scratch;
 }
 
 /**
@@ -111,16 +113,21 @@ export async function createLinear(
   }
   const st = new Map<string, StoredTensor>();
   for (const [key, v] of tensors) if (!(v instanceof Float32Array)) st.set(key, v);
-  const lin = await W4A4Linear.create(gpu, {
-    name,
-    m,
-    n,
-    k,
-    format: spec.format,
-    actMode: spec.actMode,
-    dtype,
-    gelu: spec.gelu,
-  }, st);
+  const lin = await W4A4Linear.create(
+    gpu,
+    {
+      name,
+      m,
+      n,
+      k,
+      format: spec.format,
+      actMode: spec.actMode,
+      dtype,
+      gelu: spec.gelu,
+    },
+    st,
+    spec.scratch,
+  );
   return {
     name,
     kind: spec.format,

@@ -14,8 +14,7 @@ import type { Gpu } from "./device.ts";
 import { DiT } from "./dit.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import { ModelFile } from "./model_file.ts";
-import { NumericError } from "./errors.ts";
-import { GaussianNoise } from "./random.ts";
+import { checkSeed, type DenoiseJob, runDenoise } from "./family.ts";
 import { ddim, ddpm, ddpmSchedule, dpmSolver2M, type Sampler } from "./schedulers.ts";
 
 /**
@@ -148,104 +147,71 @@ export class Pipeline {
         );
       }
     }
-    if (!Number.isInteger(req.seed) || req.seed < 0 || req.seed > 0xffffffff) {
-      throw new RangeError(
-        `Cannot generate with seed ${req.seed}: use an integer in 0..4294967295`,
-      );
-    }
+    checkSeed(req.seed);
     if (!(req.cfg >= 1 && req.cfg <= 50)) {
       throw new RangeError(`Cannot generate with guidance ${req.cfg}: use a number in 1..50`);
     }
     const per = C * S * S;
-    // Image b's randomness is stream b of the seed: its initial noise, then (ddpm) the noise of
-    // each step, so an image does not depend on the batch it is made in.
-    const streams = req.classes.map((_, b) => new GaussianNoise(req.seed, b));
-    const drawNoise = () => {
-      const z = new Float32Array(n * per);
-      streams.forEach((g, b) => g.fill(z.subarray(b * per, (b + 1) * per)));
-      return z;
-    };
-    const sampler = makeSampler(req.sampler ?? "dpm", req.steps, cfg.learn_sigma, drawNoise);
-    let x: Float32Array = drawNoise();
     const labels = [...req.classes, ...req.classes.map(() => cfg.num_classes)];
     const outC = cfg.learn_sigma ? 2 * C : C;
-    const withV = sampler.usesVariance === true;
     const alphasCumprod = ddpmSchedule().alphasCumprod;
-    let x0: Float32Array = x;
-    const stepMs: number[] = [];
-    const t0 = performance.now();
-    const total = sampler.timesteps.length;
-    for (let i = 0; i < total; i++) {
-      req.signal?.throwIfAborted();
-      const ts = performance.now(), t = sampler.timesteps[i];
-      const both = new Float32Array(2 * n * per);
-      both.set(x);
-      both.set(x, n * per);
-      const cal = req.calibration;
-      const out = cal
-        ? await this.model.forwardRecording(
-          both,
-          t,
-          labels,
-          { linears: cal.recorder, attention: cal.attention },
-          bucketOfStep(cal.buckets, i, total),
-        )
-        : await this.model.forward(
-          both,
-          t,
-          labels,
-          bucketOfStep(this.model.attentionBuckets, i, total),
-        );
-      req.signal?.throwIfAborted();
-      // Guidance on ε; the learned variance (ddpm) is the conditional branch's, as in DiT.
-      const guided = new Float32Array((withV ? 2 : 1) * n * per);
-      const eps = guided.subarray(0, n * per);
-      for (let b = 0; b < n; b++) {
-        for (let j = 0; j < per; j++) {
-          const c = out[b * outC * S * S + j], u = out[(n + b) * outC * S * S + j];
-          eps[b * per + j] = u + req.cfg * (c - u);
-          if (withV) guided[(n + b) * per + j] = out[b * outC * S * S + per + j];
-        }
-      }
-      const xt = x;
-      x = sampler.step(i, x, guided);
-      assertFiniteLatent(x, i, total);
-      stepMs.push(performance.now() - ts);
-      if (req.onStep) {
-        const a = alphasCumprod[t];
-        req.onStep(i + 1, total, () => {
-          // x̂₀ = (x_t − √(1−ᾱ)·ε)/√ᾱ: a denoised preview at this step
-          x0 = new Float32Array(xt.length);
-          for (let j = 0; j < xt.length; j++) {
-            x0[j] = (xt[j] - Math.sqrt(1 - a) * eps[j]) / Math.sqrt(a);
+    let sampler: Sampler;
+    // The DiT family through the shared loop (runtime/family.ts): image b's randomness is stream
+    // b of the seed (initial noise, then the noise of each ddpm step).
+    const job: DenoiseJob = {
+      images: n,
+      latentSize: per,
+      sampler: (drawNoise) =>
+        sampler = makeSampler(req.sampler ?? "dpm", req.steps, cfg.learn_sigma, drawNoise),
+      predict: async (x, i, total) => {
+        const t = sampler.timesteps[i], withV = sampler.usesVariance === true;
+        const both = new Float32Array(2 * n * per);
+        both.set(x);
+        both.set(x, n * per);
+        const cal = req.calibration;
+        const out = cal
+          ? await this.model.forwardRecording(
+            both,
+            t,
+            labels,
+            { linears: cal.recorder, attention: cal.attention },
+            bucketOfStep(cal.buckets, i, total),
+          )
+          : await this.model.forward(
+            both,
+            t,
+            labels,
+            bucketOfStep(this.model.attentionBuckets, i, total),
+          );
+        // Guidance on ε; the learned variance (ddpm) is the conditional branch's, as in DiT.
+        const guided = new Float32Array((withV ? 2 : 1) * n * per);
+        for (let b = 0; b < n; b++) {
+          for (let j = 0; j < per; j++) {
+            const c = out[b * outC * S * S + j], u = out[(n + b) * outC * S * S + j];
+            guided[b * per + j] = u + req.cfg * (c - u);
+            if (withV) guided[(n + b) * per + j] = out[b * outC * S * S + per + j];
           }
-          return x0;
-        });
-      }
-    }
-    return { images: x, stepMs, totalMs: performance.now() - t0 };
+        }
+        return guided;
+      },
+      preview: (xt, guided, i) => {
+        // x̂₀ = (x_t − √(1−ᾱ)·ε)/√ᾱ: a denoised preview at this step
+        const a = alphasCumprod[sampler.timesteps[i]];
+        const x0 = new Float32Array(xt.length);
+        for (let j = 0; j < xt.length; j++) {
+          x0[j] = (xt[j] - Math.sqrt(1 - a) * guided[j]) / Math.sqrt(a);
+        }
+        return x0;
+      },
+    };
+    const r = await runDenoise(job, req);
+    return { images: r.latents, stepMs: r.stepMs, totalMs: r.totalMs };
   }
 
   /** Release the GPU weights and close the file. */
   destroy(): void {
     this.model.destroy();
     this.file.close();
-  }
-}
-
-/**
- * Stops the loop with a {@linkcode NumericError} naming the step when the latent holds NaN or
- * ±Inf (which would otherwise end as an all-black image written without complaint).
- */
-function assertFiniteLatent(x: Float32Array, i: number, total: number): void {
-  for (let j = 0; j < x.length; j++) {
-    if (!Number.isFinite(x[j])) {
-      throw new NumericError(
-        `denoising step ${i + 1}/${total}`,
-        `the latent has a non-finite value (element ${j}); the weights or the GPU driver ` +
-          "produce NaN/Inf: try --precision float or another adapter, and report it",
-      );
-    }
   }
 }
 

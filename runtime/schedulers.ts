@@ -421,6 +421,35 @@ export function flowEuler(options: FlowEulerOptions): FlowSampler {
   return sampler;
 }
 
+/** FLUX's shift range: μ = 0.5 at 256 image tokens, 1.15 at 4096 (BFL `get_schedule`). */
+export const FLUX_BASE_SHIFT = 0.5;
+/** See {@linkcode FLUX_BASE_SHIFT}. */
+export const FLUX_MAX_SHIFT = 1.15;
+
+/**
+ * FLUX.1's resolution-dependent timestep shift for {@linkcode flowEuler}: `e^μ`, with μ linear
+ * in the image token count from `baseShift` at 256 tokens to `maxShift` at 4096 (extrapolated
+ * beyond). BFL's `time_shift(μ, 1, t) = e^μ / (e^μ + 1/t − 1)` is exactly flowEuler's
+ * `s·t / (1 + (s−1)·t)` with `s = e^μ`. FLUX.1-schnell is unshifted (shift 1).
+ *
+ * @example
+ * ```ts
+ * import { flowEuler, fluxShift } from "./schedulers.ts";
+ * const s = flowEuler({ steps: 4, shift: fluxShift(24) }); // a 64×96 image: 24 tokens
+ * console.log(s.sigmas.map((v) => v.toFixed(4))); // ["1.0000", "0.8263", "0.6132", "0.3457", "0.0000"]
+ * ```
+ */
+export function fluxShift(
+  imageTokens: number,
+  opts: { baseShift?: number; maxShift?: number } = {},
+): number {
+  const base = opts.baseShift ?? FLUX_BASE_SHIFT, max = opts.maxShift ?? FLUX_MAX_SHIFT;
+  if (!(Number.isInteger(imageTokens) && imageTokens > 0)) {
+    throw new RangeError(`Cannot compute the FLUX shift: imageTokens=${imageTokens} must be > 0`);
+  }
+  return Math.exp(base + (max - base) * (imageTokens - 256) / (4096 - 256));
+}
+
 /** Options of {@link sample}. */
 export interface SampleOptions {
   /**

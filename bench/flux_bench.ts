@@ -1,0 +1,281 @@
+/**
+ * One FLUX.1 denoising step at the real shape (default: hidden 3072, 24 heads, 512 text + 4096
+ * image tokens = a 1024×1024 image, batch 1) with random weights, in f16 vs INT4 vs NVFP4 side by
+ * side in one run. To stay within memory, the model is built with one double and one single block;
+ * each part of the forward (embedders, a double block, the join, a single block, the final layer)
+ * is timed on its own (GPU clock when the device has `timestamp-query`), and the step is
+ * projected to the full depth: embed + 19·double + join + 38·single + final. The host side of a
+ * step (float64 conditioning, upload, readback) is measured with a whole forward of the small
+ * model and added.
+ *
+ * The layer policy is FLUX's (quant/flux_policy.ts): W4A4 + rank-32 low-rank for attention and
+ * MLP linears (unsigned post-GELU activations for the MLPs' second linears with INT4), W4A16 for
+ * the modulation linears, 16-bit for the embedders and the final layer. Quantized tensors are
+ * random bytes in the canonical layouts with finite scales.
+ *
+ * ```sh
+ * deno task bench:flux [--small] [--precisions float,int4,nvfp4] [--f32]
+ * ```
+ *
+ * Text encoders and the decoder are not in this table yet (they come with the encoder and
+ * autoencoder issues).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { getGpu, type Gpu } from "../runtime/device.ts";
+import { FormatError } from "../runtime/errors.ts";
+import type { StoredTensor } from "../runtime/linear.ts";
+import { FLUX1_CONFIG, type FluxConfig, headDim } from "../runtime/flux/config.ts";
+import { FluxTransformer } from "../runtime/flux/transformer.ts";
+import type { FluxSource } from "../runtime/flux/weights.ts";
+import type { ActDtype } from "../kernels/_wgsl.ts";
+import { timeKernel } from "../kernels/_gpu_time.ts";
+import type { LayerPolicyEntry } from "../quant/format.ts";
+import { FLUX_POLICY, fluxTensorList } from "../quant/flux_policy.ts";
+import { GROUP_SIZE_INT4, GROUP_SIZE_NVFP4 } from "../quant/packing.ts";
+import { policyFor } from "../quant/policy.ts";
+import { fail, runCli } from "../cli/_cli.ts";
+import { type Precision, PRECISIONS, randomWords, smallF16, stream, uniform } from "./dit_bench.ts";
+
+/** Low-rank rank of the W4A4 layers. */
+const RANK = 32;
+
+const bytesOf = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+const tensor = (dtype: string, shape: number[], data: ArrayBufferView): StoredTensor => ({
+  dtype,
+  shape,
+  data: bytesOf(data),
+});
+
+/** A FLUX transformer with random weights at one precision (FLUX's policy for int4/nvfp4). */
+export class RandomFluxSource implements FluxSource {
+  /** A description, for messages. */
+  readonly path: string;
+  /** Hyper-parameters. */
+  readonly config: FluxConfig;
+  /** Precision of the linear layers. */
+  readonly precision: Precision;
+  #linears = new Map<string, [number, number, boolean]>();
+  #others = new Map<string, number[]>();
+
+  constructor(config: FluxConfig, precision: Precision) {
+    this.config = config;
+    this.precision = precision;
+    this.path = `<random FLUX, ${precision}>`;
+    const { linears, others } = fluxTensorList(config);
+    for (const l of linears) this.#linears.set(l.base, [l.n, l.k, l.bias]);
+    for (const o of others) this.#others.set(o.name, o.shape);
+  }
+
+  /** Parameters of the linear layers. */
+  get linearParams(): number {
+    let s = 0;
+    for (const [n, k] of this.#linears.values()) s += n * k;
+    return s;
+  }
+
+  policyOf(base: string): LayerPolicyEntry {
+    const rule = policyFor(base, FLUX_POLICY);
+    if (this.precision === "float" || rule.method === "float") {
+      return { method: "float", format: "f16", r: 0 };
+    }
+    if (rule.method === "w4a16") return { method: "w4a16", format: "int4", r: 0 };
+    const actMode = this.precision === "nvfp4" ? "nvfp4" : rule.postGelu ? "int4_unsigned" : "int4";
+    return { method: rule.method, format: this.precision, r: RANK, actMode };
+  }
+
+  has(name: string): boolean {
+    if (this.#others.has(name)) return true;
+    const dot = name.lastIndexOf("."), l = this.#linears.get(name.slice(0, dot));
+    const suffix = name.slice(dot + 1);
+    return Boolean(l) && (suffix === "weight" || (suffix === "bias" && l![2]));
+  }
+
+  float(name: string): Promise<Float32Array> {
+    const next = stream(name, 1);
+    const shape = this.#others.get(name);
+    if (shape) return Promise.resolve(uniform(next, shape[0], 0.8, 1.2)); // norm scales
+    const dot = name.lastIndexOf("."), l = this.#linears.get(name.slice(0, dot));
+    if (l && name.endsWith(".weight")) {
+      const a = Math.sqrt(3 / l[1]);
+      return Promise.resolve(uniform(next, l[0] * l[1], -a, a));
+    }
+    if (l && name.endsWith(".bias")) return Promise.resolve(uniform(next, l[0], -0.02, 0.02));
+    return Promise.reject(new FormatError(this.path, "the tensor is missing", name));
+  }
+
+  async linearTensors(base: string): Promise<Map<string, StoredTensor | Float32Array>> {
+    const l = this.#linears.get(base);
+    if (!l) throw new FormatError(this.path, "the layer is missing", base);
+    const [n, k, hasBias] = l;
+    const out = new Map<string, StoredTensor | Float32Array>();
+    const pol = this.policyOf(base);
+    if (pol.method === "float") {
+      out.set("weight", await this.float(`${base}.weight`));
+      if (hasBias) out.set("bias", await this.float(`${base}.bias`));
+      return out;
+    }
+    const next = stream(base, 1);
+    out.set("qweight", tensor("U32", [n, k / 8], randomWords(next, (n * k) / 8)));
+    if (hasBias) out.set("bias", tensor("F32", [n], uniform(next, n, -0.02, 0.02)));
+    if (pol.format === "nvfp4") {
+      const g = GROUP_SIZE_NVFP4, codes = new Uint8Array((n * k) / g);
+      for (let i = 0; i < codes.length; i++) codes[i] = 0x20 | (next() & 0x1f);
+      out.set("wscales", tensor("F8_E4M3", [n, k / g], codes));
+      out.set("tensor_scale", tensor("F32", [1], new Float32Array([0.003])));
+    } else {
+      const g = GROUP_SIZE_INT4;
+      out.set("wscales", tensor("F16", [n, k / g], smallF16(next, (n * k) / g, false)));
+    }
+    if (pol.method === "w4a16") return out;
+    out.set("smooth", tensor("F32", [k], uniform(next, k, 0.75, 1.25)));
+    out.set("lora_down", tensor("F16", [RANK, k], smallF16(next, RANK * k, true)));
+    out.set("lora_up", tensor("F16", [n, RANK], smallF16(next, n * RANK, true)));
+    return out;
+  }
+}
+
+/** Figures of one precision. */
+export interface FluxBenchResult {
+  precision: Precision;
+  /** ms of each part on the device (embed, one double block, join, one single block, final). */
+  parts: Record<string, number>;
+  /** Host ms of one small-model forward minus its device parts (conditioning, upload, read). */
+  hostMs: number;
+  /** Projected ms of one full-depth step. */
+  stepMs: number;
+  /** Projected bytes of the full model's linear weights on the GPU. */
+  weightBytes: number;
+  /** Which clock the parts were read from. */
+  clock: string;
+}
+
+/** Time one step of a FLUX model at `full`'s shape, projected from a 1+1-block model. */
+export async function benchFlux(
+  gpu: Gpu,
+  full: FluxConfig,
+  opts: {
+    txtTokens: number;
+    grid: { h: number; w: number };
+    precision: Precision;
+    dtype: ActDtype;
+  },
+): Promise<FluxBenchResult> {
+  const small = { ...full, depth: 1, depth_single_blocks: 1 };
+  const src = new RandomFluxSource(small, opts.precision);
+  const model = await FluxTransformer.load(gpu, src, {
+    batch: 1,
+    txtTokens: opts.txtTokens,
+    grid: opts.grid,
+    dtype: opts.dtype,
+  });
+  try {
+    const next = stream("inputs", 3);
+    const li = opts.grid.h * opts.grid.w;
+    const inp = {
+      img: uniform(next, li * full.in_channels, -1.7, 1.7),
+      txt: uniform(next, opts.txtTokens * full.context_in_dim, -0.5, 0.5),
+      y: uniform(next, full.vec_in_dim, -1, 1),
+      timesteps: [0.7],
+      guidance: full.guidance_embed ? [3.5] : undefined,
+    };
+    await model.forward(inp); // warm up: pipelines, caches
+    const t0 = performance.now();
+    await model.forward(inp);
+    const forwardMs = performance.now() - t0;
+    const parts: Record<string, number> = {};
+    let clock = "";
+    for (const s of model.segments()) {
+      const name = s.name.replace(/\.\d+$/, "");
+      const t = await timeKernel(gpu, s.dispatches, { ops: 0, bytes: 0, repeat: 1, passes: 3 });
+      parts[name] = t.ms;
+      clock = t.clock;
+    }
+    const device = Object.values(parts).reduce((a, b) => a + b, 0);
+    const stepMs = parts.embed + full.depth * parts.double + parts.join +
+      full.depth_single_blocks * parts.single + parts.final + Math.max(0, forwardMs - device);
+    const perBlock = (prefix: string) =>
+      model.layers.filter((l) => l.name.startsWith(prefix)).reduce((a, l) => a + l.weightBytes, 0);
+    const rest = model.weightBytes - perBlock("double_blocks.") - perBlock("single_blocks.");
+    const weightBytes = rest + full.depth * perBlock("double_blocks.") +
+      full.depth_single_blocks * perBlock("single_blocks.");
+    return {
+      precision: opts.precision,
+      parts,
+      hostMs: Math.max(0, forwardMs - device),
+      stepMs,
+      weightBytes,
+      clock,
+    };
+  } finally {
+    model.destroy();
+  }
+}
+
+const USAGE = "usage: deno task bench:flux [--small] [--precisions float,int4,nvfp4] [--f32]";
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      small: { type: "boolean", default: false },
+      precisions: { type: "string", default: PRECISIONS.join(",") },
+      f32: { type: "boolean", default: false },
+    },
+  });
+  const precisions = values.precisions.split(",").map((s) => s.trim()) as Precision[];
+  const bad = precisions.find((p) => !PRECISIONS.includes(p));
+  if (bad !== undefined || !precisions.length) {
+    fail(`precision "${bad}" is unknown, expected some of ${PRECISIONS.join(",")}`, USAGE);
+  }
+  // --small: FLUX's structure at a size a software adapter runs in seconds (hidden 128, 2 heads
+  // of 64, 32 text + 64 image tokens), projected to FLUX.1's depth
+  const full: FluxConfig = values.small
+    ? {
+      ...FLUX1_CONFIG,
+      hidden_size: 128,
+      num_heads: 2,
+      axes_dim: [8, 28, 28],
+      context_in_dim: 64,
+      vec_in_dim: 64,
+    }
+    : { ...FLUX1_CONFIG };
+  const txtTokens = values.small ? 32 : 512,
+    grid = values.small ? { h: 8, w: 8 } : { h: 64, w: 64 };
+  const gpu = await getGpu();
+  const dtype: ActDtype = gpu.caps.shaderF16 && !values.f32 ? "f16" : "f32";
+  console.log(
+    `FLUX step on ${gpu.caps.adapter}${gpu.caps.isFallback ? " (software adapter)" : ""}; ` +
+      `shader-f16 ${gpu.caps.shaderF16}; ${new Date().toISOString()}`,
+  );
+  console.log(
+    `${values.small ? "small FLUX" : "FLUX.1 shape"}: hidden ${full.hidden_size}, ` +
+      `${full.num_heads} heads of ${headDim(full)}, ${txtTokens} text + ${grid.h * grid.w} image ` +
+      `tokens, batch 1, activations ${dtype}, R=${RANK}; measured on 1 double + 1 single block, ` +
+      `projected to ${full.depth} + ${full.depth_single_blocks}`,
+  );
+  const results: FluxBenchResult[] = [];
+  for (const precision of precisions) {
+    const r = await benchFlux(gpu, full, { txtTokens, grid, precision, dtype });
+    results.push(r);
+    const p = r.parts;
+    console.log(
+      `${precision.padEnd(6)} double ${p.double.toFixed(2)} ms | single ${p.single.toFixed(2)} ms` +
+        ` | embed+join+final ${(p.embed + p.join + p.final).toFixed(2)} ms | host ` +
+        `${r.hostMs.toFixed(1)} ms | step ≈ ${r.stepMs.toFixed(1)} ms | weights ≈ ` +
+        `${(r.weightBytes / 2 ** 30).toFixed(2)} GiB (${r.clock} clock)`,
+    );
+  }
+  const f = results.find((r) => r.precision === "float");
+  for (const r of results) {
+    if (f && r !== f) {
+      console.log(
+        `${r.precision}: ${(f.stepMs / r.stepMs).toFixed(2)}× the f16 step speed, ` +
+          `${(r.weightBytes / f.weightBytes).toFixed(3)}× the weight bytes`,
+      );
+    }
+  }
+}
+
+if (import.meta.main) await runCli(main);
