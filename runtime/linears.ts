@@ -8,7 +8,7 @@
 import { GemmF16 } from "../kernels/gemm_f16/gemm_f16.ts";
 import { GemmW4A16 } from "../kernels/gemm_w4a16/gemm_w4a16.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
-import type { ActMode, WeightFormat } from "../quant/packing.ts";
+import type { ActConvention, ActMode, WeightFormat } from "../quant/packing.ts";
 import type { Dispatch, Gpu } from "./device.ts";
 import { type StoredTensor, W4A4Linear } from "./linear.ts";
 
@@ -40,6 +40,8 @@ export interface LinearSpec {
   format?: WeightFormat;
   /** W4A4 activation mode. */
   actMode?: ActMode;
+  /** W4A4 activation rounding convention (the policy entry's `convention`; default "w4"). */
+  convention?: ActConvention;
 }
 
 /**
@@ -120,6 +122,7 @@ export async function createLinear(
     actMode: spec.actMode,
     dtype,
     gelu: spec.gelu,
+    convention: spec.convention,
   }, st);
   return {
     name,
