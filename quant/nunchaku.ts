@@ -319,13 +319,11 @@ function f32Entry(values: Float32Array, shape: number[]): TensorEntry {
   return { dtype: "F32", shape, data: new Uint8Array(values.slice().buffer) };
 }
 
-const allOnes = (v: Float32Array) => v.every((x) => x === 1);
-
 /**
  * Our canonical tensors of a Nunchaku W4A4 layer: `qweight` U32 [N, K/8] (same codes, our nibble
  * order), `wscales` F16 [N, K/64] (INT4) or F8_E4M3 [N, K/16] + `tensor_scale` F32 [1] = α (NVFP4),
- * `channel_scale` F32 [N] (NVFP4 `wcscales`, when not all ones), `smooth` F32 [K] (when not all
- * ones), `lora_down` F16 [R, K], `lora_up` F16 [N, R], `bias` F32 [N].
+ * `channel_scale` F32 [N] (NVFP4 `wcscales`, when stored), `smooth` F32 [K], `lora_down` F16
+ * [R, K] and `lora_up` F16 [N, R] (when R > 0), `bias` F32 [N] (when stored).
  */
 export function canonicalW4A4(layer: NunchakuW4A4): CanonicalLayer {
   const { n, k, r } = layer;
@@ -338,11 +336,11 @@ export function canonicalW4A4(layer: NunchakuW4A4): CanonicalLayer {
   } else {
     t.set("wscales", { dtype: "F8_E4M3", shape: [n, k / 16], data: layer.scalesE4m3!.slice() });
     t.set("tensor_scale", f32Entry(Float32Array.of(layer.wtscale), [1]));
-    if (layer.wcscales && !allOnes(layer.wcscales)) {
-      t.set("channel_scale", f32Entry(layer.wcscales, [n]));
-    }
+    if (layer.wcscales) t.set("channel_scale", f32Entry(layer.wcscales, [n]));
   }
-  if (!allOnes(layer.smooth)) t.set("smooth", f32Entry(layer.smooth, [k]));
+  // written even when all ones (a smooth-fused out_proj): the file's tensor list then follows from
+  // the source's, so the importer can announce it before converting
+  t.set("smooth", f32Entry(layer.smooth, [k]));
   if (r > 0) {
     t.set("lora_down", f16Entry(layer.loraDown, [r, k], count));
     t.set("lora_up", f16Entry(layer.loraUp, [n, r], count));

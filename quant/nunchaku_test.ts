@@ -7,8 +7,16 @@
  */
 import assert from "node:assert/strict";
 import { SafetensorsReader } from "./safetensors.ts";
-import { canonicalW4A4, parseNunchakuQuantConfig, readNunchakuW4A4 } from "./nunchaku.ts";
-import { actCodes, dequantizeWeight, quantizeAct } from "./packing.ts";
+import {
+  canonicalW4A4,
+  type NunchakuW4A16,
+  parseNunchakuQuantConfig,
+  readNunchakuW4A16,
+  readNunchakuW4A4,
+} from "./nunchaku.ts";
+import { packNunchakuW4A16, packNunchakuW4A4 } from "./nunchaku_pack.ts";
+import { actCodes, dequantizeWeight, quantizeAct, roundBf16 } from "./packing.ts";
+import { freshRng } from "../kernels/_testing.ts";
 import { DIR, FIXTURE_PREFIX, loadFixture, M, packedOf } from "./_nunchaku_testing.ts";
 import { gemmW4A4LowrankRef } from "../kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank_ref.ts";
 import { loraActRef } from "../kernels/quantize_act_lowrank/quantize_act_lowrank_ref.ts";
@@ -161,4 +169,62 @@ Deno.test("nunchaku import refuses files that are not Nunchaku or use an unknown
   const cfg = JSON.stringify({ method: "svdquant", weight: { dtype: "int8", group_size: 64 } });
   e = await readError(await editedCopy(() => {}, { quantization_config: cfg }));
   assert.match(e.message, /unknown quantization_config .*"int4".*"fp4_e2m1_all"/);
+});
+
+Deno.test("nunchaku packer: packing the imported fixture layers reproduces the stored bytes", async () => {
+  for (const p of ["int4", "nvfp4"] as const) {
+    const { layer } = await loadFixture(p);
+    const stored = await SafetensorsReader.open(`${DIR}${p}_layer.safetensors`);
+    try {
+      const packed = packNunchakuW4A4(layer);
+      const names = [...stored.tensors.keys()].map((n) => n.slice(FIXTURE_PREFIX[p].length + 1));
+      assert.deepEqual([...packed.keys()].sort(), names.sort());
+      for (const [suffix, t] of packed) {
+        const info = stored.tensors.get(`${FIXTURE_PREFIX[p]}.${suffix}`)!;
+        assert.deepEqual([t.dtype, t.shape], [info.dtype, info.shape], suffix);
+        assert.deepEqual(t.data, await stored.readRaw(info.name), `${p} ${suffix} bytes`);
+      }
+    } finally {
+      stored.close();
+    }
+  }
+});
+
+Deno.test("nunchaku packer: AWQ adaLN layers round-trip through pack and import", async () => {
+  const rng = freshRng("nunchaku awq round trip");
+  const n = 6 * 128, k = 128, g = k / 64;
+  const b16 = (v: number) => roundBf16(v);
+  const layer: NunchakuW4A16 = {
+    name: "transformer_blocks.0.norm1.linear",
+    n,
+    k,
+    codes: Uint8Array.from({ length: n * k }, () => rng.int(0, 15)),
+    scales: Float32Array.from({ length: n * g }, () => b16(0.01 + 0.01 * rng.next())),
+    zeros: new Float32Array(n * g),
+    // a bias whose "+1" is exact in bf16 where it is folded
+    bias: Float32Array.from({ length: n }, () => b16(1 + 0.1 * rng.normal()) - 1),
+  };
+  layer.zeros = layer.scales.map((s) => b16(-7 * s));
+  const packed = packNunchakuW4A16(layer, 6);
+  const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+  try {
+    const w = await SafetensorsWriter.create(path, {
+      tensors: [...packed].map(([s, t]) => ({
+        name: `${layer.name}.${s}`,
+        dtype: t.dtype,
+        shape: t.shape,
+        byteLength: t.data.byteLength,
+      })),
+    });
+    for (const [s, t] of packed) await w.write(`${layer.name}.${s}`, t.data);
+    await w.commit();
+    const r = await SafetensorsReader.open(path);
+    try {
+      assert.deepEqual(await readNunchakuW4A16(r, layer.name, 6), layer);
+    } finally {
+      r.close();
+    }
+  } finally {
+    await Deno.remove(path);
+  }
 });
