@@ -309,9 +309,23 @@ export interface CanonicalLayer {
   inexact: number;
 }
 
-function f16Entry(values: Float32Array, shape: number[], count: { inexact: number }): TensorEntry {
+function f16Entry(
+  name: string,
+  values: Float32Array,
+  shape: number[],
+  count: { inexact: number },
+): TensorEntry {
   const h = Float16Array.from(values);
-  for (let i = 0; i < h.length; i++) if (h[i] !== values[i]) count.inexact++;
+  for (let i = 0; i < h.length; i++) {
+    if (h[i] === values[i]) continue;
+    if (!Number.isFinite(h[i])) {
+      throw new RangeError(
+        `Cannot convert ${name}: element ${i} (${values[i]}) is outside the f16 range of our ` +
+          "format (±65504)",
+      );
+    }
+    count.inexact++;
+  }
   return { dtype: "F16", shape, data: new Uint8Array(h.buffer) };
 }
 
@@ -332,7 +346,7 @@ export function canonicalW4A4(layer: NunchakuW4A4): CanonicalLayer {
   const q = packNibbles(layer.codes, n, k);
   t.set("qweight", { dtype: "U32", shape: [n, k / 8], data: new Uint8Array(q.buffer) });
   if (layer.format === "int4") {
-    t.set("wscales", f16Entry(layer.scales!, [n, k / 64], count));
+    t.set("wscales", f16Entry(`${layer.name}.wscales`, layer.scales!, [n, k / 64], count));
   } else {
     t.set("wscales", { dtype: "F8_E4M3", shape: [n, k / 16], data: layer.scalesE4m3!.slice() });
     t.set("tensor_scale", f32Entry(Float32Array.of(layer.wtscale), [1]));
@@ -342,8 +356,8 @@ export function canonicalW4A4(layer: NunchakuW4A4): CanonicalLayer {
   // the source's, so the importer can announce it before converting
   t.set("smooth", f32Entry(layer.smooth, [k]));
   if (r > 0) {
-    t.set("lora_down", f16Entry(layer.loraDown, [r, k], count));
-    t.set("lora_up", f16Entry(layer.loraUp, [n, r], count));
+    t.set("lora_down", f16Entry(`${layer.name}.lora_down`, layer.loraDown, [r, k], count));
+    t.set("lora_up", f16Entry(`${layer.name}.lora_up`, layer.loraUp, [n, r], count));
   }
   if (layer.bias) t.set("bias", f32Entry(layer.bias, [n]));
   return { tensors: t, inexact: count.inexact };
@@ -360,8 +374,8 @@ export function canonicalW4A16(layer: NunchakuW4A16): CanonicalLayer {
   const t = new Map<string, TensorEntry>();
   const q = packNibbles(layer.codes, n, k);
   t.set("qweight", { dtype: "U32", shape: [n, k / 8], data: new Uint8Array(q.buffer) });
-  t.set("wscales", f16Entry(layer.scales, [n, k / 64], count));
-  t.set("wzeros", f16Entry(layer.zeros, [n, k / 64], count));
+  t.set("wscales", f16Entry(`${layer.name}.wscales`, layer.scales, [n, k / 64], count));
+  t.set("wzeros", f16Entry(`${layer.name}.wzeros`, layer.zeros, [n, k / 64], count));
   t.set("bias", f32Entry(layer.bias, [n]));
   return { tensors: t, inexact: count.inexact };
 }

@@ -235,7 +235,10 @@ export interface ImportReport {
   rank: number;
   /** Layers converted: W4A4, W4A16, and 16-bit tensors copied. */
   counts: { w4a4: number; w4a16: number; copied: number };
-  /** Values that bf16 → f16 did not keep exactly (0 for normal checkpoints). */
+  /**
+   * Values that bf16 → f16 did not keep exactly: magnitudes below 2⁻¹⁷ (f16 subnormals, absolute
+   * error ≤ 2⁻²⁵; a few low-rank entries of a real checkpoint) or above 65504 (none expected).
+   */
   inexact: number;
 }
 
