@@ -6,6 +6,7 @@
  */
 import { parseArgs } from "node:util";
 import { fail, runCli } from "../cli/_cli.ts";
+import { resolveModel } from "../cli/_resolve.ts";
 import { cachedPath, FLOAT_MODEL, modelBaseName, modelFor, PRECISIONS } from "../cli/_models.ts";
 import { createApp } from "./app.ts";
 import { PipelineEngine, type RegistryEntry } from "./engine.ts";
@@ -16,7 +17,9 @@ const USAGE = `Usage: deno task serve [options]
 
   --port N           port (default: $PORT or 8000)
   --host H           address to listen on (default 0.0.0.0)
-  --model FILE       serve this model file only (id: its file name without .safetensors)
+  --model FILE|ID    serve this model file only (id: its file name without .safetensors); a
+                     Nunchaku svdq-* checkpoint is imported once, a hub id <owner>/<name>/<file>
+                     downloaded first (deno task pull)
   --models FILE      a JSON registry {"id": "path", ...}; the first is the default
   --queue N          requests waiting beyond the running one before 429 (default 8)
   --concurrency N    generations on the GPU at once (default 1)
@@ -80,8 +83,10 @@ async function main(args: string[]): Promise<void> {
   };
   const port = int("port", values.port ?? Deno.env.get("PORT") ?? "8000", 0, 65535);
   let registry: RegistryEntry[];
-  if (values.model) registry = [{ id: idFor(values.model), path: values.model }];
-  else if (values.models) {
+  if (values.model) {
+    const path = await resolveModel(values.model, (l) => console.log(l)); // file, Nunchaku, hub id
+    registry = [{ id: idFor(values.model), path }];
+  } else if (values.models) {
     const j = JSON.parse(await Deno.readTextFile(values.models));
     registry = Object.entries(j).map(([id, path]) => ({ id, path: String(path) }));
   } else registry = await defaultRegistry();
