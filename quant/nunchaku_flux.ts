@@ -305,6 +305,16 @@ function swapHalves(data: Uint8Array): Uint8Array {
  * {@link FormatError} (naming the tensor where there is one) for a file that is not a Nunchaku
  * FLUX checkpoint, an unknown quantization config, a missing config, missing tensors, or a shape
  * that is not a multiple of Nunchaku's tiles; nothing is written then.
+ *
+ * @example
+ * ```ts ignore
+ * import { importNunchakuFlux } from "./nunchaku_flux.ts";
+ * const r = await importNunchakuFlux(
+ *   "svdq-int4_r32-flux.1-schnell.safetensors",
+ *   "flux.1-schnell.int4.safetensors",
+ * );
+ * console.log(r.precision, r.counts); // "int4" { w4a4: 304, w4a16: 76, copied: … } for FLUX.1
+ * ```
  */
 export async function importNunchakuFlux(
   input: string,
@@ -378,9 +388,15 @@ export async function importNunchakuFlux(
           };
           report.counts.copied++;
         } else {
-          const c = item.kind === "w4a4"
-            ? canonicalW4A4(await readNunchakuW4A4(r, item.src, q.precision))
-            : canonicalW4A16(await readNunchakuW4A16(r, item.src, item.splits));
+          let c;
+          try {
+            c = item.kind === "w4a4"
+              ? canonicalW4A4(await readNunchakuW4A4(r, item.src, q.precision))
+              : canonicalW4A16(await readNunchakuW4A16(r, item.src, item.splits));
+          } catch (e) {
+            if (!(e instanceof RangeError)) throw e;
+            throw new FormatError(input, e.message, item.src);
+          }
           report.counts[item.kind]++;
           report.inexact += c.inexact;
           for (const [suffix, t] of c.tensors) {
