@@ -215,6 +215,7 @@ export {
   unpackF16,
 } from "./quant/packing.ts";
 export type {
+  ActConvention,
   ActMode,
   Int4Weight,
   Nvfp4Weight,
@@ -227,6 +228,8 @@ export type { Method, QuantizedLinear, QuantizeLinearOptions, TensorEntry } from
 export type { TensorDtype } from "./quant/baselines.ts";
 export type { MatMul } from "./quant/linalg.ts";
 export { quantizeCheckpoint } from "./quant/model.ts";
+export { importNunchakuFlux } from "./quant/nunchaku_flux.ts";
+export type { ImportOptions, ImportReport, PlanItem } from "./quant/nunchaku_flux.ts";
 export type { LayerReport, ModelMethod, QuantizeModelOptions } from "./quant/model.ts";
 export { FORMAT_VERSION, QuantFile, writeQuantFile } from "./quant/format.ts";
 export type {

@@ -8,6 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import { fail, runCli } from "../cli/_cli.ts";
+import { resolveModel } from "../cli/_resolve.ts";
 import { cachedPath, FLOAT_MODEL, modelBaseName, modelFor, PRECISIONS } from "../cli/_models.ts";
 import { createApp } from "./app.ts";
 import { PipelineEngine, type RegistryEntry } from "./engine.ts";
@@ -20,7 +21,9 @@ const USAGE = `Usage: deno task serve [options]
   --port N           port (default: $PORT or 8000)
   --host H           address to listen on (default 127.0.0.1; 0.0.0.0 for every interface,
                      which warns when W4_API_TOKEN is not set)
-  --model FILE       serve this model file only (id: its file name without .safetensors)
+  --model FILE|ID    serve this model file only (id: its file name without .safetensors); a
+                     Nunchaku svdq-* checkpoint is imported once, a hub id <owner>/<name>/<file>
+                     downloaded first (deno task pull)
   --models FILE      a JSON registry {"id": "path", ...}; the first is the default
   --queue N          requests waiting beyond the running one before 429 (default 8)
   --concurrency N    generations on the GPU at once (default 1)
@@ -138,8 +141,10 @@ async function main(args: string[]): Promise<void> {
   }
 
   let registry: RegistryEntry[];
-  if (values.model) registry = [{ id: idFor(values.model), path: values.model }];
-  else if (models) registry = models;
+  if (values.model) {
+    const path = await resolveModel(values.model, (l) => console.log(l)); // file, Nunchaku, hub id
+    registry = [{ id: idFor(values.model), path }];
+  } else if (models) registry = models;
   else registry = await defaultRegistry();
 
   console.log(`loading ${registry[0].path} …`);
