@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { inferDitConfig, isPublicDit } from "../runtime/dit_public.ts";
 import { FormatError } from "../runtime/errors.ts";
 import { assertFinite } from "../runtime/model_check.ts";
 import { ModelFile } from "../runtime/model_file.ts";
@@ -108,6 +109,8 @@ export async function quantizeCheckpoint(
       } catch {
         throw new FormatError(input, "metadata model_config is not JSON");
       }
+    } else if (isPublicDit(reader.tensors)) {
+      modelConfig = inferDitConfig(input, reader.tensors); // a converted public DiT checkpoint
     }
     const names = [...reader.tensors.keys()];
     const reports: LayerReport[] = [];

@@ -344,3 +344,76 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "autoencoder: quant_conv / post_quant_conv (SD VAEs) are applied where LDM applies them",
+  ignore,
+  async fn() {
+    const gpu = (await testGpu())!;
+    const dir = await Deno.makeTempDir();
+    try {
+      // The fixture plus quant_conv = 2·I + b (8 ch) and post_quant_conv = 2·I (4 ch), 1×1.
+      const r = await SafetensorsReader.open(AE);
+      const eye = (c: number, k: number) => {
+        const w = new Float32Array(c * c);
+        for (let i = 0; i < c; i++) w[i * c + i] = k;
+        return w;
+      };
+      const qb = Float32Array.from({ length: 8 }, (_, i) => 0.1 * (i - 3));
+      const extra: [string, number[], Float32Array][] = [
+        ["quant_conv.weight", [8, 8, 1, 1], eye(8, 2)],
+        ["quant_conv.bias", [8], qb],
+        ["post_quant_conv.weight", [4, 4, 1, 1], eye(4, 2)],
+        ["post_quant_conv.bias", [4], new Float32Array(4)],
+      ];
+      const old = [...r.tensors.values()];
+      const w = await SafetensorsWriter.create(`${dir}/sd_like.safetensors`, {
+        tensors: [
+          ...old.map((t) => ({
+            name: t.name,
+            dtype: t.dtype,
+            shape: [...t.shape],
+            byteLength: t.end - t.begin,
+          })),
+          ...extra.map(([name, shape, v]) => ({
+            name,
+            dtype: "F32" as const,
+            shape,
+            byteLength: v.byteLength,
+          })),
+        ],
+        metadata: r.metadata,
+      });
+      for (const t of old) await w.write(t.name, await r.readRaw(t.name));
+      for (const [name, , v] of extra) await w.write(name, new Uint8Array(v.buffer));
+      await w.commit();
+      r.close();
+      const g = await golden();
+      const plain = await Autoencoder.load(gpu, AE, { dtype: "f32" });
+      const sd = await Autoencoder.load(gpu, `${dir}/sd_like.safetensors`, { dtype: "f32" });
+      try {
+        const { scale: s, shift: t } = sd.config;
+        // decode: post_quant_conv doubles z/s + t, so decoding z equals plain-decoding z'.
+        const z = g.get("decode.z")!;
+        const z2 = z.data.map((v) => s * (2 * (v / s + t) - t));
+        check(
+          "post_quant_conv",
+          await sd.decode(z.data, z.shape as never),
+          await plain.decode(z2, z.shape as never),
+          1e-6,
+        );
+        // encode: the mean becomes 2·mean + b.
+        const img = g.get("encode.image")!;
+        const a = await plain.encode(img.data, img.shape as never);
+        const hw = a.length / 4;
+        const want = a.map((v, i) => s * (2 * (v / s + t) + qb[Math.floor(i / hw)] - t));
+        check("quant_conv", await sd.encode(img.data, img.shape as never), want, 1e-6);
+      } finally {
+        plain.destroy();
+        sd.destroy();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

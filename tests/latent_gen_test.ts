@@ -11,6 +11,12 @@ import { ModelFile } from "../runtime/model_file.ts";
 import { ditConfig } from "../runtime/dit.ts";
 import { randomTaesd, writePublicLatentDit, writeTensors } from "./_latent_fixtures.ts";
 import { Rng } from "../kernels/_testing.ts";
+import { getGpu } from "../runtime/device.ts";
+import { Pipeline } from "../runtime/pipeline.ts";
+import { Autoencoder } from "../runtime/autoencoder.ts";
+import { CalibRecorder } from "../quant/calib.ts";
+import { quantizeCheckpoint } from "../quant/model.ts";
+import { psnr } from "../runtime/metrics.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`latent gen tests skipped: ${NO_GPU_REASON}`);
@@ -93,6 +99,62 @@ Deno.test({
       assert.equal(tiny.code, 0, tiny.out);
       assert.match(tiny.out, /decoding with the tiny decoder/);
       assert.deepEqual(await pngSize(`${dir}/tiny.png`), [64, 64]); // 16 latent × 4
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a public latent DiT calibrates through the pipeline, quantizes (INT4, NVFP4) and decodes",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const gpu = await getGpu();
+    try {
+      const model = `${dir}/dit.safetensors`;
+      await writePublicLatentDit(model);
+      // Calibration: the float latent model over a few classes, recording every linear's inputs.
+      const recorder = new CalibRecorder({ buckets: 2, maxSamples: 64, seed: 1 });
+      const pipe = await Pipeline.load(gpu, model, { images: 2, dtype: "f32" });
+      const req = { classes: [207, 1], seed: 5, steps: 3, cfg: 4 };
+      let floatLatent: Float32Array;
+      try {
+        await pipe.generate({ ...req, calibration: { recorder, buckets: 2 } });
+        floatLatent = (await pipe.generate(req)).images;
+      } finally {
+        pipe.destroy();
+      }
+      const ae = await Autoencoder.load(gpu, AE, { dtype: "f32", parts: ["decoder"] });
+      try {
+        const floatImg = await ae.decode(floatLatent, [2, 4, 16, 16]);
+        for (const format of ["int4", "nvfp4"] as const) {
+          const out = `${dir}/dit.${format}.safetensors`;
+          await quantizeCheckpoint(model, out, {
+            format,
+            calib: recorder.stats(),
+            alphas: [0.5],
+            rounds: 1,
+          });
+          const q = await Pipeline.load(gpu, out, { images: 2, dtype: "f32" });
+          try {
+            assert.equal(q.file.precision, format);
+            assert.equal(q.classNames[207], "golden retriever");
+            const img = await ae.decode((await q.generate(req)).images, [2, 4, 16, 16]);
+            assert.ok(img.every(Number.isFinite));
+            // Random weights: the figure only says the quantized model tracks the float one.
+            const p = psnr(img, floatImg);
+            console.log(
+              `${format}: PSNR of the decoded image vs the float model's ${p.toFixed(1)} dB`,
+            );
+            assert.ok(p > 10, `${format}: PSNR ${p}`);
+          } finally {
+            q.destroy();
+          }
+        }
+      } finally {
+        ae.destroy();
+      }
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
