@@ -7,7 +7,12 @@
  */
 import { parseArgs } from "node:util";
 import { readCalibStats } from "../quant/calib.ts";
-import { type LayerReport, type ModelMethod, quantizeCheckpoint } from "../quant/model.ts";
+import {
+  checkInput,
+  type LayerReport,
+  type ModelMethod,
+  quantizeCheckpoint,
+} from "../quant/model.ts";
 import { DEFAULT_DIT_POLICY, parsePolicy } from "../quant/policy.ts";
 import type { WeightFormat } from "../quant/packing.ts";
 import { paroTensors } from "../quant/paro_store.ts";
@@ -97,6 +102,7 @@ async function main(args: string[]): Promise<void> {
     );
   }
   await checkOutputFile(values.out);
+  await checkInput(input, values.out); // before a --paro calibration runs the model
   let paro;
   if (values.paro !== undefined) {
     const density = Number(values.paro);
