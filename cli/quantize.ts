@@ -7,7 +7,12 @@
  */
 import { parseArgs } from "node:util";
 import { readCalibStats } from "../quant/calib.ts";
-import { type LayerReport, type ModelMethod, quantizeCheckpoint } from "../quant/model.ts";
+import {
+  checkInput,
+  type LayerReport,
+  type ModelMethod,
+  quantizeCheckpoint,
+} from "../quant/model.ts";
 import { DEFAULT_DIT_POLICY, parsePolicy } from "../quant/policy.ts";
 import type { WeightFormat } from "../quant/packing.ts";
 import { paroTensors } from "../quant/paro_store.ts";
@@ -105,6 +110,11 @@ async function main(args: string[]): Promise<void> {
   const fluxInput = await fluxTransformerPath(input);
   if (fluxInput) {
     if (values.paro !== undefined) fail("--paro is for DiT models, not FLUX");
+    const real = (p: string) => Deno.realPath(p).catch(() => null);
+    const [src, dst] = await Promise.all([real(fluxInput), real(values.out)]);
+    if (src !== null && src === dst) {
+      fail(`Cannot write ${values.out}: it is the input file; give another --out path`);
+    }
     return await quantizeFluxCli(fluxInput, values.out, {
       method,
       format,
@@ -117,6 +127,7 @@ async function main(args: string[]): Promise<void> {
       policy: values.policy,
     });
   }
+  await checkInput(input, values.out); // before a --paro calibration runs the model
   let paro;
   if (values.paro !== undefined) {
     const density = Number(values.paro);

@@ -242,12 +242,14 @@ async function copyTensor(reader: SafetensorsReader, name: string): Promise<Quan
 }
 
 /**
- * Refuses an input that cannot give a loadable file, before any work: a file that is already
+ * {@linkcode quantizeCheckpoint}'s first step, callable on its own (the CLI runs it before a
+ * sparse-attention calibration): refuses an input that cannot give a loadable file, before any
+ * work: a file that is already
  * quantized, one whose checksum (when it has one) does not match, one whose `model_config`
  * contradicts itself or its tensors (runtime/model_check.ts), and an output path that is the
  * input itself.
  */
-async function checkInput(input: string, output: string): Promise<void> {
+export async function checkInput(input: string, output: string): Promise<void> {
   const real = (p: string) => Deno.realPath(p).catch(() => null);
   const [a, b] = await Promise.all([real(input), real(output)]);
   if (a !== null && a === b) {
