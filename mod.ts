@@ -75,7 +75,7 @@
  * // a diffusers FLUX.1 folder: text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/
  * const text = await TextEncoders.fromFluxFolder(gpu, "FLUX.1-schnell", {
  *   variant: "schnell", // T5 padded to 256 tokens (dev: 512)
- *   t5Weights: "w8a16", // or "float", "w4a16" (quantized on load; a pre-quantized file wins)
+ *   t5Weights: "w8a16", // the default; or "float", "w4a16" (quantized on load; a file's wins)
  * });
  * const e = await text.encode("a red fox under a golden tree, oil painting");
  * console.log(e.t5.length / e.t5Dim, e.pooled.length, e.truncated); // 256 768 { clip: false, t5: false }
@@ -260,6 +260,7 @@ export type { LayerPolicyRule } from "./quant/policy.ts";
 // text encoders (FLUX.1: CLIP-L pooled output + T5-XXL sequence; tokenizers from tokenizer.json)
 export {
   clearPromptCache,
+  DEFAULT_T5_WEIGHTS,
   FLUX_T5_LENGTH,
   loadTokenizer,
   TextEncoders,
