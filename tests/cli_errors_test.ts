@@ -161,6 +161,8 @@ Deno.test({
       r = await run("cli/gen.ts", [
         "--model",
         `${dir}/huge.safetensors`,
+        "--vae", // the tiny DiT makes 4-channel latents: decode them with the tiny autoencoder
+        `${ROOT}tests/fixtures/ae_tiny.safetensors`,
         "--steps",
         "3",
         "--out",
