@@ -46,6 +46,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<ACT>;
 @group(0) @binding(5) var<storage, read_write> y: array<ACT>;
+// INT8 weights (W_INT8): codes [N, K] four per u32 (element i in byte i & 3 of word i >> 2, two's
+// complement), and one f32 scale per output channel: W[n, k] = wq[n, k] · wscale[n].
+@group(0) @binding(6) var<storage, read> wq: array<u32>;
+@group(0) @binding(7) var<storage, read> wscale: array<f32>;
 
 override KS: u32 = 3; // kernel size, 1 or 3
 override STRIDE: u32 = 1; // 1 or 2
@@ -53,6 +57,7 @@ override UPSAMPLE: bool = false; // nearest 2× upsample on the input read
 override SILU_IN: bool = false; // silu on the input read
 override HAS_BIAS: bool = false;
 override HAS_RESIDUAL: bool = false;
+override W_INT8: bool = false; // weights from wq/wscale instead of w
 override RELU: bool = false; // max(0, ·) after bias and residual (TAESD blocks)
 
 const BM = 128u; // output pixels (M) per workgroup
@@ -98,7 +103,13 @@ fn ldx(pix0: u32, iy: i32, ix: i32, ci: u32, kin: bool) -> f32 {
 }
 
 fn ldw(row: u32, kc: u32, kin: bool) -> f32 {
-  let v = f32(w[min(row, params.n - 1u) * params.k + kc]);
+  let i = min(row, params.n - 1u) * params.k + kc;
+  var v: f32;
+  if (W_INT8) {
+    v = f32(extractBits(i32(wq[i >> 2u]), (i & 3u) * 8u, 8u)); // the scale is applied per column
+  } else {
+    v = f32(w[i]);
+  }
   return select(0.0, v, kin && row < params.n);
 }
 
@@ -127,6 +138,9 @@ fn origin(m: u32) -> Origin {
 
 fn epilogue(v: f32, row: u32, col: u32) -> f32 {
   var r = v;
+  if (W_INT8) {
+    r *= wscale[col];
+  }
   if (HAS_BIAS) {
     r += bias[col];
   }
