@@ -17,7 +17,10 @@ const USAGE = `Usage: deno task serve [options]
   --port N           port (default: $PORT or 8000)
   --host H           address to listen on (default 0.0.0.0)
   --model FILE       serve this model file only (id: its file name without .safetensors)
-  --models FILE      a JSON registry {"id": "path", ...}; the first is the default
+  --models FILE      a JSON registry {"id": "path" or {"path", "vae", "preview"}, ...}; the first
+                     is the default
+  --vae PATH         with --model, for a latent model: its autoencoder (file or diffusers folder)
+  --preview FILE     with --vae: a TAESD-family decoder for the live previews (default the vae)
   --queue N          requests waiting beyond the running one before 429 (default 8)
   --concurrency N    generations on the GPU at once (default 1)
   --timeout S        time limit of one request in seconds, wait included (default 120)
@@ -64,6 +67,8 @@ async function main(args: string[]): Promise<void> {
       host: { type: "string", default: "0.0.0.0" },
       model: { type: "string" },
       models: { type: "string" },
+      vae: { type: "string" },
+      preview: { type: "string" },
       queue: { type: "string", default: "8" },
       concurrency: { type: "string", default: "1" },
       timeout: { type: "string", default: "120" },
@@ -80,10 +85,25 @@ async function main(args: string[]): Promise<void> {
   };
   const port = int("port", values.port ?? Deno.env.get("PORT") ?? "8000", 0, 65535);
   let registry: RegistryEntry[];
-  if (values.model) registry = [{ id: idFor(values.model), path: values.model }];
-  else if (values.models) {
+  if (values.model) {
+    registry = [{
+      id: idFor(values.model),
+      path: values.model,
+      vae: values.vae,
+      preview: values.preview,
+    }];
+  } else if (values.models) {
     const j = JSON.parse(await Deno.readTextFile(values.models));
-    registry = Object.entries(j).map(([id, path]) => ({ id, path: String(path) }));
+    registry = Object.entries(j).map(([id, v]) =>
+      v && typeof v === "object"
+        ? {
+          id,
+          path: String((v as RegistryEntry).path),
+          vae: (v as RegistryEntry).vae,
+          preview: (v as RegistryEntry).preview,
+        }
+        : { id, path: String(v) }
+    );
   } else registry = await defaultRegistry();
 
   console.log(`loading ${registry[0].path} …`);
