@@ -24,6 +24,13 @@ import { tilePad } from "../gemm_f16/gemm_f16.ts";
 
 const NAME = "conv2d";
 const TILE = 128; // BM = BN of the kernel
+const NARROW_WG = 64; // conv2d.wgsl NARROW_WG
+
+/** Largest Cout served by the narrow kernel (one invocation per pixel); larger runs tiled. */
+export const CONV2D_NARROW_MAX_N = 8;
+
+/** Which kernel runs: by default `"narrow"` for Cout ≤ {@linkcode CONV2D_NARROW_MAX_N}. */
+export type Conv2dKernel = "tiled" | "narrow";
 
 /** Zero padding `[top, bottom, left, right]` in logical-input pixels. */
 export type Conv2dPad = readonly [top: number, bottom: number, left: number, right: number];
@@ -181,6 +188,8 @@ export class Conv2d {
   readonly #params: GPUBuffer;
   readonly #dummy: GPUBuffer;
   readonly #grid: [number, number];
+  /** The kernel in use. */
+  readonly kernel: Conv2dKernel;
 
   private constructor(
     shape: Conv2dShape,
@@ -189,8 +198,10 @@ export class Conv2d {
     params: GPUBuffer,
     dummy: GPUBuffer,
     grid: [number, number],
+    kernel: Conv2dKernel,
   ) {
     this.shape = shape;
+    this.kernel = kernel;
     this.geometry = geometry;
     this.#pipeline = pipeline;
     this.#params = params;
@@ -198,12 +209,25 @@ export class Conv2d {
     this.#grid = grid;
   }
 
-  /** Validate `shape`, build the pipeline and the uniform params. */
-  static async create(gpu: Gpu, shape: Conv2dShape): Promise<Conv2d> {
+  /**
+   * Validate `shape`, build the pipeline and the uniform params. `which` forces one of the two
+   * kernels (tests, benchmarks); by default Cout picks it (narrow for Cout ≤ 8).
+   */
+  static async create(gpu: Gpu, shape: Conv2dShape, which?: Conv2dKernel): Promise<Conv2d> {
     const g = checkShape(gpu, shape);
     const { b, h, w, cin, cout, kernel } = shape;
     const m = b * g.ho * g.wo;
-    const grid: [number, number] = [Math.ceil(cout / TILE), Math.ceil(m / TILE)];
+    const narrow = (which ?? (cout <= CONV2D_NARROW_MAX_N ? "narrow" : "tiled")) === "narrow";
+    if (narrow && cout > CONV2D_NARROW_MAX_N) {
+      throw new RangeError(
+        `Cannot build ${NAME}: the narrow kernel takes Cout ≤ ${CONV2D_NARROW_MAX_N}, got ${cout}`,
+      );
+    }
+    const groups = Math.ceil(m / NARROW_WG);
+    const nx = Math.min(groups, gpu.caps.maxComputeWorkgroupsPerDimension);
+    const grid: [number, number] = narrow
+      ? [nx, Math.ceil(groups / nx)]
+      : [Math.ceil(cout / TILE), Math.ceil(m / TILE)];
     checkGrid(gpu, grid, {
       kernel: NAME,
       verb: "build",
@@ -222,7 +246,8 @@ export class Conv2d {
       W_INT8: shape.weights === "int8" ? 1 : 0,
       PAD: tilePad(gpu, NAME),
     };
-    const pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, constants, NAME);
+    const entry = narrow ? `${NAME}_narrow` : NAME;
+    const pipeline = await gpu.pipeline(`${entry}_${shape.dtype}`, src, constants, entry);
     const words = new Uint32Array([
       b,
       h,
@@ -239,7 +264,7 @@ export class Conv2d {
     ]);
     const params = await gpu.uniform(`buffer ${NAME} params`, words);
     const dummy = await gpu.createBuffer(`buffer ${NAME} unused`, 16);
-    return new Conv2d({ ...shape }, g, pipeline, params, dummy, grid);
+    return new Conv2d({ ...shape }, g, pipeline, params, dummy, grid, narrow ? "narrow" : "tiled");
   }
 
   /** A dispatch computing y; every buffer's size is checked against the shape first. */

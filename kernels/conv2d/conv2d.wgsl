@@ -17,7 +17,14 @@
 // (so a right/bottom-only pad is pad_t = pad_l = 0 with Ho, Wo one larger). With SILU_IN the
 // value is silu(x) before the zero padding applies (silu(0) = 0, so the order does not matter).
 //
-// Tiling: the gemm_f16 tiled kernel's (see gemm_f16.wgsl): a 16×16 workgroup owns a 128×128
+// Two entry points, chosen by the launcher:
+//   conv2d         the tiled implicit GEMM below, for Cout > 8.
+//   conv2d_narrow  Cout ≤ 8 (conv_out to RGB, the encoder's moments, quant_conv): one invocation
+//                  per output pixel accumulates all its ≤ 8 channels in two vec4, walking its
+//                  KS² taps (bounds checked once per tap) and Cin; a 128-wide N tile would
+//                  compute 128 columns to keep 3 (43× the work at the decoder's conv_out).
+//
+// Tiling of conv2d: the gemm_f16 tiled kernel's (see gemm_f16.wgsl): a 16×16 workgroup owns a 128×128
 // block of Y, each invocation an 8×8 register tile of named vec4s; K advances 16 at a time with
 // the next tile's gather issued into registers before the current tile is multiplied. The output
 // pixel of each of an invocation's 8 load rows is decoded once (not per k step); each k step
@@ -305,4 +312,59 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: 
   store4(rb + 2u, cb, acc[13]);
   store4(rb + 3u, ca, acc[14]);
   store4(rb + 3u, cb, acc[15]);
+}
+
+// ---- narrow Cout (≤ 8) ----
+
+const NARROW_WG = 64u;
+
+// Y row m, columns c..c+3 (those < N).
+fn store_narrow(m: u32, c: u32, v: vec4<f32>) {
+  for (var j = 0u; j < 4u; j++) {
+    if (c + j < params.n) {
+      y[m * params.n + c + j] = ACT(epilogue(v[j], m, c + j));
+    }
+  }
+}
+
+@compute @workgroup_size(NARROW_WG)
+fn conv2d_narrow(
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+) {
+  let m = (wid.y * nwg.x + wid.x) * NARROW_WG + lid;
+  if (m >= params.m) {
+    return;
+  }
+  let o = origin(m);
+  var a0 = vec4<f32>(0.0); // channels 0..3
+  var a1 = vec4<f32>(0.0); // channels 4..7
+  let cin = params.cin;
+  for (var tap = 0u; tap < KS * KS; tap++) {
+    let iy = o.iy + i32(tap / KS);
+    let ix = o.ix + i32(tap % KS);
+    if (iy < 0 || ix < 0 || iy >= hl() || ix >= wl()) {
+      continue;
+    }
+    var sy = u32(iy);
+    var sx = u32(ix);
+    if (UPSAMPLE) {
+      sy = sy >> 1u;
+      sx = sx >> 1u;
+    }
+    let base = (o.pix0 + sy * params.w + sx) * cin;
+    let k0 = tap * cin;
+    for (var ci = 0u; ci < cin; ci++) {
+      var v = f32(x[base + ci]);
+      if (SILU_IN) {
+        v = silu(v);
+      }
+      let kc = k0 + ci;
+      a0 = fma(vec4(v), vec4(ldw(0u, kc, true), ldw(1u, kc, true), ldw(2u, kc, true), ldw(3u, kc, true)), a0);
+      a1 = fma(vec4(v), vec4(ldw(4u, kc, true), ldw(5u, kc, true), ldw(6u, kc, true), ldw(7u, kc, true)), a1);
+    }
+  }
+  store_narrow(m, 0u, a0);
+  store_narrow(m, 4u, a1);
 }

@@ -12,6 +12,7 @@ import {
   Conv2d,
   conv2d,
   conv2dGeometry,
+  type Conv2dKernel,
   type Conv2dShape,
   packConvWeight,
   quantizeConvWeightInt8,
@@ -21,9 +22,49 @@ import { conv2dAbsRef, conv2dRef } from "./conv2d_ref.ts";
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`conv2d tests skipped: ${NO_GPU_REASON}`);
 
+// Cout ≤ 8 runs the narrow kernel (Cout = 3, 5, 7, 8 below; `which` forces the other one).
 // Awkward sizes: odd H/W, Cin = 3 (not a multiple of 4 or of the 16-deep K tile), Cout = 3 and
 // 130 (past one 128-wide N tile), B·Ho·Wo past one 128-row M tile, each fusion, both dtypes.
-const CASES: Conv2dShape[] = [
+const CASES: (Conv2dShape & { which?: Conv2dKernel })[] = [
+  { b: 2, h: 7, w: 9, cin: 12, cout: 8, kernel: 3, bias: true, residual: true, dtype: "f32" },
+  {
+    b: 1,
+    h: 5,
+    w: 6,
+    cin: 16,
+    cout: 3,
+    kernel: 3,
+    upsample: true,
+    siluIn: true,
+    bias: true,
+    dtype: "f16",
+  },
+  {
+    b: 1,
+    h: 8,
+    w: 7,
+    cin: 9,
+    cout: 5,
+    kernel: 3,
+    stride: 2,
+    pad: [0, 1, 0, 1],
+    bias: true,
+    weights: "int8",
+    dtype: "f32",
+  },
+  { b: 2, h: 4, w: 4, cin: 6, cout: 8, kernel: 3, bias: true, dtype: "f32", which: "tiled" },
+  {
+    b: 1,
+    h: 5,
+    w: 5,
+    cin: 7,
+    cout: 16,
+    kernel: 1,
+    bias: true,
+    relu: true,
+    dtype: "f32",
+    which: "tiled",
+  },
   { b: 1, h: 5, w: 7, cin: 3, cout: 8, kernel: 3, bias: true, dtype: "f32" },
   { b: 1, h: 6, w: 7, cin: 5, cout: 130, kernel: 3, bias: true, weights: "int8", dtype: "f32" },
   {
@@ -121,7 +162,7 @@ const CASES: Conv2dShape[] = [
   },
 ];
 
-function caseName(c: Conv2dShape): string {
+function caseName(c: Conv2dShape & { which?: Conv2dKernel }): string {
   const flags = [
     c.stride === 2 ? "s2" : "",
     c.pad !== undefined ? `pad ${JSON.stringify(c.pad)}` : "",
@@ -131,6 +172,7 @@ function caseName(c: Conv2dShape): string {
     c.residual ? "residual" : "",
     c.relu ? "relu" : "",
     c.weights === "int8" ? "int8-w" : "",
+    (c.which ?? (c.cout <= 8 ? "narrow" : "")) ? `(${c.which ?? "narrow"})` : "",
   ].filter((f) => f).join(" ");
   return `conv2d ${c.kernel}×${c.kernel} B=${c.b} ${c.h}×${c.w} ${c.cin}→${c.cout} ${flags} ${c.dtype}`;
 }
@@ -174,7 +216,14 @@ for (const c of CASES) {
         : undefined;
       const by = await gpu.upload("buffer test y", poison(outBytes));
       try {
-        await conv2d(gpu, c, { x: bx, w: bw, bias: bb, residual: br, y: by, wq: bq, wscale: bs });
+        const op = await Conv2d.create(gpu, c, c.which);
+        try {
+          await gpu.runChecked(`run ${name}`, [
+            op.dispatch({ x: bx, w: bw, bias: bb, residual: br, y: by, wq: bq, wscale: bs }),
+          ]);
+        } finally {
+          op.destroy();
+        }
         const got = fromActBytes(await gpu.read(by), c.dtype, c.b * ho * wo * c.cout);
         const inputs = { ...c, x, weight: w, bias, residual };
         checkGemmOutput(name, got, conv2dRef(inputs), conv2dAbsRef(inputs), c.dtype === "f16");
@@ -226,6 +275,14 @@ Deno.test({
       assert.throws(() => op.dispatch({ x: y, w, bias, y: w }), {
         name: "TypeError",
         message: /residual is missing/,
+      });
+      await assert.rejects(() => conv2d(gpu, { ...base, h: 2, w: 2 }, { x, w, y }), {
+        name: "TypeError",
+        message: /bias is missing/,
+      });
+      await assert.rejects(() => Conv2d.create(gpu, { ...base, cout: 9 }, "narrow"), {
+        name: "RangeError",
+        message: /narrow kernel takes Cout ≤ 8, got 9/,
       });
     } finally {
       op.destroy();
