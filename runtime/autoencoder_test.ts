@@ -447,3 +447,69 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "autoencoder: an LDM-layout file without metadata (as FLUX's ae.safetensors) gets its config from the shapes",
+  ignore,
+  async fn() {
+    const gpu = (await testGpu())!;
+    const dir = await Deno.makeTempDir();
+    try {
+      const r = await SafetensorsReader.open(AE);
+      const all = [...r.tensors.values()];
+      const w = await SafetensorsWriter.create(`${dir}/ae.safetensors`, {
+        tensors: all.map((t) => ({
+          name: t.name,
+          dtype: t.dtype,
+          shape: [...t.shape],
+          byteLength: t.end - t.begin,
+        })),
+        metadata: { format: "pt" },
+      });
+      for (const t of all) await w.write(t.name, await r.readRaw(t.name));
+      await w.commit();
+      r.close();
+      const plain = await Autoencoder.load(gpu, `${dir}/ae.safetensors`, {
+        dtype: "f32",
+        parts: ["decoder"],
+      });
+      try {
+        // 4 latent channels: the SD preset unless told otherwise.
+        assert.equal(plain.config.from, "shapes (preset sd)");
+        assert.deepEqual([plain.config.scale, plain.config.shift], [0.18215, 0]);
+        assert.deepEqual(
+          [plain.config.ch, plain.config.chMult, plain.config.numResBlocks, plain.config.zChannels],
+          [32, [1, 2], 1, 4],
+        );
+      } finally {
+        plain.destroy();
+      }
+      const ae = await Autoencoder.load(gpu, `${dir}/ae.safetensors`, {
+        dtype: "f32",
+        preset: "flux",
+      });
+      try {
+        const g = await golden();
+        const z = g.get("decode.z")!;
+        check(
+          "ldm, config from shapes, dec.out",
+          await ae.decode(z.data, z.shape as never),
+          g.get("dec.out")!.data,
+          1e-5,
+        );
+        const img = g.get("encode.image")!;
+        check(
+          "ldm, config from shapes, enc.z",
+          await ae.encode(img.data, img.shape as never),
+          g.get("enc.z")!.data,
+          1e-5,
+        );
+      } finally {
+        ae.destroy();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
