@@ -186,10 +186,18 @@ export type {
   GemmW4A4LowrankShape,
   W4A4Tile,
 } from "./kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank.ts";
-export { Conv2d, conv2d, conv2dGeometry, packConvWeight } from "./kernels/conv2d/conv2d.ts";
+export {
+  Conv2d,
+  conv2d,
+  CONV2D_NARROW_MAX_N,
+  conv2dGeometry,
+  packConvWeight,
+  quantizeConvWeightInt8,
+} from "./kernels/conv2d/conv2d.ts";
 export type {
   Conv2dBuffers,
   Conv2dGeometry,
+  Conv2dKernel,
   Conv2dPad,
   Conv2dShape,
 } from "./kernels/conv2d/conv2d.ts";

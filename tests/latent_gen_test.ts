@@ -17,6 +17,7 @@ import { Autoencoder } from "../runtime/autoencoder.ts";
 import { CalibRecorder } from "../quant/calib.ts";
 import { quantizeCheckpoint } from "../quant/model.ts";
 import { psnr } from "../runtime/metrics.ts";
+import { PipelineEngine } from "../web/engine.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`latent gen tests skipped: ${NO_GPU_REASON}`);
@@ -46,7 +47,9 @@ async function pngSize(path: string): Promise<[number, number]> {
 Deno.test("a public DiT checkpoint without metadata gets its config from the shapes", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    await writePublicLatentDit(`${dir}/dit.safetensors`);
+    // As safetensors.torch.save_file writes it when asked for {"format": "pt"} (Hugging Face's
+    // savers do): that key is not this project's quantized-file marker.
+    await writePublicLatentDit(`${dir}/dit.safetensors`, { format: "pt" });
     const f = await ModelFile.open(`${dir}/dit.safetensors`);
     try {
       const c = ditConfig(f);
@@ -154,6 +157,60 @@ Deno.test({
         }
       } finally {
         ae.destroy();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "web engine: a latent model serves decoded images and tiny-decoder previews",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      await writePublicLatentDit(`${dir}/dit.safetensors`);
+      await writeTensors(`${dir}/taesd.safetensors`, randomTaesd(4, new Rng(4)));
+      await assert.rejects(
+        () => PipelineEngine.create([{ id: "latent", path: `${dir}/dit.safetensors` }]),
+        { name: "RangeError", message: /makes 4-channel latents; give its autoencoder/ },
+      );
+      const engine = await PipelineEngine.create([
+        {
+          id: "latent",
+          path: `${dir}/dit.safetensors`,
+          vae: AE,
+          preview: `${dir}/taesd.safetensors`,
+        },
+      ]);
+      try {
+        const info = engine.models()[0];
+        assert.deepEqual([info.size, info.channels, info.classes[207]], [
+          32,
+          3,
+          "golden retriever",
+        ]);
+        const previews: Promise<Float32Array>[] = [];
+        const r = await engine.generate({
+          model: "latent",
+          classId: 207,
+          seed: 1,
+          steps: 2,
+          cfg: 4,
+          sampler: "dpm",
+          signal: new AbortController().signal,
+          onStep: (_i, _n, preview) => previews.push(Promise.resolve(preview())),
+        });
+        assert.equal(r.image.length, 3 * 32 * 32);
+        assert.equal(previews.length, 2);
+        // The TAESD preview (4× per side, 64²) is resized to the served 32².
+        for (const p of await Promise.all(previews)) {
+          assert.equal(p.length, 3 * 32 * 32);
+          assert.ok(p.every(Number.isFinite));
+        }
+      } finally {
+        engine.destroy();
       }
     } finally {
       await Deno.remove(dir, { recursive: true });
