@@ -1,15 +1,14 @@
 /**
- * Calibration of the FLUX quantizer through the float graph: run the float transformer's
- * denoising loop on calibration conditionings and record every linear layer's input
- * (quant/calib.ts `CalibRecorder`, one timestep bucket per step).
+ * Calibration of the FLUX quantizer through the float pipeline: denoise each calibration
+ * conditioning with the float transformer (the shared sampler loop, Philox noise of seed + i)
+ * and record every linear layer's input (quant/calib.ts `CalibRecorder`, one timestep bucket per
+ * step).
  *
  * @module
  */
 import { CalibRecorder, type CalibStats } from "../../quant/calib.ts";
 import type { Gpu } from "../device.ts";
-import { gaussianNoise } from "../random.ts";
-import { flowEuler, fluxShift } from "../schedulers.ts";
-import { FluxTransformer } from "./transformer.ts";
+import { FluxPipeline } from "./pipeline.ts";
 import type { FluxSource } from "./weights.ts";
 
 /** One calibration conditioning: the text encoders' outputs for one prompt. */
@@ -32,7 +31,7 @@ export interface FluxCalibOptions {
   guidance?: number;
   /** Time shift (default FLUX's for the grid; 1 for schnell). */
   shift?: number;
-  /** Seed of the starting noise (sample i uses seed + i). */
+  /** Seed of the starting noise (sample i uses seed + i, Philox stream 0). */
   seed?: number;
   /** Rows kept per layer (default 256). */
   maxSamples?: number;
@@ -50,38 +49,29 @@ export async function calibrateFlux(
   samples: readonly FluxCalibSample[],
   opts: FluxCalibOptions,
 ): Promise<CalibStats> {
-  const steps = opts.steps ?? 4, cfg = weights.config;
-  const li = opts.grid.h * opts.grid.w;
-  const sampler = flowEuler({ steps, shift: opts.shift ?? fluxShift(li) });
+  const steps = opts.steps ?? 4;
   const rec = new CalibRecorder({ buckets: steps, maxSamples: opts.maxSamples, seed: 1 });
-  const model = await FluxTransformer.load(gpu, weights, {
-    batch: 1,
+  // the float pipeline at the calibration grid (16 pixels per token), one image at a time
+  const pipe = await FluxPipeline.load(gpu, { transformer: weights }, {
+    width: opts.grid.w * 16,
+    height: opts.grid.h * 16,
     txtTokens: opts.txtTokens,
-    grid: opts.grid,
     dtype: "f32",
   });
   try {
     for (const [i, s] of samples.entries()) {
-      let img = gaussianNoise((opts.seed ?? 0) + i, li * cfg.in_channels);
-      for (let step = 0; step < steps; step++) {
-        const t = sampler.sigmas[step];
-        const probe = {
-          record: (name: string, x: Float32Array, m: number, k: number) =>
-            rec.record(name, step, x, m, k),
-        };
-        const v = await model.forwardRecording({
-          img,
-          txt: s.txt,
-          y: s.y,
-          timesteps: [t],
-          guidance: cfg.guidance_embed ? [opts.guidance ?? 3.5] : undefined,
-        }, probe);
-        img = sampler.step(step, img, v);
-        opts.onStep?.(i, step);
-      }
+      await pipe.generate({
+        conditioning: s,
+        seed: (opts.seed ?? 0) + i,
+        steps,
+        guidance: opts.guidance,
+        shift: opts.shift,
+        calibration: { recorder: rec, buckets: steps },
+        onStep: (done) => opts.onStep?.(i, done - 1),
+      });
     }
     return rec.stats();
   } finally {
-    model.destroy();
+    pipe.destroy();
   }
 }

@@ -11,6 +11,8 @@
  * @module
  */
 import type { ActDtype } from "../../kernels/_wgsl.ts";
+import type { CalibRecorder } from "../../quant/calib.ts";
+import { bucketOfStep } from "../../quant/paro.ts";
 import type { Gpu } from "../device.ts";
 import { type DenoiseJob, runDenoise } from "../family.ts";
 import { flowEuler, fluxShift } from "../schedulers.ts";
@@ -79,6 +81,11 @@ export interface FluxRequest {
   onStep?: (done: number, total: number, preview: () => Float32Array) => void;
   /** Stops the loop before the next model call. */
   signal?: AbortSignal;
+  /**
+   * Calibration mode: record each linear layer's input in `recorder` (quantizer statistics), by
+   * timestep bucket: step i of n is bucket ⌊i·buckets/n⌋.
+   */
+  calibration?: { recorder: CalibRecorder; buckets: number };
 }
 
 /** What {@linkcode FluxPipeline.generate} returns. */
@@ -179,13 +186,20 @@ export class FluxPipeline {
       sampler: () => sampler,
       predict: async (x, i) => {
         const t = Math.fround(sampler.sigmas[i]);
-        const v = await this.model.forward({
+        const inputs = {
           img: packLatents(x, n, C, h, w),
           txt: cond.txt,
           y: cond.y,
           timesteps: new Array(n).fill(t),
           guidance: cfg.guidance_embed ? new Array(n).fill(guidance) : undefined,
-        });
+        };
+        const cal = req.calibration;
+        const bucket = cal ? bucketOfStep(cal.buckets, i, sampler.timesteps.length) : 0;
+        const v = cal
+          ? await this.model.forwardRecording(inputs, {
+            record: (name, a, m, k) => cal.recorder.record(name, bucket, a, m, k),
+          })
+          : await this.model.forward(inputs);
         return unpackLatents(v, n, C, h, w);
       },
       // x_σ = (1 − σ)·x₀ + σ·noise and v = noise − x₀, so x̂₀ = x_σ − σ·v
