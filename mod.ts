@@ -49,6 +49,16 @@
  * await quantizeCheckpoint("dit.safetensors", "dit.w4.safetensors", { paro: paroTensors(plan) });
  * ```
  *
+ * @example Decode latents with an autoencoder (FLUX.1 `ae.safetensors`, SD/SDXL VAEs, diffusers folders)
+ * ```ts ignore
+ * import { Autoencoder, getGpu } from "./mod.ts";
+ * const ae = await Autoencoder.load(await getGpu(), "ae.safetensors"); // config from the file
+ * const latent = new Float32Array(16 * 64 * 64); // [1, 16, 64, 64] from the transformer
+ * const image = await ae.decode(latent, [1, 16, 64, 64]); // [1, 3, 512, 512], about [-1, 1]
+ * const back = await ae.encode(image, [1, 3, 512, 512]); // [1, 16, 64, 64]
+ * ae.destroy();
+ * ```
+ *
  * @example Quantize a whole float checkpoint into the pre-quantized file
  * ```ts ignore
  * import { QuantFile, quantizeCheckpoint } from "./mod.ts";
@@ -56,6 +66,20 @@
  * const file = await QuantFile.open("model.w4.safetensors"); // verifies the checksum
  * console.log(file.meta.quantConfig, Object.keys(file.meta.policy).length);
  * file.close();
+ * ```
+ *
+ * @example Encode a prompt for FLUX.1 (CLIP-L pooled + T5-XXL sequence, cached per prompt)
+ * ```ts ignore
+ * import { getGpu, TextEncoders } from "./mod.ts";
+ * const gpu = await getGpu();
+ * // a diffusers FLUX.1 folder: text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/
+ * const text = await TextEncoders.fromFluxFolder(gpu, "FLUX.1-schnell", {
+ *   variant: "schnell", // T5 padded to 256 tokens (dev: 512)
+ *   t5Weights: "w8a16", // or "float", "w4a16" (quantized on load; a pre-quantized file wins)
+ * });
+ * const e = await text.encode("a red fox under a golden tree, oil painting");
+ * console.log(e.t5.length / e.t5Dim, e.pooled.length, e.truncated); // 256 768 { clip: false, t5: false }
+ * text.offload(); // --offload-text: free T5-XXL's GPU memory before the transformer runs
  * ```
  *
  * @module
@@ -71,6 +95,7 @@ export {
   GpuSelfTestError,
   GpuUnavailableError,
   GpuValidationError,
+  NumericError,
 } from "./runtime/errors.ts";
 export { W4A4Linear } from "./runtime/linear.ts";
 export type { StoredTensor, W4A4LinearSpec } from "./runtime/linear.ts";
@@ -104,6 +129,15 @@ export type {
 export { gaussianNoise } from "./runtime/random.ts";
 export { encodePng, toRgbGrid } from "./runtime/png.ts";
 export { psnr, ssim } from "./runtime/metrics.ts";
+
+// latent decoding: autoencoders
+export { Autoencoder, toNchw, toNhwc } from "./runtime/autoencoder.ts";
+export type { AutoencoderOptions, DecodeOptions, Nchw } from "./runtime/autoencoder.ts";
+export { AE_PRESETS, AeCheckpoint } from "./runtime/autoencoder_keys.ts";
+export type { AeConfig, AeLayout, AePreset, AePresetName } from "./runtime/autoencoder_keys.ts";
+export type { AePart } from "./runtime/autoencoder_weights.ts";
+export { readTinyDecoder, TinyDecoder } from "./runtime/tiny_autoencoder.ts";
+export type { TinyDecoderOptions, TinyLayer } from "./runtime/tiny_autoencoder.ts";
 
 // kernels
 export { FlashAttention, flashAttention } from "./kernels/flash_attention/flash_attention.ts";
@@ -152,6 +186,15 @@ export type {
   GemmW4A4LowrankShape,
   W4A4Tile,
 } from "./kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank.ts";
+export { Conv2d, conv2d, conv2dGeometry, packConvWeight } from "./kernels/conv2d/conv2d.ts";
+export type {
+  Conv2dBuffers,
+  Conv2dGeometry,
+  Conv2dPad,
+  Conv2dShape,
+} from "./kernels/conv2d/conv2d.ts";
+export { GROUP_NORM_GROUPS, GroupNorm, groupNorm } from "./kernels/group_norm/group_norm.ts";
+export type { GroupNormBuffers, GroupNormShape } from "./kernels/group_norm/group_norm.ts";
 export type { ActDtype } from "./kernels/_wgsl.ts";
 
 // formats and the quantizer
@@ -211,6 +254,41 @@ export { paroTensors, readParo, readParoFrom } from "./quant/paro_store.ts";
 export type { ParoTensor } from "./quant/paro_store.ts";
 export type { LayerPolicyRule } from "./quant/policy.ts";
 
+// text encoders (FLUX.1: CLIP-L pooled output + T5-XXL sequence; tokenizers from tokenizer.json)
+export {
+  clearPromptCache,
+  FLUX_T5_LENGTH,
+  loadTokenizer,
+  TextEncoders,
+  truncationWarning,
+} from "./runtime/text/encoders.ts";
+export type { PromptEmbedding, TextEncodersOptions } from "./runtime/text/encoders.ts";
+export {
+  bucketTable,
+  relativePositionBucket,
+  t5ConfigFrom,
+  T5Encoder,
+  t5PositionBias,
+} from "./runtime/text/t5.ts";
+export type { T5Config, T5EncoderOptions, T5Output } from "./runtime/text/t5.ts";
+export { clipConfigFrom, clipEosIndex, ClipTextEncoder } from "./runtime/text/clip.ts";
+export type { ClipTextConfig, ClipTextOptions, ClipTextOutput } from "./runtime/text/clip.ts";
+export { Checkpoint } from "./runtime/text/checkpoint.ts";
+export type { TensorMeta } from "./runtime/text/checkpoint.ts";
+export type {
+  TextTokenizer,
+  TextTokenizerOptions,
+  TokenizedBatch,
+} from "./runtime/text/tokenizer.ts";
+export type { TextWeightFormat } from "./runtime/text/_linears.ts";
+export { quantizeTextEncoder, TEXT_QUANT_METHODS } from "./quant/text_encoder.ts";
+export type { TextQuantMethod, TextQuantReport } from "./quant/text_encoder.ts";
+export { AddNorm, addNorm } from "./kernels/add_norm/add_norm.ts";
+export type { AddNormBuffers, AddNormShape } from "./kernels/add_norm/add_norm.ts";
+export { FfnAct, ffnAct } from "./kernels/ffn_act/ffn_act.ts";
+export type { FfnActBuffers, FfnActShape } from "./kernels/ffn_act/ffn_act.ts";
+export { GemmW8A16, gemmW8A16 } from "./kernels/gemm_w8a16/gemm_w8a16.ts";
+export type { GemmW8A16Buffers, GemmW8A16Shape } from "./kernels/gemm_w8a16/gemm_w8a16.ts";
 // FLUX.1 (runtime/flux/, quant/flux_*.ts)
 /**
  * FLUX.1 text-to-image: open the transformer in any layout, run the float64-conditioned graph on

@@ -3,7 +3,8 @@
  * 16 heads, 256 tokens) with random weights, in float vs INT4 vs NVFP4 side by side in one run:
  * load time, resident weight bytes, ms per step (one `DiT.forward` of a CFG batch of 2, readback
  * included), and the ratios the project's goal is stated in (issue 4: INT4 step ≥ 1.8× faster
- * than f16, weights ≤ 0.3× the bytes).
+ * than f16, weights ≤ 0.3× the bytes), then the time of the image decoder the model needs
+ * (the SD-VAE decoding its latent, random weights; bench/ae_bench.ts).
  *
  * Weights are generated per layer when the loader asks for them (a cheap xorshift over big typed
  * arrays), so host memory stays at about one layer's tensors (largest: adaLN of XL, 6·1152·1152
@@ -11,6 +12,7 @@
  *
  * ```sh
  * deno task bench:dit [--small] [--precisions float,int4,nvfp4] [--steps 5] [--warmup 2] [--f32]
+ *                     [--no-decoder]
  * ```
  *
  * @module
@@ -26,6 +28,7 @@ import type { LayerPolicyEntry } from "../quant/format.ts";
 import { DEFAULT_DIT_POLICY, policyFor } from "../quant/policy.ts";
 import { GROUP_SIZE_INT4, GROUP_SIZE_NVFP4 } from "../quant/packing.ts";
 import { fail, runCli } from "../cli/_cli.ts";
+import { benchAutoencoder, SD_VAE, SMALL_AE } from "./ae_bench.ts";
 
 /** How the benchmark's linear layers are stored. */
 export type Precision = "float" | "int4" | "nvfp4";
@@ -364,7 +367,7 @@ export async function benchDiT(gpu: Gpu, opts: DiTBenchOptions = {}): Promise<Di
 }
 
 const USAGE = "usage: deno task bench:dit [--small] [--precisions float,int4,nvfp4] " +
-  "[--steps N] [--warmup N] [--f32] [--depth N]";
+  "[--steps N] [--warmup N] [--f32] [--depth N] [--no-decoder]";
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -376,6 +379,7 @@ async function main(): Promise<void> {
       warmup: { type: "string", default: "2" },
       depth: { type: "string" },
       f32: { type: "boolean", default: false },
+      "no-decoder": { type: "boolean", default: false },
     },
   });
   const precisions = values.precisions.split(",").map((s) => s.trim()) as Precision[];
@@ -419,6 +423,16 @@ async function main(): Promise<void> {
           (r.nonFinite ? ` | ${r.nonFinite} non-finite outputs (random weights)` : ""),
       ),
   });
+  if (!values["no-decoder"]) {
+    // The image decoder DiT-XL/2 needs after its last step (random SD-VAE weights).
+    await benchAutoencoder(gpu, {
+      label: values.small ? "small AE" : "SD-VAE",
+      config: values.small ? SMALL_AE : SD_VAE,
+      sides: [cfg.input_size],
+      dtype,
+      reps: 3,
+    });
+  }
   const float = results.find((r) => r.precision === "float");
   if (!float) return;
   console.log("\nvs float:   step speed-up | weight bytes");

@@ -11,6 +11,7 @@ import {
   GpuSelfTestError,
   GpuUnavailableError,
   GpuValidationError,
+  NumericError,
 } from "../runtime/errors.ts";
 
 /** A command-line usage error (exit code 2). */
@@ -35,6 +36,7 @@ const KNOWN = [
   GpuDeviceLostError,
   GpuValidationError,
   GpuSelfTestError,
+  NumericError,
   RangeError,
   TypeError,
 ];
@@ -59,6 +61,22 @@ export async function runCli(main: () => Promise<void>): Promise<void> {
     }
     throw e;
   }
+}
+
+/**
+ * Checks, before any work, that `path` can be written as a file: not an existing directory, and
+ * in a folder that exists ({@linkcode UsageError} naming the folder otherwise).
+ */
+export async function checkOutputFile(path: string, flag = "--out"): Promise<void> {
+  const st = await Deno.stat(path).catch(() => null);
+  if (st?.isDirectory) {
+    fail(`${flag} ${path} is a directory: give a file path, e.g. ${path.replace(/\/$/, "")}/out`);
+  }
+  const cut = path.lastIndexOf("/");
+  const dir = cut < 0 ? "." : cut === 0 ? "/" : path.slice(0, cut);
+  const ds = await Deno.stat(dir).catch(() => null);
+  if (!ds) fail(`${flag} ${path}: the folder ${dir} does not exist; create it first`);
+  if (!ds.isDirectory) fail(`${flag} ${path}: ${dir} is not a folder`);
 }
 
 /** Human-readable bytes (B, KB, MB, GB; powers of 1000). */

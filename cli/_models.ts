@@ -84,9 +84,63 @@ export async function modelFor(precision: Precision, log: (line: string) => void
   if (await fileExists(committed)) return committed;
   const cached = await cachedPath(FLOAT_MODEL, `${precision}.safetensors`);
   if (await fileExists(cached)) return cached;
-  log(`building the ${precision} model from the float checkpoint (once; cached in ${cached})`);
-  await buildQuantized(FLOAT_MODEL, precision, cached, log);
+  for (const line of firstBuildNotice(precision, cached)) log(line);
+  const tty = Deno.stderr.isTerminal();
+  await buildQuantized(FLOAT_MODEL, precision, cached, tty ? () => {} : log, {
+    onProgress: tty
+      ? progressBar((t) => Deno.stderr.writeSync(new TextEncoder().encode(t)))
+      : undefined,
+  });
+  if (tty) log(`built ${cached}`);
   return cached;
+}
+
+/**
+ * What the first use of a precision that is built on demand says before it starts: that it
+ * builds a file once, how long that takes, where it goes, and how to build it ahead of time.
+ */
+export function firstBuildNotice(precision: string, cached: string): string[] {
+  return [
+    `first use of --precision ${precision}: building its model file from the float checkpoint ` +
+    `(calibration, then the quantizer), once; about ${BUILD_ETA}; cached in ${cached}`,
+    `to build it ahead of time: deno task gen --precision ${precision} --list`,
+  ];
+}
+
+/** How long the first build of a precision takes (measured on the bundled model). */
+export const BUILD_ETA = "3 min on a software adapter (llvmpipe), well under 1 min on a GPU";
+
+/** A progress callback: stage name, units done, units in that stage. */
+export type BuildProgress = (stage: string, done: number, total: number) => void;
+
+/**
+ * A one-line progress bar with the stage's remaining time, redrawn in place (`\r`) through
+ * `write`; `now` is the clock in ms (injectable for tests).
+ */
+export function progressBar(
+  write: (text: string) => void,
+  now: () => number = () => performance.now(),
+): BuildProgress {
+  let stage = "", t0 = 0;
+  return (name, done, total) => {
+    if (name !== stage) {
+      if (stage) write("\n");
+      stage = name;
+      t0 = now();
+    }
+    const w = 24, f = Math.round((done / total) * w);
+    const secs = done > 0 ? ((now() - t0) / 1000) * (total - done) / done : NaN;
+    const eta = done >= total
+      ? "done"
+      : Number.isFinite(secs)
+      ? `about ${secs >= 90 ? `${Math.round(secs / 60)} min` : `${Math.ceil(secs)} s`} left`
+      : "";
+    write(`\r${name.padEnd(12)} [${"#".repeat(f)}${".".repeat(w - f)}] ${done}/${total} ${eta}`);
+    if (done >= total) {
+      write("\n");
+      stage = "";
+    }
+  };
 }
 
 /** Quantize the float model `float` to `precision` at `out`, calibrating it first. */
@@ -95,15 +149,16 @@ export async function buildQuantized(
   precision: Exclude<Precision, "float">,
   out: string,
   log: (line: string) => void,
-  opts: { method?: ModelMethod; rank?: number; paro?: ParoChoice } = {},
+  opts: { method?: ModelMethod; rank?: number; paro?: ParoChoice; onProgress?: BuildProgress } = {},
 ): Promise<void> {
   await exists(float, "the float model");
-  const calib = await calibration(float, log);
+  const calib = await calibration(float, log, opts.onProgress);
   const paro = opts.paro ? await paroPlan(float, opts.paro, log) : undefined;
   const method: ModelMethod = opts.method ?? (precision === "w4a16" ? "w4a16" : "svdquant");
   const format: WeightFormat = precision === "nvfp4" ? "nvfp4" : "int4";
   await Deno.mkdir(out.slice(0, out.lastIndexOf("/") + 1) || ".", { recursive: true });
   const t0 = performance.now();
+  let tensors = 0;
   await quantizeCheckpoint(float, out, {
     method,
     format,
@@ -111,16 +166,23 @@ export async function buildQuantized(
     calib,
     paro: paro && paroTensors(paro),
     onLayer: (r, i, n) => {
+      tensors = n;
+      if (i + 1 < n) opts.onProgress?.("quantizing", i + 1, n);
       if (r.method !== "copy") {
         log(`  [${i + 1}/${n}] ${r.name} ${r.method} err ${r.relError.toFixed(4)}`);
       }
     },
   });
+  if (tensors) opts.onProgress?.("quantizing", tensors, tensors);
   log(`quantized in ${((performance.now() - t0) / 1000).toFixed(1)} s → ${out}`);
 }
 
 /** Calibration statistics of the float model `float` (recorded once, cached beside others). */
-export async function calibration(float: string, log: (line: string) => void): Promise<CalibStats> {
+export async function calibration(
+  float: string,
+  log: (line: string) => void,
+  onProgress?: BuildProgress,
+): Promise<CalibStats> {
   const path = await cachedPath(float, "calib.safetensors");
   if (await fileExists(path)) return await readCalibStats(path);
   log(
@@ -138,13 +200,17 @@ export async function calibration(float: string, log: (line: string) => void): P
       maxSamples: CALIB.samplesPerLayer,
       seed: CALIB.seed,
     });
+    const calls = Math.ceil(classes / batch), total = calls * CALIB.steps;
     for (let c0 = 0; c0 < classes; c0 += batch) {
+      const before = (c0 / batch) * CALIB.steps;
+      onProgress?.("calibrating", before, total);
       await pipe.generate({
         classes: Array.from({ length: batch }, (_, i) => (c0 + i) % classes),
         seed: CALIB.seed + c0,
         steps: CALIB.steps,
         cfg: 4,
         calibration: { recorder, buckets: CALIB.buckets },
+        onStep: (i) => onProgress?.("calibrating", before + i, total),
       });
     }
     const stats = recorder.stats();

@@ -9,9 +9,11 @@ import { parseArgs } from "node:util";
 import { getGpu } from "../runtime/device.ts";
 import { Pipeline, type SamplerName, SAMPLERS } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";
-import { fail, runCli } from "./_cli.ts";
+import { checkOutputFile, fail, runCli } from "./_cli.ts";
+import { plural } from "../web/plural.ts";
 import { matchClass } from "./_classes.ts";
 import { modelFor, type Precision, PRECISIONS } from "./_models.ts";
+import { type LatentDecoder, loadDecoder } from "./_decoder.ts";
 
 const USAGE = `Usage: deno task gen [prompt or class] [options]
 
@@ -26,8 +28,12 @@ const USAGE = `Usage: deno task gen [prompt or class] [options]
   --attention A          dense | sparse (default dense); sparse = PAROAttention: the file's
                          calibrated token orders and block masks, INT8 Q·Kᵀ (needs a file
                          quantized with --paro, like the bundled int4 model)
+  --vae PATH             latent models (e.g. DiT-XL-2-256x256.safetensors): the autoencoder that
+                         turns latents into pixels, a .safetensors file or a diffusers folder
+                         (e.g. sd-vae-ft-ema/); with --decoder tiny, a TAESD decoder file
+  --decoder D            full | tiny (default full); tiny = a TAESD-family preview decoder
   --n N                  images side by side in one PNG (default 1)
-  --scale N              pixel scale of the PNG (default 4)
+  --scale N              pixel scale of the PNG (default 4, latent models 1)
   --out FILE             output PNG (default out.png)
   --list                 list the model's classes and exit
   -h, --help             this text`;
@@ -44,8 +50,10 @@ async function main(args: string[]): Promise<void> {
       sampler: { type: "string", default: "dpm" },
       model: { type: "string" },
       attention: { type: "string", default: "dense" },
+      vae: { type: "string" },
+      decoder: { type: "string", default: "full" },
       n: { type: "string", default: "1" },
-      scale: { type: "string", default: "4" },
+      scale: { type: "string" },
       out: { type: "string", default: "out.png" },
       list: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
@@ -53,7 +61,7 @@ async function main(args: string[]): Promise<void> {
   });
   if (values.help) return console.log(USAGE);
   const int = (name: string, v: string, lo: number, hi: number) => {
-    const x = Number(v);
+    const x = /^\d+$/.test(v.trim()) ? Number(v) : NaN;
     if (!Number.isInteger(x) || x < lo || x > hi) {
       fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`);
     }
@@ -61,7 +69,6 @@ async function main(args: string[]): Promise<void> {
   };
   const steps = int("steps", values.steps, 1, 1000);
   const n = int("n", values.n, 1, 16);
-  const scale = int("scale", values.scale, 1, 16);
   const cfg = Number(values.cfg);
   if (!(cfg >= 1 && cfg <= 50)) fail(`--cfg must be a number in 1..50, got "${values.cfg}"`);
   const seed = values.seed === undefined
@@ -87,6 +94,8 @@ async function main(args: string[]): Promise<void> {
     );
   }
 
+  if (!values.list) await checkOutputFile(values.out);
+
   const tty = Deno.stdout.isTerminal();
   const t0 = performance.now();
   const path = values.model ?? await modelFor(precision, (line) => console.log(line));
@@ -103,6 +112,25 @@ async function main(args: string[]): Promise<void> {
       names.forEach((name, i) => console.log(`${String(i).padStart(3)}  ${name}`));
       return;
     }
+    // Latent models (any input other than RGB) need an autoencoder to make pixels.
+    const C = pipe.model.config.in_channels;
+    let decoder: LatentDecoder | undefined;
+    if (C !== 3) {
+      if (!values.vae) {
+        fail(
+          `${path} makes ${C}-channel latents, not pixels: give the autoencoder with --vae ` +
+            "(e.g. --vae sd-vae-ft-ema/ for DiT-XL/2; see README)",
+        );
+      }
+      decoder = await loadDecoder(gpu, values.vae, values.decoder);
+      if (decoder.zChannels !== C) {
+        decoder.destroy();
+        fail(
+          `--vae ${values.vae} takes ${decoder.zChannels}-channel latents, the model makes ${C}`,
+        );
+      }
+    }
+    const scale = int("scale", values.scale ?? (decoder ? "1" : "4"), 1, 16);
     const cls = positionals.length
       ? matchClass(positionals[0], names)
       : Math.floor(Math.random() * names.length);
@@ -111,7 +139,7 @@ async function main(args: string[]): Promise<void> {
       `model ${path} (${pipe.file.precision}, ${pipe.model.attention} attention, ${gpu.caps.adapter}); class ${cls} "${
         names[cls]
       }", ` +
-        `seed ${seed}, ${steps} steps ${sampler}, cfg ${cfg}`,
+        `seed ${seed}, ${plural(steps, "step")} ${sampler}, cfg ${cfg}`,
     );
     const { images, stepMs, totalMs } = await pipe.generate({
       classes: Array(n).fill(cls),
@@ -123,12 +151,23 @@ async function main(args: string[]): Promise<void> {
     });
     if (tty) clearLine();
     const td = performance.now();
-    const S = pipe.model.config.input_size;
-    const { rgb, width, height } = toRgbGrid(images, n, S, n, scale);
+    let S = pipe.model.config.input_size, pixels = images;
+    if (decoder) {
+      console.log(`decoding with the ${decoder.label}`);
+      pixels = await decoder.decode(images, [n, C, S, S]);
+      S *= decoder.factor;
+      decoder.destroy();
+    }
+    const { rgb, width, height } = toRgbGrid(pixels, n, S, n, scale);
     const png = await encodePng(rgb, width, height);
     const tmp = `${values.out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-    await Deno.writeFile(tmp, png);
-    await Deno.rename(tmp, values.out);
+    try {
+      await Deno.writeFile(tmp, png);
+      await Deno.rename(tmp, values.out);
+    } catch (e) {
+      await Deno.remove(tmp).catch(() => {});
+      throw e;
+    }
     const mean = stepMs.reduce((a, b) => a + b, 0) / stepMs.length;
     console.log(
       `wrote ${values.out} (${width}×${height}); load ${(loadMs / 1000).toFixed(2)} s, ` +

@@ -12,7 +12,7 @@ import { DEFAULT_DIT_POLICY, parsePolicy } from "../quant/policy.ts";
 import type { WeightFormat } from "../quant/packing.ts";
 import { paroTensors } from "../quant/paro_store.ts";
 import { SPARSE_ATTENTION_TILES } from "../kernels/sparse_attention/sparse_attention.ts";
-import { fail, formatBytes, runCli } from "./_cli.ts";
+import { checkOutputFile, fail, formatBytes, runCli } from "./_cli.ts";
 import { paroPlan } from "./_models.ts";
 
 const USAGE = `Usage: deno task quantize <in.safetensors> --out <out.safetensors> [options]
@@ -23,7 +23,7 @@ the FLUX policy: W4A4 + low-rank attention/MLP, W4A16 modulation, 16-bit elsewhe
 
 Options:
   --format int4|nvfp4      4-bit residual format (default int4)
-  --method M               svdquant|dilate|smooth|rtn|w4a16|w8a8 for the W4A4 layers (default svdquant)
+  --method M               svdquant|dilate|smooth|rtn|w4a16 for the W4A4 layers (default svdquant)
   --rank R                 low-rank rank (default 32; 0 = none)
   --calib FILE             calibration statistics (safetensors written by the runtime's calibration mode);
                            without it, synthetic heavy-tailed activations stand in
@@ -94,6 +94,13 @@ async function main(args: string[]): Promise<void> {
   const alphas = Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
 
   const input = positionals[0];
+  if (method === "w8a8") {
+    fail(
+      "--method w8a8 writes a file this runtime cannot run (it has no W8A8 kernels); it is a " +
+        "baseline for the quantizer's error tables (quant/baselines.ts): use another method",
+    );
+  }
+  await checkOutputFile(values.out);
   const { fluxTransformerPath } = await import("../runtime/flux/weights.ts");
   const fluxInput = await fluxTransformerPath(input);
   if (fluxInput) {

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { Gpu } from "../runtime/device.ts";
+import { ensureRuntimeDir, Gpu } from "../runtime/device.ts";
 
 /** A small, fast, seedable PRNG (mulberry32) with uniform and Gaussian draws. */
 export class Rng {
@@ -124,6 +124,7 @@ export function testGpu(): Promise<Gpu | null> {
 /** True when a WebGPU adapter exists (checked once, at module load, for `Deno.test({ignore})`). */
 export const HAS_GPU: boolean = await (async () => {
   try {
+    ensureRuntimeDir();
     return Boolean(await navigator.gpu?.requestAdapter());
   } catch {
     return false;

@@ -7,6 +7,8 @@
  * @module
  */
 import { FormatError } from "../runtime/errors.ts";
+import { assertFinite } from "../runtime/model_check.ts";
+import { ModelFile } from "../runtime/model_file.ts";
 import type { CalibStats, LayerStats } from "./calib.ts";
 import { writeQuantFile } from "./format.ts";
 import type { LayerPolicyEntry, QuantConfig, QuantTensor } from "./format.ts";
@@ -95,6 +97,7 @@ export async function quantizeCheckpoint(
     throw new RangeError(`Cannot quantize with rank ${rank}: use an integer in 0..256`);
   }
   const rules = rulesFor(opts.policy ?? DEFAULT_DIT_POLICY, method);
+  await checkInput(input, output);
   const reader = await SafetensorsReader.open(input);
   try {
     const family = reader.metadata.family ?? "dit";
@@ -135,9 +138,9 @@ export async function quantizeCheckpoint(
         const rule = policyFor(base, rules);
         if (isLinear(name)) {
           const [n, k] = info.shape;
-          const w = await reader.readFloat32(name);
+          const w = await readFinite(reader, name);
           const biasName = base + ".bias";
-          const bias = reader.tensors.has(biasName) ? await reader.readFloat32(biasName) : null;
+          const bias = reader.tensors.has(biasName) ? await readFinite(reader, biasName) : null;
           const layerMethod = rule.method;
           const w4a4 = ["svdquant", "dilate", "smooth", "rtn"].includes(layerMethod);
           if (w4a4 && k % groupSize(format) !== 0) {
@@ -161,6 +164,7 @@ export async function quantizeCheckpoint(
           });
           policy[base] = { method: q.method, format: q.format, r: q.r, actMode: q.actMode };
           for (const [suffix, t] of q.tensors) {
+            checkOutput(input, `${base}.${suffix}`, t.dtype, t.data);
             yield { name: `${base}.${suffix}`, dtype: t.dtype, shape: t.shape, data: t.data };
           }
           report({
@@ -175,6 +179,7 @@ export async function quantizeCheckpoint(
           }, i);
         } else {
           const copy = await copyTensor(reader, name);
+          checkOutput(input, name, copy.dtype, copy.data);
           yield copy;
           report({
             name,
@@ -226,7 +231,62 @@ async function copyTensor(reader: SafetensorsReader, name: string): Promise<Quan
   if (!["F32", "F16", "BF16", "F64"].includes(info.dtype)) {
     return { name, dtype: info.dtype, shape: info.shape, data: await reader.readRaw(name) };
   }
-  const v = await reader.readFloat32(name);
-  const dtype = info.shape.length <= 1 ? "F32" : "F16";
+  const v = await readFinite(reader, name);
+  // values beyond the f16 range stay f32 rather than becoming ±Inf
+  const big = v.some((x) => Math.abs(x) > 65504);
+  const dtype = info.shape.length <= 1 || big ? "F32" : "F16";
   return { name, dtype, shape: info.shape, data: fromFloat32(dtype, v) };
+}
+
+/**
+ * Refuses an input that cannot give a loadable file, before any work: a file that is already
+ * quantized, one whose checksum (when it has one) does not match, one whose `model_config`
+ * contradicts itself or its tensors (runtime/model_check.ts), and an output path that is the
+ * input itself.
+ */
+async function checkInput(input: string, output: string): Promise<void> {
+  const real = (p: string) => Deno.realPath(p).catch(() => null);
+  const [a, b] = await Promise.all([real(input), real(output)]);
+  if (a !== null && a === b) {
+    throw new RangeError(
+      `Cannot write ${output}: it is the input file; give another --out path`,
+    );
+  }
+  const f = await ModelFile.open(input);
+  const precision = f.precision;
+  f.close();
+  if (precision !== "float") {
+    throw new FormatError(
+      input,
+      `it is already quantized (${precision}); quantize the float checkpoint it was made from`,
+    );
+  }
+}
+
+async function readFinite(reader: SafetensorsReader, name: string): Promise<Float32Array> {
+  const v = await reader.readFloat32(name);
+  for (let i = 0; i < v.length; i++) {
+    if (!Number.isFinite(v[i])) {
+      throw new FormatError(
+        reader.path,
+        `element ${i} is not finite (NaN or ±Inf); the checkpoint is corrupt: export it again`,
+        name,
+      );
+    }
+  }
+  return v;
+}
+
+/** A tensor about to be written must load again: no NaN/±Inf (e.g. scales beyond f16). */
+function checkOutput(input: string, name: string, dtype: string, data: Uint8Array): void {
+  try {
+    assertFinite(input, name, dtype, data);
+  } catch {
+    throw new FormatError(
+      input,
+      "quantizing it gives values beyond the stored format's range (NaN/±Inf); the weights are " +
+        "out of range for a 4-bit/16-bit file: keep the layer 16-bit with a --policy rule",
+      name,
+    );
+  }
 }

@@ -114,6 +114,7 @@ export class Gpu {
         "Cannot find WebGPU: this runtime has no navigator.gpu. Use Deno 2.x (WebGPU is built in)",
       );
     }
+    ensureRuntimeDir();
     const adapter = await navigator.gpu.requestAdapter({
       powerPreference: options.powerPreference ?? "high-performance",
     });
@@ -420,6 +421,41 @@ export async function getGpu(options?: GpuOptions): Promise<Gpu> {
   }
   current = Gpu.create(options);
   return current;
+}
+
+let runtimeDirChecked = false;
+
+/**
+ * Points `XDG_RUNTIME_DIR` at a private temporary folder (mode 0700, removed at exit) when it is
+ * unset or not a private folder, before the first adapter request: Mesa's Vulkan drivers
+ * otherwise print `error: XDG_RUNTIME_DIR is invalid or not set` on every GPU command, which
+ * reads like a failure and is none. Without permission to read or set the environment it does
+ * nothing. Called by {@linkcode Gpu.create}; idempotent.
+ */
+export function ensureRuntimeDir(): void {
+  if (runtimeDirChecked) return;
+  runtimeDirChecked = true;
+  try {
+    const dir = Deno.env.get("XDG_RUNTIME_DIR");
+    if (dir?.startsWith("/")) {
+      try {
+        const st = Deno.statSync(dir);
+        if (st.isDirectory && st.mode !== null && (st.mode & 0o077) === 0) return;
+      } catch {
+        // missing or unreadable: replaced below
+      }
+    }
+    const own = Deno.makeTempDirSync({ prefix: "w4-xdg-" });
+    Deno.chmodSync(own, 0o700);
+    Deno.env.set("XDG_RUNTIME_DIR", own);
+    globalThis.addEventListener("unload", () => {
+      try {
+        Deno.removeSync(own, { recursive: true });
+      } catch { /* already gone */ }
+    });
+  } catch {
+    // no --allow-env / --allow-write: leave the environment as it is
+  }
 }
 
 /** Round up to a multiple of 4 bytes (WebGPU's copy alignment). */

@@ -146,3 +146,31 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name: "device: no XDG_RUNTIME_DIR in the environment → no Mesa error line on stderr",
+  ignore, // NO_GPU_REASON: the message comes from the Vulkan driver
+  fn: async () => {
+    const script = `import { Gpu } from ${
+      JSON.stringify(new URL("./device.ts", import.meta.url).href)
+    };
+      const gpu = await Gpu.create({ selfTest: false });
+      console.log(gpu.caps.adapter);
+      gpu.device.destroy();`;
+    const env: Record<string, string> = { ...Deno.env.toObject(), NO_COLOR: "1" };
+    delete env.XDG_RUNTIME_DIR;
+    for (const xdg of [undefined, "/nonexistent/xdg"]) {
+      if (xdg) env.XDG_RUNTIME_DIR = xdg;
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["eval", "--ext=ts", script],
+        env,
+        clearEnv: true,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, stderr);
+      assert.doesNotMatch(stderr, /XDG_RUNTIME_DIR/, `XDG_RUNTIME_DIR=${xdg}: ${stderr}`);
+    }
+  },
+});

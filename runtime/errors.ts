@@ -62,3 +62,19 @@ export class FormatError extends Error {
     this.tensor = tensor;
   }
 }
+
+/**
+ * A computation produced NaN or ±Inf (e.g. the latent during sampling); `step` names where, e.g.
+ * `denoising step 3/20`. Nothing is written from such a result.
+ */
+export class NumericError extends Error {
+  /** Always `"NumericError"`. */
+  override name = "NumericError";
+  /** Where the non-finite value appeared. */
+  readonly step: string;
+  /** The message becomes `Cannot finish <step>: <message>`. */
+  constructor(step: string, message: string) {
+    super(`Cannot finish ${step}: ${message}`);
+    this.step = step;
+  }
+}

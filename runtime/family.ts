@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { NumericError } from "./errors.ts";
 import { GaussianNoise } from "./random.ts";
 import type { Sampler } from "./schedulers.ts";
 
@@ -92,6 +93,7 @@ export async function runDenoise(job: DenoiseJob, opts: DenoiseOptions): Promise
     opts.signal?.throwIfAborted();
     const xt = x;
     x = sampler.step(i, x, out);
+    assertFiniteLatent(x, i, total);
     stepMs.push(performance.now() - ts);
     if (opts.onStep) {
       let cached: Float32Array | undefined;
@@ -99,4 +101,20 @@ export async function runDenoise(job: DenoiseJob, opts: DenoiseOptions): Promise
     }
   }
   return { latents: x, stepMs, totalMs: performance.now() - t0 };
+}
+
+/**
+ * Stops the loop with a {@linkcode NumericError} naming the step when the latent holds NaN or
+ * ±Inf, so a broken model or driver never ends in a silently black image.
+ */
+function assertFiniteLatent(x: Float32Array, i: number, total: number): void {
+  for (let j = 0; j < x.length; j++) {
+    if (!Number.isFinite(x[j])) {
+      throw new NumericError(
+        `denoising step ${i + 1}/${total}`,
+        `the latent has a non-finite value (element ${j}); the weights or the GPU driver ` +
+          "produce NaN/Inf: try --precision float or another adapter, and report it",
+      );
+    }
+  }
 }

@@ -1,14 +1,18 @@
 /**
  * Opening a model file for the runtime: a float checkpoint (safetensors in the DiT layout) or a
- * pre-quantized file (checksum verified). Gives the model config, the per-layer policy, and the
- * tensors a layer needs.
+ * pre-quantized file (checksum verified; a float checkpoint's too when it carries one). The whole
+ * file is validated against its `model_config` and `policy` when it is opened
+ * (runtime/model_check.ts), and every tensor read is checked for NaN/±Inf. Gives the model
+ * config, the per-layer policy, and the tensors a layer needs.
  *
  * @module
  */
 import { FormatError } from "./errors.ts";
-import { type LayerPolicyEntry, QuantFile } from "../quant/format.ts";
+import { computeChecksum, type LayerPolicyEntry, QuantFile } from "../quant/format.ts";
+import { assertFinite, checkDitFile } from "./model_check.ts";
 import { SafetensorsReader } from "../quant/safetensors.ts";
 import type { StoredTensor } from "./linear.ts";
+import { inferDitConfig, isPublicDit } from "./dit_public.ts";
 
 /**
  * What the DiT graph reads from a model: config, layer policy and tensors. {@linkcode ModelFile}
@@ -68,8 +72,22 @@ export class ModelFile implements ModelSource {
     this.#quant = quant;
   }
 
-  /** Open `path`; a pre-quantized file has its checksum verified. */
+  /**
+   * Open `path` and validate it as a whole (FormatError naming the key or tensor at fault); a
+   * pre-quantized file has its checksum verified, a float checkpoint too when it has one.
+   */
   static async open(path: string): Promise<ModelFile> {
+    const f = await ModelFile.#open(path);
+    try {
+      checkDitFile({ ...f, tensors: f.reader.tensors });
+    } catch (e) {
+      f.close();
+      throw e;
+    }
+    return f;
+  }
+
+  static async #open(path: string): Promise<ModelFile> {
     const probe = await SafetensorsReader.open(path);
     const isQuant = probe.metadata.format !== undefined;
     if (isQuant) {
@@ -87,6 +105,32 @@ export class ModelFile implements ModelSource {
         precision,
         q,
       );
+    }
+    if (probe.metadata.checksum !== undefined) {
+      let sum: string;
+      try {
+        sum = await computeChecksum(probe);
+      } catch (e) {
+        probe.close();
+        throw e;
+      }
+      if (sum !== probe.metadata.checksum) {
+        probe.close();
+        throw new FormatError(
+          path,
+          "checksum mismatch: the file is corrupt or was modified; re-download or re-export it",
+        );
+      }
+    }
+    if (probe.metadata.model_config === undefined && isPublicDit(probe.tensors)) {
+      // A public DiT checkpoint converted to safetensors: the config comes from the shapes.
+      try {
+        const config = inferDitConfig(path, probe.tensors);
+        return new ModelFile(path, probe, "dit", config, {}, "float");
+      } catch (e) {
+        probe.close();
+        throw e;
+      }
     }
     let config: Record<string, unknown>;
     try {
@@ -119,14 +163,27 @@ export class ModelFile implements ModelSource {
   /** A float tensor's values as f32 (F32/F16/BF16); FormatError naming it when missing. */
   async float(name: string): Promise<Float32Array> {
     if (!this.has(name)) throw new FormatError(this.path, "the tensor is missing", name);
-    return await this.reader.readFloat32(name);
+    const v = await this.reader.readFloat32(name);
+    for (let i = 0; i < v.length; i++) {
+      if (!Number.isFinite(v[i])) {
+        throw new FormatError(
+          this.path,
+          `element ${i} is not finite (NaN or ±Inf); the weights are corrupt: re-export or ` +
+            "re-quantize the model from a good checkpoint",
+          name,
+        );
+      }
+    }
+    return v;
   }
 
   /** A tensor's stored bytes, dtype and shape. */
   async stored(name: string): Promise<StoredTensor> {
     const info = this.reader.tensors.get(name);
     if (!info) throw new FormatError(this.path, "the tensor is missing", name);
-    return { dtype: info.dtype, shape: info.shape, data: await this.reader.readRaw(name) };
+    const data = await this.reader.readRaw(name);
+    assertFinite(this.path, name, info.dtype, data);
+    return { dtype: info.dtype, shape: info.shape, data };
   }
 
   /**

@@ -2,13 +2,15 @@
  * Drives Debian's chromium with playwright-core for web/browser_test.ts, in its own process:
  * playwright-core reads /proc at import, which Deno allows only under --allow-all, so the test
  * (run with the project's narrower permissions) spawns this script with -A and checks the JSON
- * it prints. Usage: deno run -A web/_browser_driver.ts <url> <screenshot.png> <prompt>
+ * it prints. Usage: deno run -A web/_browser_driver.ts <url> <screenshot.png> <prompt> [mode]
+ * Modes: `generate` (default: generate, then the server's 400 and 429 messages on the page, the
+ * per-browser gallery, the no-JavaScript post) and `login:<token>` (the sign-in form).
  *
  * @module
  */
 import { chromium } from "playwright-core";
 
-const [url, artifact, prompt] = Deno.args;
+const [url, artifact, prompt, mode = "generate"] = Deno.args;
 const FLAGS = [
   "--headless",
   "--no-sandbox",
@@ -25,6 +27,27 @@ const ctx = await chromium.launchPersistentContext(profile, {
   args: FLAGS,
 });
 try {
+  if (mode.startsWith("login:")) {
+    console.log(JSON.stringify(await signIn(mode.slice(6))));
+  } else {
+    console.log(JSON.stringify(await generate()));
+  }
+} finally {
+  await ctx.close();
+  await Deno.remove(profile, { recursive: true }).catch(() => {});
+}
+
+/** Status, result and caption as the page shows them after an error. */
+async function shownError(page: import("playwright-core").Page) {
+  await page.waitForSelector("#status.err", { timeout: 60_000 });
+  return {
+    status: await page.textContent("#status"),
+    resultHidden: await page.$eval("#result", (img) => (img as HTMLImageElement).hidden),
+    caption: await page.textContent("#caption"),
+  };
+}
+
+async function generate() {
   const page = ctx.pages()[0] ?? await ctx.newPage();
   const errors: string[] = [];
   page.on("pageerror", (e) => errors.push(String(e)));
@@ -35,7 +58,13 @@ try {
     const w = globalThis as unknown as { __log: string[] };
     w.__log = [];
     const status = document.getElementById("status")!;
-    new MutationObserver(() => w.__log.push(status.textContent ?? "")).observe(status, {
+    // every text the status showed, also several set within one task (one callback then)
+    new MutationObserver((records) => {
+      for (const r of records) {
+        if (r.type === "characterData") w.__log.push(r.target.textContent ?? "");
+        for (const n of r.addedNodes) w.__log.push(n.textContent ?? "");
+      }
+    }).observe(status, {
       childList: true,
       characterData: true,
       subtree: true,
@@ -58,6 +87,32 @@ try {
   };
   await page.screenshot({ path: artifact, fullPage: true });
 
+  // a misspelled class: the server's 400 with the closest classes; the old image is cleared
+  await page.fill("#prompt", "zzqx");
+  await page.click("#go");
+  const misspelled = await shownError(page);
+  // a full queue: the server's 429 with the wait (a long job holds the only slot)
+  const blocker = fetch(`${url}api/generate`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ class: 0, steps: 20 }),
+  });
+  await new Promise((r) => setTimeout(r, 300));
+  await page.fill("#prompt", prompt);
+  await page.click("#go");
+  const busy = await shownError(page);
+  await (await blocker).body?.cancel();
+  // recent images are this browser's: kept across a reload, not shown to another browser
+  await page.reload();
+  await page.waitForSelector("#gallery figure");
+  const galleryAfterReload = await page.locator("#gallery figure").count();
+  const other = await chromium.launch({ executablePath: "/usr/bin/chromium", args: FLAGS });
+  const otherPage = await (await other.newContext()).newPage();
+  await otherPage.goto(url);
+  await otherPage.waitForLoadState("load");
+  const galleryOtherBrowser = await otherPage.locator("#gallery figure").count();
+  await other.close();
+
   // without JavaScript the plain form post returns the page with the image
   const p2 = await ctx.newPage();
   await p2.route("**/static/client.js", (r) => r.abort());
@@ -66,8 +121,33 @@ try {
   await Promise.all([p2.waitForURL(url), p2.click("#go")]);
   await p2.waitForSelector("#result:not([hidden])");
   result.nojsSrc = await p2.getAttribute("#result", "src");
-  console.log(JSON.stringify(result));
-} finally {
-  await ctx.close();
-  await Deno.remove(profile, { recursive: true }).catch(() => {});
+  return { ...result, misspelled, busy, galleryAfterReload, galleryOtherBrowser };
+}
+
+async function signIn(token: string) {
+  const page = ctx.pages()[0] ?? await ctx.newPage();
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(url);
+  const loginShown = await page.isVisible("#login");
+  const genBefore = await page.locator("#gen").count();
+  await page.fill("#token", "wrong");
+  await Promise.all([page.waitForLoadState("load"), page.click("#signin")]);
+  const wrong = await page.textContent("#status");
+  await page.fill("#token", token);
+  await Promise.all([page.waitForURL(url), page.click("#signin")]);
+  await page.waitForSelector("#gen");
+  const cookie = (await ctx.cookies()).find((c) => c.name === "w4_session");
+  await page.fill("#prompt", prompt);
+  await page.fill("#steps", "2");
+  await page.click("#go");
+  await page.waitForSelector("#result:not([hidden])", { timeout: 60_000 });
+  return {
+    loginShown,
+    genBefore,
+    wrong,
+    cookie: cookie && { httpOnly: cookie.httpOnly, sameSite: cookie.sameSite },
+    src: await page.getAttribute("#result", "src"),
+    errors,
+  };
 }

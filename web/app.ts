@@ -14,6 +14,7 @@ import { renderPage, type Shot } from "./page.tsx";
 import { type GenerateParams, HttpError, parseParams } from "./params.ts";
 import { JobQueue, type QueueOptions } from "./queue.ts";
 import { OPENAPI } from "./openapi.ts";
+import { plural } from "./plural.ts";
 
 /** Options of {@linkcode createApp}. */
 export interface AppOptions {
@@ -21,7 +22,10 @@ export interface AppOptions {
   engine: Engine;
   /** The queue, or its options (default: 1 at a time, 8 waiting, 120 s per request). */
   queue?: JobQueue | QueueOptions;
-  /** When set, `/api/*` and form posts need `Authorization: Bearer <token>`. */
+  /**
+   * When set, `/api/*` and form posts need `Authorization: Bearer <token>` or the session cookie
+   * that the page's sign-in form (`POST /login`) sets (HttpOnly, SameSite=Strict).
+   */
   token?: string;
   /** Origins allowed by CORS on `/api/*` (`["*"]` for any); none = no CORS headers. */
   cors?: string[];
@@ -31,6 +35,11 @@ export interface AppOptions {
   clientJs?: string;
   /** Recent generations kept for the page's gallery (default 12). */
   gallerySize?: number;
+  /**
+   * Show every visitor's recent generations to every visitor (default false: each browser keeps
+   * its own recent images, client-side, and the server keeps none).
+   */
+  publicGallery?: boolean;
   /** Least milliseconds between two previews in the stream (default 200). */
   previewEveryMs?: number;
   /** Where errors are logged (default console.error). */
@@ -93,15 +102,23 @@ export function createApp(opts: AppOptions): App {
       }),
     );
   }
-  if (opts.token) {
+  const session = opts.token ? sessionValue(opts.token) : undefined;
+  const signedIn = async (header: (n: string) => string | undefined) => {
+    if (!opts.token) return true;
     const want = new TextEncoder().encode(`Bearer ${opts.token}`);
+    if (sameBytes(new TextEncoder().encode(header("Authorization") ?? ""), want)) return true;
+    const cookie = /(?:^|;\s*)w4_session=([0-9a-f]+)/.exec(header("Cookie") ?? "")?.[1] ?? "";
+    return sameBytes(new TextEncoder().encode(cookie), new TextEncoder().encode(await session!));
+  };
+  if (opts.token) {
     const guard = async (
       c: { req: { header: (n: string) => string | undefined } },
       next: () => Promise<void>,
     ) => {
-      const got = new TextEncoder().encode(c.req.header("Authorization") ?? "");
-      if (!sameBytes(got, want)) {
-        return Response.json({ error: "Cannot authorise: send Authorization: Bearer <token>" }, {
+      if (!(await signedIn((n) => c.req.header(n)))) {
+        return Response.json({
+          error: "Cannot authorise: send Authorization: Bearer <token>, or sign in on the page",
+        }, {
           status: 401,
           headers: { "WWW-Authenticate": "Bearer" },
         });
@@ -113,6 +130,37 @@ export function createApp(opts: AppOptions): App {
       async (c, next) => c.req.method === "OPTIONS" ? await next() : await guard(c, next),
     );
     app.post("/", guard);
+    app.post("/login", async (c) => {
+      const form = new URLSearchParams(await readBody(c.req.raw, bodyLimit));
+      const given = new TextEncoder().encode(form.get("token") ?? "");
+      if (!sameBytes(given, new TextEncoder().encode(opts.token!))) {
+        return c.html(
+          renderPage({
+            models: engine.models(),
+            gallery: [],
+            login: true,
+            error: "Cannot sign in: wrong token",
+          }),
+          401,
+        );
+      }
+      const secure = new URL(c.req.url).protocol === "https:" ? "; Secure" : "";
+      return new Response(null, {
+        status: 303,
+        headers: {
+          Location: "/",
+          "Set-Cookie": `w4_session=${await session}; HttpOnly; SameSite=Strict; Path=/${secure}`,
+        },
+      });
+    });
+    app.post("/logout", () =>
+      new Response(null, {
+        status: 303,
+        headers: {
+          Location: "/",
+          "Set-Cookie": "w4_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        },
+      }));
   }
 
   const run = (p: GenerateParams, signal: AbortSignal, hooks: {
@@ -132,21 +180,21 @@ export function createApp(opts: AppOptions): App {
       }), { signal, onQueued: hooks.onQueued });
 
   const remember = (shot: Shot) => {
+    if (!opts.publicGallery) return;
     gallery.unshift(shot);
     gallery.length = Math.min(gallery.length, gallerySize);
   };
 
-  app.get(
-    "/",
-    (c) =>
-      c.html(
-        renderPage({
-          models: engine.models(),
-          gallery,
-          script: opts.clientJs ? "/static/client.js" : undefined,
-        }),
-      ),
-  );
+  app.get("/", async (c) =>
+    c.html(
+      renderPage({
+        models: engine.models(),
+        gallery,
+        login: !(await signedIn((n) => c.req.header(n))),
+        publicGallery: opts.publicGallery,
+        script: opts.clientJs ? "/static/client.js" : undefined,
+      }),
+    ));
 
   app.post("/", async (c) => {
     const text = await readBody(c.req.raw, bodyLimit);
@@ -157,6 +205,7 @@ export function createApp(opts: AppOptions): App {
           models: engine.models(),
           gallery,
           values,
+          publicGallery: opts.publicGallery,
           script: opts.clientJs ? "/static/client.js" : undefined,
           ...extra,
         }),
@@ -188,7 +237,8 @@ export function createApp(opts: AppOptions): App {
     const ct = c.req.header("Content-Type") ?? "";
     const text = await readBody(c.req.raw, bodyLimit);
     let raw: unknown;
-    if (ct.startsWith("application/x-www-form-urlencoded")) {
+    // `curl -d '{...}'` sends JSON labelled as a form: a body that parses as a JSON object is JSON
+    if (ct.startsWith("application/x-www-form-urlencoded") && !isJsonObject(text)) {
       raw = Object.fromEntries(new URLSearchParams(text));
     } else {
       try {
@@ -196,7 +246,8 @@ export function createApp(opts: AppOptions): App {
       } catch {
         throw new HttpError(
           400,
-          "Cannot parse the body: send a JSON object (Content-Type: application/json)",
+          "Cannot parse the body: send a JSON object with Content-Type: application/json " +
+            "(or a form with Content-Type: application/x-www-form-urlencoded)",
         );
       }
     }
@@ -322,11 +373,9 @@ function resultHeaders(p: GenerateParams, r: EngineResult): Record<string, strin
 }
 
 function caption(p: GenerateParams, r: EngineResult): string {
-  return `${
-    p.model.classes[p.classId]
-  } · seed ${p.seed} · ${p.steps} steps · ${p.model.precision} · ${
-    (r.totalMs / 1000).toFixed(1)
-  } s`;
+  return `${p.model.classes[p.classId]} · seed ${p.seed} · ${
+    plural(p.steps, "step")
+  } · ${p.model.precision} · ${(r.totalMs / 1000).toFixed(1)} s`;
 }
 
 async function dataUrl(image: Float32Array, m: ModelInfo): Promise<string> {
@@ -352,7 +401,14 @@ async function readBody(req: Request, limit: number): Promise<string> {
   const parts: Uint8Array[] = [];
   let n = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    let chunk: ReadableStreamReadResult<Uint8Array>;
+    try {
+      chunk = await reader.read();
+    } catch {
+      // the client closed the connection mid-body: an answer nobody reads, not a server error
+      throw new HttpError(400, "Cannot read the body: the client closed the connection first");
+    }
+    const { done, value } = chunk;
     if (done) break;
     n += value.length;
     if (n > limit) {
@@ -368,6 +424,22 @@ async function readBody(req: Request, limit: number): Promise<string> {
     o += p.length;
   }
   return new TextDecoder().decode(all);
+}
+
+function isJsonObject(text: string): boolean {
+  if (!/^\s*\{/.test(text)) return false;
+  try {
+    const v = JSON.parse(text);
+    return typeof v === "object" && v !== null && !Array.isArray(v);
+  } catch {
+    return false;
+  }
+}
+
+/** The session cookie's value for `token`: a digest, so the cookie does not hold the token. */
+async function sessionValue(token: string): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(`w4-session:${token}`));
+  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {

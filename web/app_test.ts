@@ -211,9 +211,9 @@ Deno.test("POST / (a plain form, no JavaScript) returns the page with the image;
   html = await res.text();
   includes(html, "steps must be an integer in 1..100");
   includes(html, 'value="500"', "the form keeps the values");
-  // the gallery on the page shows recent generations
+  // the server keeps no gallery by default: another visitor does not see this image
   html = await (await app.request("/")).text();
-  assert.match(html, /id="gallery"><figure><img src="data:image\/png;base64,/);
+  assert.match(html, /id="gallery" data-scope="browser"><\/div>/);
 });
 
 Deno.test("GET /api/generate/stream sends queued, step with previews, done", async () => {
@@ -360,4 +360,137 @@ Deno.test("CORS headers only for configured origins", async () => {
   ({ app } = setup());
   res = await app.request("/api/models", { headers: { Origin: "https://example.org" } });
   assert.deepEqual(res.headers.get("Access-Control-Allow-Origin"), null);
+});
+
+Deno.test("the public gallery is opt-in: then the page shows every visitor's recent images", async () => {
+  const { app } = setup({ publicGallery: true });
+  const res = await app.request("/api/generate", post({ class: 1, steps: 1, seed: 3 }));
+  await res.body?.cancel();
+  const html = await (await app.request("/")).text();
+  assert.match(html, /id="gallery" data-scope="public"><figure><img src="data:image\/png;base64,/);
+  includes(html, "red heart · seed 3 · 1 step · int4", "pluralised: 1 step");
+});
+
+Deno.test("integer fields are parsed strictly (no 0x5, 1e1, Infinity) in JSON, queries and forms", async () => {
+  const { app, engine } = setup();
+  for (const v of ["0x5", "1e1", "5.0", "Infinity", "5 steps", "0b101"]) {
+    await expectError(
+      await app.request("/api/generate", post({ prompt: "heart", steps: v })),
+      400,
+      /steps must be an integer in 1\.\.100/,
+      "steps",
+    );
+    await expectError(
+      await app.request(`/api/generate/stream?class=1&seed=${encodeURIComponent(v)}`),
+      400,
+      /seed must be an integer/,
+      "seed",
+    );
+  }
+  await expectError(
+    await app.request("/api/generate", post({ prompt: "heart", cfg: "1e1" })),
+    400,
+    /cfg must be a number/,
+    "cfg",
+  );
+  assert.equal(engine.started, 0);
+  const ok = await app.request(
+    "/api/generate",
+    post({ prompt: "heart", steps: " 7 ", cfg: "4.5" }),
+  );
+  assert.equal(ok.headers.get("X-Steps"), "7");
+  await ok.body?.cancel();
+});
+
+Deno.test("JSON sent as a form (curl -d without Content-Type) is read as JSON", async () => {
+  const { app } = setup();
+  const res = await app.request("/api/generate", {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: '{"prompt":"red heart","seed":7,"steps":2}',
+  });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("X-Seed"), "7");
+  await res.body?.cancel();
+  // a real form still works, and a body that is neither says what to send
+  const form = await app.request("/api/generate", {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: "prompt=heart&steps=2",
+  });
+  assert.equal(form.status, 200);
+  await form.body?.cancel();
+  await expectError(
+    await app.request("/api/generate", { method: "POST", body: "prompt: heart" }),
+    400,
+    /Content-Type: application\/json/,
+  );
+});
+
+Deno.test("a client that closes mid-body gets a 400 and is not logged as an unexpected error", async () => {
+  const lines: string[] = [];
+  const { app, engine } = setup({ log: (l) => lines.push(l) });
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      c.enqueue(new TextEncoder().encode('{"prompt":'));
+    },
+    pull(c) {
+      c.error(new TypeError("error reading a body from connection"));
+    },
+  });
+  const res = await app.request(
+    new Request("http://localhost/api/generate", {
+      method: "POST",
+      body,
+      headers: { "Content-Type": "application/json" },
+    }),
+  );
+  await expectError(res, 400, /closed the connection/);
+  assert.deepEqual(lines, [], "nothing logged");
+  assert.equal(engine.started, 0);
+});
+
+Deno.test("with a token, the page signs in with a form that sets an HttpOnly cookie", async () => {
+  const { app } = setup({ token: "s3cret" });
+  let html = await (await app.request("/")).text();
+  includes(html, 'id="login"');
+  assert.ok(!html.includes('id="gen"'), "no generation form before signing in");
+  const login = (token: string) =>
+    app.request("/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
+      body: `token=${token}`,
+    });
+  const bad = await login("wrong");
+  assert.equal(bad.status, 401);
+  includes(await bad.text(), "Cannot sign in: wrong token");
+  const ok = await login("s3cret");
+  assert.equal(ok.status, 303);
+  const cookie = ok.headers.get("Set-Cookie") ?? "";
+  assert.match(cookie, /^w4_session=[0-9a-f]{64}; HttpOnly; SameSite=Strict; Path=\//);
+  assert.ok(!cookie.includes("s3cret"), "the cookie does not hold the token");
+  const jar = { Cookie: cookie.split(";")[0] };
+  html = await (await app.request("/", { headers: jar })).text();
+  includes(html, 'id="gen"');
+  const res = await app.request("/api/generate/stream?class=1&steps=1", { headers: jar });
+  assert.equal(res.status, 200);
+  assert.ok((await events(res)).some((e) => e.event === "done"));
+  const forged = await app.request(
+    "/api/generate",
+    post({ class: 1 }, { Cookie: "w4_session=00" }),
+  );
+  await expectError(forged, 401, /sign in/);
+  const out = await app.request("/logout", { method: "POST", headers: jar });
+  assert.match(out.headers.get("Set-Cookie") ?? "", /Max-Age=0/);
+});
+
+Deno.test("a full queue's message says how long to wait, pluralised", async () => {
+  const { app } = setup({ queue: { concurrency: 1, limit: 0 } }, 30);
+  const a = app.request("/api/generate", post({ class: 0, steps: 3 }));
+  await new Promise((r) => setTimeout(r, 5));
+  const res = await app.request("/api/generate", post({ class: 1, steps: 3 }));
+  await expectError(res, 429, /busy and takes no waiting requests; retry in \d+ seconds?$/);
+  const s = Number(res.headers.get("Retry-After"));
+  assert.ok(s >= 1);
+  await (await a).body?.cancel();
 });

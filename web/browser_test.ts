@@ -1,6 +1,9 @@
 // A real-browser test: Debian's chromium, driven by playwright-core, against the server on
 // loopback: open the page, generate, see the progress events arrive and the final image render;
-// the screenshot is saved as out/web_browser_test.png. Also the no-JavaScript form post.
+// the screenshot is saved as out/web_browser_test.png. Then the server's own messages on the page
+// (a 400 naming the closest classes, a 429 with the wait) with the old image cleared, the
+// per-browser recent gallery, the no-JavaScript form post, and the sign-in form of a server with
+// a token (an HttpOnly cookie, then generating works).
 // playwright-core runs in a child process (web/_browser_driver.ts, deno run -A): it reads /proc
 // at import, which Deno allows only under --allow-all, more than the test command grants.
 import assert from "node:assert/strict";
@@ -36,7 +39,12 @@ Deno.test({
     const engine: Engine & { destroy?: () => void } = HAS_GPU
       ? await PipelineEngine.create([{ id: "tiny", path: FIXTURE }])
       : new FakeEngine(50);
-    const app = createApp({ engine, clientJs: await buildClient(null), previewEveryMs: 0 });
+    const app = createApp({
+      engine,
+      clientJs: await buildClient(null),
+      previewEveryMs: 0,
+      queue: { concurrency: 1, limit: 0 }, // a second request meets a full queue
+    });
     const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
     const url = `http://127.0.0.1:${server.addr.port}/`;
     const prompt = engine.models()[0].classes[1];
@@ -60,11 +68,48 @@ Deno.test({
       assert.equal(r.naturalWidth, engine.models()[0].size, "the PNG decoded in the browser");
       assert.equal(r.gallery, 1, "the result joined the gallery");
       assert.deepEqual(r.errors, []);
+      assert.match(r.misspelled.status, /^Cannot generate: prompt matches no class: .*closest: "/);
+      assert.equal(r.misspelled.resultHidden, true, "the old image is cleared");
+      assert.equal(r.misspelled.caption, "");
+      assert.match(r.busy.status, /^Cannot queue the generation: .*retry in \d+ seconds?/);
+      assert.equal(r.galleryAfterReload, 1, "this browser keeps its recent images");
+      assert.equal(r.galleryOtherBrowser, 0, "another browser does not see them");
       assert.match(r.nojsSrc ?? "", /^data:image\/png;base64,/, "the plain form post works");
       assert.ok(Deno.statSync(ARTIFACT).size > 0, "screenshot saved");
     } finally {
       await server.shutdown();
       engine.destroy?.();
+    }
+  },
+});
+
+Deno.test({
+  name: "browser: with W4_API_TOKEN the page signs in with a form, then generates (chromium)",
+  ignore: !HAS_CHROMIUM,
+  sanitizeResources: false,
+  fn: async () => {
+    const engine = new FakeEngine(10);
+    const app = createApp({ engine, clientJs: await buildClient(null), token: "s3cret" });
+    const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+    const url = `http://127.0.0.1:${server.addr.port}/`;
+    try {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", DRIVER, url, ARTIFACT, engine.models()[0].classes[1], "login:s3cret"],
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, `the driver failed:\n${stderr.slice(-3000)}`);
+      const r = JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)!);
+      assert.equal(r.loginShown, true);
+      assert.equal(r.genBefore, 0, "no generation form before signing in");
+      assert.equal(r.wrong, "Cannot sign in: wrong token");
+      assert.deepEqual(r.cookie, { httpOnly: true, sameSite: "Strict" });
+      assert.match(r.src ?? "", /^data:image\/png;base64,/, "a signed-in page generates");
+      assert.deepEqual(r.errors, []);
+    } finally {
+      await server.shutdown();
     }
   },
 });

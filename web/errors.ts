@@ -11,6 +11,7 @@ import {
   GpuSelfTestError,
   GpuUnavailableError,
   GpuValidationError,
+  NumericError,
 } from "../runtime/errors.ts";
 import { HttpError } from "./params.ts";
 import { QueueFullError } from "./queue.ts";
@@ -72,7 +73,7 @@ export function toHttp(e: unknown, log: (line: string) => void = console.error):
     return { status: 503, message: `Cannot generate: no usable GPU (${e.name})`, headers: h };
   }
   if (e instanceof RangeError) return { status: 400, message: e.message, headers: h };
-  if (e instanceof GpuValidationError || e instanceof FormatError) {
+  if (e instanceof GpuValidationError || e instanceof FormatError || e instanceof NumericError) {
     log(`error: ${e.message}`);
     return { status: 500, message: `Cannot generate: the server failed (${e.name})`, headers: h };
   }

@@ -1,6 +1,8 @@
 /**
- * `deno task serve [--port N] [--model FILE] [options]`: load the default pre-quantized model,
- * then serve the page and the API with `Deno.serve`. Errors at start-up are one line.
+ * `deno task serve [--port N] [--model FILE] [options]`: bind the port first (a port in use is
+ * one line before any model loads), answer 503 while the default pre-quantized model loads, then
+ * serve the page and the API behind the slow-client guard (web/guard.ts). Errors at start-up are
+ * one line.
  *
  * @module
  */
@@ -11,16 +13,22 @@ import { createApp } from "./app.ts";
 import { PipelineEngine, type RegistryEntry } from "./engine.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { hasParoPlan } from "../quant/paro_store.ts";
+import { serveGuarded } from "./guard.ts";
 
 const USAGE = `Usage: deno task serve [options]
 
   --port N           port (default: $PORT or 8000)
-  --host H           address to listen on (default 0.0.0.0)
+  --host H           address to listen on (default 127.0.0.1; 0.0.0.0 for every interface,
+                     which warns when W4_API_TOKEN is not set)
   --model FILE       serve this model file only (id: its file name without .safetensors)
   --models FILE      a JSON registry {"id": "path", ...}; the first is the default
   --queue N          requests waiting beyond the running one before 429 (default 8)
   --concurrency N    generations on the GPU at once (default 1)
   --timeout S        time limit of one request in seconds, wait included (default 120)
+  --header-timeout S time to receive a request's headers (default 10)
+  --body-timeout S   time to receive a request's body after its headers (default 30)
+  --per-client N     concurrent connections per client address (default 16)
+  --public-gallery   show every visitor's recent images to all (default: each browser its own)
   -h, --help         this text
 
 Environment: PORT; W4_API_TOKEN (require Authorization: Bearer <token> on /api/*);
@@ -61,30 +69,78 @@ async function main(args: string[]): Promise<void> {
     args,
     options: {
       port: { type: "string" },
-      host: { type: "string", default: "0.0.0.0" },
+      host: { type: "string", default: "127.0.0.1" },
       model: { type: "string" },
       models: { type: "string" },
       queue: { type: "string", default: "8" },
       concurrency: { type: "string", default: "1" },
       timeout: { type: "string", default: "120" },
+      "header-timeout": { type: "string", default: "10" },
+      "body-timeout": { type: "string", default: "30" },
+      "per-client": { type: "string", default: "16" },
+      "public-gallery": { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
   });
   if (values.help) return console.log(USAGE);
   const int = (name: string, v: string, lo: number, hi: number) => {
-    const x = Number(v);
+    const x = /^\d+$/.test(v.trim()) ? Number(v) : NaN;
     if (!Number.isInteger(x) || x < lo || x > hi) {
       fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`, USAGE);
     }
     return x;
   };
   const port = int("port", values.port ?? Deno.env.get("PORT") ?? "8000", 0, 65535);
+  const queue = {
+    limit: int("queue", values.queue, 0, 10000),
+    concurrency: int("concurrency", values.concurrency, 1, 64),
+    timeoutMs: int("timeout", values.timeout, 1, 86400) * 1000,
+  };
+  const guard = {
+    headerTimeoutMs: int("header-timeout", values["header-timeout"], 1, 3600) * 1000,
+    bodyTimeoutMs: int("body-timeout", values["body-timeout"], 1, 3600) * 1000,
+    perAddress: int("per-client", values["per-client"], 1, 10000),
+    idleTimeoutMs: queue.timeoutMs + 10_000, // no request is silent longer than its time limit
+  };
+  const token = Deno.env.get("W4_API_TOKEN") || undefined;
+  const models = values.models ? await readRegistry(values.models) : undefined;
+
+  // bind before loading anything: a port in use is one line, and clients get 503 while loading
+  let handler: (req: Request) => Response | Promise<Response> = () =>
+    Response.json({ error: "Cannot generate yet: the model is loading; retry shortly" }, {
+      status: 503,
+      headers: { "Retry-After": "5" },
+    });
+  try {
+    serveGuarded({
+      hostname: values.host,
+      port,
+      ...guard,
+      onListen: ({ hostname, port }) => console.log(`listening on http://${hostname}:${port}/`),
+    }, (req) => handler(req));
+  } catch (e) {
+    if (e instanceof Deno.errors.AddrInUse) {
+      throw new RangeError(
+        `Cannot listen on ${values.host}:${port}: the port is in use; stop the other server ` +
+          "or pass --port N",
+      );
+    }
+    if (e instanceof Deno.errors.AddrNotAvailable || e instanceof Deno.errors.PermissionDenied) {
+      throw new RangeError(`Cannot listen on ${values.host}:${port}: ${(e as Error).message}`);
+    }
+    throw e;
+  }
+  if (!isLoopback(values.host) && !token) {
+    console.warn(
+      `warning: serving on ${values.host} without W4_API_TOKEN: anyone who can reach this ` +
+        "machine can use its GPU; set W4_API_TOKEN=<secret> to require a token",
+    );
+  }
+
   let registry: RegistryEntry[];
   if (values.model) registry = [{ id: idFor(values.model), path: values.model }];
-  else if (values.models) {
-    const j = JSON.parse(await Deno.readTextFile(values.models));
-    registry = Object.entries(j).map(([id, path]) => ({ id, path: String(path) }));
-  } else registry = await defaultRegistry();
+  else if (models) registry = models;
+  else registry = await defaultRegistry();
 
   console.log(`loading ${registry[0].path} …`);
   const engine = await PipelineEngine.create(registry);
@@ -98,13 +154,10 @@ async function main(args: string[]): Promise<void> {
   const app = createApp({
     engine,
     clientJs,
-    token: Deno.env.get("W4_API_TOKEN") || undefined,
+    token,
     cors,
-    queue: {
-      limit: int("queue", values.queue, 0, 10000),
-      concurrency: int("concurrency", values.concurrency, 1, 64),
-      timeoutMs: int("timeout", values.timeout, 1, 86400) * 1000,
-    },
+    queue,
+    publicGallery: values["public-gallery"],
   });
   const h = engine.health();
   console.log(
@@ -112,11 +165,38 @@ async function main(args: string[]): Promise<void> {
       engine.models().map((m) => `${m.id} (${m.precision})`).join(", ")
     }; device ${h.device}`,
   );
-  Deno.serve({
-    port,
-    hostname: values.host,
-    onListen: ({ hostname, port }) => console.log(`serving on http://${hostname}:${port}/`),
-  }, app.fetch);
+  handler = app.fetch;
+  console.log(`serving on http://${values.host}:${port}/`);
+}
+
+/** `--models FILE`: a JSON object `{"id": "path", …}` with at least one entry (UsageError else). */
+async function readRegistry(file: string): Promise<RegistryEntry[]> {
+  let j: unknown;
+  try {
+    j = JSON.parse(await Deno.readTextFile(file));
+  } catch (e) {
+    if (e instanceof SyntaxError) {
+      fail(`--models ${file} is not JSON (${e.message}); write {"id": "model.safetensors", …}`);
+    }
+    throw e;
+  }
+  if (typeof j !== "object" || j === null || Array.isArray(j)) {
+    fail(`--models ${file} must be a JSON object {"id": "model.safetensors", …}`);
+  }
+  const entries = Object.entries(j as Record<string, unknown>);
+  if (entries.length === 0) {
+    fail(`--models ${file} lists no model: write {"id": "model.safetensors", …}`);
+  }
+  for (const [id, path] of entries) {
+    if (typeof path !== "string" || path === "") {
+      fail(`--models ${file}: the path of "${id}" must be a non-empty string`);
+    }
+  }
+  return entries.map(([id, path]) => ({ id, path: path as string }));
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
 }
 
 if (import.meta.main) await runCli(() => main(Deno.args));

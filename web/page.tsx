@@ -31,6 +31,10 @@ export interface PageProps {
   values?: Record<string, string>;
   /** URL of the client script; none = no script. */
   script?: string;
+  /** Show the sign-in form instead of the generation form (the server has a token). */
+  login?: boolean;
+  /** The gallery is the server's, shared by all visitors (else each browser keeps its own). */
+  publicGallery?: boolean;
 }
 
 const CSS = `
@@ -44,8 +48,6 @@ img.px{image-rendering:pixelated;width:256px;height:256px;background:#eee}
 
 function Page(p: PageProps) {
   const m = p.models[0];
-  const v = p.values ?? {};
-  const precisions = [...new Set(p.models.map((x) => x.precision))];
   return (
     <html lang="en">
       <head>
@@ -59,80 +61,9 @@ function Page(p: PageProps) {
         <p>
           A {m.size}×{m.size} class-conditional DiT on WebGPU ({m.id}, {m.precision}).
         </p>
-        <form id="gen" method="post" action="/">
-          <label for="prompt">Class or prompt</label>
-          <input
-            id="prompt"
-            name="prompt"
-            list="classes"
-            maxLength={LIMITS.prompt}
-            value={v.prompt ?? m.classes[0]}
-            required
-          />
-          <datalist id="classes">
-            {m.classes.map((c) => <option key={c} value={c} />)}
-          </datalist>
-          <label for="steps">Steps</label>
-          <input
-            id="steps"
-            name="steps"
-            type="number"
-            min={LIMITS.steps[0]}
-            max={LIMITS.steps[1]}
-            value={v.steps ?? String(DEFAULTS.steps)}
-          />
-          <label for="seed">Seed (empty: random)</label>
-          <input
-            id="seed"
-            name="seed"
-            type="number"
-            min="0"
-            max={LIMITS.seed[1]}
-            value={v.seed ?? ""}
-          />
-          <label for="cfg">Guidance</label>
-          <input
-            id="cfg"
-            name="cfg"
-            type="number"
-            step="0.5"
-            min={LIMITS.cfg[0]}
-            max={LIMITS.cfg[1]}
-            value={v.cfg ?? String(DEFAULTS.cfg)}
-          />
-          <label for="precision">Precision</label>
-          <select id="precision" name="precision">
-            {precisions.map((x) => (
-              <option key={x} value={x} selected={(v.precision ?? m.precision) === x}>{x}</option>
-            ))}
-          </select>
-          <label for="sampler">Sampler</label>
-          <select id="sampler" name="sampler">
-            {SAMPLERS.map((x) => (
-              <option key={x} value={x} selected={(v.sampler ?? DEFAULTS.sampler) === x}>
-                {x}
-              </option>
-            ))}
-          </select>
-          <button id="go" type="submit">Generate</button>
-        </form>
-        <section>
-          <p id="status" class={p.error ? "err" : ""} role="status">{p.error ?? ""}</p>
-          <progress id="progress" max="1" value="0" hidden />
-          <div>
-            <img id="preview" class="px" alt="preview while denoising" hidden />
-            <img
-              id="result"
-              class="px"
-              alt={p.result ? p.result.caption : "result"}
-              src={p.result?.src}
-              hidden={!p.result}
-            />
-          </div>
-          <p id="caption">{p.result?.caption ?? ""}</p>
-        </section>
-        <h2>Recent</h2>
-        <div id="gallery">
+        {p.login ? <Login error={p.error} /> : <Generate {...p} />}
+        <h2>Recent{p.publicGallery ? " (everyone's)" : " (this browser)"}</h2>
+        <div id="gallery" data-scope={p.publicGallery ? "public" : "browser"}>
           {p.gallery.map((s) => (
             <figure key={s.src}>
               <img src={s.src} alt={s.caption} />
@@ -140,9 +71,106 @@ function Page(p: PageProps) {
             </figure>
           ))}
         </div>
-        {p.script ? <script type="module" src={p.script} /> : null}
+        {p.script && !p.login ? <script type="module" src={p.script} /> : null}
       </body>
     </html>
+  );
+}
+
+function Login(p: { error?: string }) {
+  return (
+    <section>
+      <form id="login" method="post" action="/login">
+        <label for="token">Access token</label>
+        <input id="token" name="token" type="password" autocomplete="current-password" required />
+        <button id="signin" type="submit">Sign in</button>
+      </form>
+      <p id="status" class={p.error ? "err" : ""} role="status">
+        {p.error ?? "This server needs its access token (W4_API_TOKEN) to generate."}
+      </p>
+    </section>
+  );
+}
+
+function Generate(p: PageProps) {
+  const m = p.models[0];
+  const v = p.values ?? {};
+  const precisions = [...new Set(p.models.map((x) => x.precision))];
+  return (
+    <>
+      <form id="gen" method="post" action="/">
+        <label for="prompt">Class or prompt</label>
+        <input
+          id="prompt"
+          name="prompt"
+          list="classes"
+          maxLength={LIMITS.prompt}
+          value={v.prompt ?? m.classes[0]}
+          required
+        />
+        <datalist id="classes">
+          {m.classes.map((c) => <option key={c} value={c} />)}
+        </datalist>
+        <label for="steps">Steps</label>
+        <input
+          id="steps"
+          name="steps"
+          type="number"
+          min={LIMITS.steps[0]}
+          max={LIMITS.steps[1]}
+          value={v.steps ?? String(DEFAULTS.steps)}
+        />
+        <label for="seed">Seed (empty: random)</label>
+        <input
+          id="seed"
+          name="seed"
+          type="number"
+          min="0"
+          max={LIMITS.seed[1]}
+          value={v.seed ?? ""}
+        />
+        <label for="cfg">Guidance</label>
+        <input
+          id="cfg"
+          name="cfg"
+          type="number"
+          step="0.5"
+          min={LIMITS.cfg[0]}
+          max={LIMITS.cfg[1]}
+          value={v.cfg ?? String(DEFAULTS.cfg)}
+        />
+        <label for="precision">Precision</label>
+        <select id="precision" name="precision">
+          {precisions.map((x) => (
+            <option key={x} value={x} selected={(v.precision ?? m.precision) === x}>{x}</option>
+          ))}
+        </select>
+        <label for="sampler">Sampler</label>
+        <select id="sampler" name="sampler">
+          {SAMPLERS.map((x) => (
+            <option key={x} value={x} selected={(v.sampler ?? DEFAULTS.sampler) === x}>
+              {x}
+            </option>
+          ))}
+        </select>
+        <button id="go" type="submit">Generate</button>
+      </form>
+      <section>
+        <p id="status" class={p.error ? "err" : ""} role="status">{p.error ?? ""}</p>
+        <progress id="progress" max="1" value="0" hidden />
+        <div>
+          <img id="preview" class="px" alt="preview while denoising" hidden />
+          <img
+            id="result"
+            class="px"
+            alt={p.result ? p.result.caption : "result"}
+            src={p.result?.src}
+            hidden={!p.result}
+          />
+        </div>
+        <p id="caption">{p.result?.caption ?? ""}</p>
+      </section>
+    </>
   );
 }
 

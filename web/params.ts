@@ -73,8 +73,17 @@ export interface GenerateParams {
 const bad = (field: string, msg: string) =>
   new HttpError(400, `Cannot generate: ${field} ${msg}`, field);
 
+/** Decimal text only: no hex (`0x5`), exponent (`1e1`), `Infinity` or blank. */
+const INTEGER_TEXT = /^[+-]?\d+$/;
+const DECIMAL_TEXT = /^[+-]?(\d+\.?\d*|\.\d+)$/;
+
 function num(field: string, v: unknown, lo: number, hi: number, integer: boolean): number {
-  const x = typeof v === "number" ? v : typeof v === "string" && v.trim() !== "" ? Number(v) : NaN;
+  const text = typeof v === "string" ? v.trim() : "";
+  const x = typeof v === "number"
+    ? v
+    : typeof v === "string" && (integer ? INTEGER_TEXT : DECIMAL_TEXT).test(text)
+    ? Number(text)
+    : NaN;
   if (!Number.isFinite(x) || (integer && !Number.isInteger(x)) || x < lo || x > hi) {
     throw bad(
       field,

@@ -8,6 +8,8 @@
  * @module
  */
 
+import { plural } from "./plural.ts";
+
 /** Options of {@linkcode JobQueue}. */
 export interface QueueOptions {
   /** Jobs running at once (default 1). */
@@ -103,7 +105,11 @@ export class JobQueue {
   assertRoom(): void {
     if (this.#running >= this.concurrency && this.#waiting.length >= this.limit) {
       throw new QueueFullError(
-        `Cannot queue the generation: ${this.#waiting.length} are waiting (the limit); retry later`,
+        `Cannot queue the generation: ${
+          this.#waiting.length === 0
+            ? `the server is busy and takes no waiting requests`
+            : `${plural(this.#waiting.length, "request is", "requests are")} waiting (the limit)`
+        }; retry in ${plural(this.retryAfterS(), "second")}`,
         this.retryAfterS(),
       );
     }

@@ -9,6 +9,12 @@
  *   `2·H·D + h·D ..`, i.e. Q, K, V are each [B, T, H, D] slices of it.
  * - `o` [B·T, H·D]: head `h` at columns `h·D ..`, ready for the proj GEMM.
  *
+ * Optional logit terms for the text encoders (each a shape option, compiled in only when asked):
+ * `relativeBias` (T5: `biasTable` f32 [H, NB] and `biasBucket` u32 [2T−1], the bucket of offset
+ * key − query + T − 1; the bias is added after the scale), `causal` (CLIP: query i sees keys
+ * j ≤ i) and `keyMask` (`keyMask` u32 [B, T], 0 = padding key, skipped). A skipped key has
+ * probability exactly 0; a query whose keys are all skipped outputs zeros.
+ *
  * @module
  */
 import type { Dispatch, Gpu } from "../../runtime/device.ts";
@@ -25,8 +31,11 @@ import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
 const NAME = "flash_attention";
 
-/** Head dims the kernel is built for (DiT-XL uses 72 = 1152/16). */
-export const FLASH_ATTENTION_HEAD_DIMS: readonly number[] = [32, 64, 72, 128];
+/**
+ * Head dims the kernel is built for (DiT-XL uses 72 = 1152/16; the autoencoders' single-head
+ * mid-block attention uses D = channels, 256 or 512 in released VAEs).
+ */
+export const FLASH_ATTENTION_HEAD_DIMS: readonly number[] = [32, 64, 72, 128, 256, 512];
 
 /**
  * Workgroup tile: `bq` queries per workgroup (a multiple of 4), keys walked `bk` at a time (a
@@ -55,6 +64,15 @@ export interface FlashAttentionShape {
   scale?: number;
   /** Override the tile (tests, benchmarks); default: the first of the D's list that fits. */
   tile?: FlashAttentionTile;
+  /** Query i attends to keys j ≤ i only (CLIP). Default false. */
+  causal?: boolean;
+  /** Bind `keyMask` [B, T] u32: keys where it is 0 are skipped (padding). Default false. */
+  keyMask?: boolean;
+  /**
+   * Add a relative position bias (T5): bind `biasTable` f32 [H, buckets] and `biasBucket` u32
+   * [2T − 1] (entry `k − q + T − 1` is the bucket of key k for query q). Default: none.
+   */
+  relativeBias?: { buckets: number };
 }
 
 /** Buffers of one dispatch, in binding order (binding 0 is the uniform params). */
@@ -63,6 +81,12 @@ export interface FlashAttentionBuffers {
   qkv: GPUBuffer;
   /** ACT [B·T, H·D] output. */
   o: GPUBuffer;
+  /** f32 [H, buckets] relative-bias table (with `relativeBias`). */
+  biasTable?: GPUBuffer;
+  /** u32 [2T − 1] bucket of each key − query offset (with `relativeBias`). */
+  biasBucket?: GPUBuffer;
+  /** u32 [B, T], 0 = skip the key (with `keyMask`). */
+  keyMask?: GPUBuffer;
 }
 
 // Tiles per D, preferred first: the first fits 48 KiB of workgroup memory (an H100 under
@@ -75,6 +99,11 @@ const TILES: Record<number, [number, number][]> = {
   64: [[64, 32], [32, 32], [16, 32]],
   72: [[64, 36], [32, 36], [16, 36], [16, 16]],
   128: [[32, 32], [16, 32], [8, 16]],
+  // Autoencoder mid-block attention (one head, D = channels): Q and the K/V tile dominate the
+  // workgroup memory, so the tiles are narrow; the smallest needs 24.7 KiB (D=512) and 16.7 KiB
+  // (D=256), over the 16 KiB WebGPU minimum but within llvmpipe's 32 KiB.
+  256: [[16, 16], [16, 8], [8, 8]],
+  512: [[8, 8], [8, 4]],
 };
 
 /** Bytes of workgroup memory of a tile: qt + kv + pt + rs, all f32. */
@@ -124,6 +153,7 @@ export class FlashAttention {
   readonly #pipeline: GPUComputePipeline;
   readonly #params: GPUBuffer;
   readonly #grid: [number, number, number];
+  readonly #unused: GPUBuffer; // bound where an optional term is off
 
   private constructor(
     shape: FlashAttentionShape,
@@ -131,12 +161,14 @@ export class FlashAttention {
     pipeline: GPUComputePipeline,
     params: GPUBuffer,
     grid: [number, number, number],
+    unused: GPUBuffer,
   ) {
     this.shape = shape;
     this.tile = tile;
     this.#pipeline = pipeline;
     this.#params = params;
     this.#grid = grid;
+    this.#unused = unused;
   }
 
   /** Validate `shape`, pick the tile, build the pipeline and the uniform params. */
@@ -151,7 +183,13 @@ export class FlashAttention {
       fix: "split the batch",
     });
     const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), dtype);
-    const constants = { D: d, BQ: tile.bq, BK: tile.bk };
+    const constants: Record<string, number> = { D: d, BQ: tile.bq, BK: tile.bk };
+    if (shape.causal) constants.CAUSAL = 1;
+    if (shape.keyMask) constants.KEY_MASK = 1;
+    if (shape.relativeBias) {
+      constants.REL_BIAS = 1;
+      constants.NB = shape.relativeBias.buckets;
+    }
     const pipeline = await gpu.pipeline(`${NAME}_${dtype}`, src, constants, NAME);
     const scale = shape.scale ?? 1 / Math.sqrt(d);
     const words = new Uint32Array(4);
@@ -159,7 +197,8 @@ export class FlashAttention {
     words[1] = h;
     new Float32Array(words.buffer, 8, 1)[0] = scale * Math.LOG2E;
     const params = await gpu.uniform(`buffer ${NAME} params`, words);
-    return new FlashAttention({ ...shape }, tile, pipeline, params, grid);
+    const unused = await gpu.createBuffer(`buffer ${NAME} unused`, 4);
+    return new FlashAttention({ ...shape }, tile, pipeline, params, grid, unused);
   }
 
   /** A dispatch computing `o`; both buffers' sizes are checked against the shape first. */
@@ -167,13 +206,15 @@ export class FlashAttention {
     const bindings = bindBuffers(bufferSizes(this.shape), buffers, {
       kernel: NAME,
       params: this.#params,
+      unused: this.#unused,
     });
     return { pipeline: this.#pipeline, bindings, workgroups: this.#grid };
   }
 
-  /** Release the uniform buffer. */
+  /** Release the uniform and placeholder buffers. */
   destroy(): void {
     this.#params.destroy();
+    this.#unused.destroy();
   }
 }
 
@@ -203,9 +244,13 @@ export function bufferSizes(
 ): BufferRow<keyof FlashAttentionBuffers>[] {
   const rows = s.b * s.t;
   const e = actBytes(s.dtype);
+  const nb = s.relativeBias?.buckets ?? 0;
   return [
     ["qkv", rows * 3 * s.h * s.d * e, `[B·T=${rows}, 3·H·D=${3 * s.h * s.d}] ${s.dtype}`],
     ["o", rows * s.h * s.d * e, `[B·T=${rows}, H·D=${s.h * s.d}] ${s.dtype}`],
+    ["biasTable", s.h * nb * 4, `[H=${s.h}, buckets=${nb}] f32`],
+    ["biasBucket", nb ? (2 * s.t - 1) * 4 : 0, `[2T−1=${2 * s.t - 1}] u32`],
+    ["keyMask", s.keyMask ? rows * 4 : 0, `[B=${s.b}, T=${s.t}] u32`],
   ];
 }
 
@@ -243,6 +288,12 @@ export function checkQkvShape(
 /** Validate the shape (before any GPU work) and return the tile to use. */
 function checkShape(gpu: Gpu, s: FlashAttentionShape): FlashAttentionTile {
   checkQkvShape(gpu, NAME, s);
+  const nb = s.relativeBias?.buckets;
+  if (nb !== undefined && !(Number.isInteger(nb) && nb >= 1 && nb <= 4096)) {
+    throw new RangeError(
+      `Cannot build ${NAME}: relativeBias.buckets=${nb} must be an integer from 1 to 4096`,
+    );
+  }
   const fits = (t: FlashAttentionTile) => tileFits(gpu, s.d, t);
   if (s.tile) {
     const { bq, bk } = s.tile;

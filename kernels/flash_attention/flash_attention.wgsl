@@ -21,6 +21,14 @@
 //      workgroup memory, 32 FMAs.
 // Then rs = 1/l and the single store. Workgroup memory: 4·(D·BQ + BK·D + BK·BQ + BQ) bytes;
 // the launcher picks (BQ, BK) by D and the device's limit.
+//
+// Optional logit terms (text encoders), each an override constant, applied in step 3 where each
+// row's logits are read anyway (the default pipeline compiles them away):
+//   REL_BIAS  + bias_table[h·NB + bias_bucket[k − q + T − 1]] (T5's relative position bias:
+//             bucket per offset, NB buckets per head, added after the scale)
+//   CAUSAL    keys k > q are skipped (CLIP)
+//   KEY_MASK  keys with key_mask[b·T + k] == 0 are skipped (padding mask)
+// A skipped key gets probability exactly 0; a row whose keys are all skipped outputs zeros.
 
 alias ACT = f32;
 
@@ -34,6 +42,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<vec4<ACT>>;
 @group(0) @binding(2) var<storage, read_write> o: array<vec4<ACT>>;
+@group(0) @binding(3) var<storage, read> bias_table: array<f32>; // [H, NB] (REL_BIAS)
+@group(0) @binding(4) var<storage, read> bias_bucket: array<u32>; // [2T − 1] (REL_BIAS)
+@group(0) @binding(5) var<storage, read> key_mask: array<u32>; // [B, T] (KEY_MASK)
 
 override D: u32 = 64; // head dim, a multiple of 8
 override BQ: u32 = 64; // queries per workgroup, a multiple of 4
@@ -45,6 +56,10 @@ override NT: u32 = RG * (D / 8u); // invocations
 override QT_LEN: u32 = D * RG;
 override KV_LEN: u32 = BK * DV;
 override PT_LEN: u32 = BK * RG;
+override REL_BIAS: bool = false;
+override CAUSAL: bool = false;
+override KEY_MASK: bool = false;
+override NB: u32 = 32; // relative-bias buckets per head
 
 var<workgroup> qt: array<vec4<f32>, QT_LEN>; // Q·scale·log2(e), [D][BQ]
 var<workgroup> kv: array<vec4<f32>, KV_LEN>; // K tile [D][BK], then V tile [BK][D]
@@ -52,6 +67,24 @@ var<workgroup> pt: array<vec4<f32>, PT_LEN>; // logits, then probabilities, [BK]
 var<workgroup> rs: array<vec4<f32>, RG>; // per row: α of the tile, at the end 1/l
 
 const NEG_BIG = -1e30; // "minus infinity" of the running max (WGSL has no infinities)
+const LOG2E = 1.4426950408889634;
+
+// Logit s (base-2 units) of query q, key k in batch b, head h, with the optional terms; a skipped
+// key gets NEG_BIG.
+fn logit(s: f32, q: u32, k: u32, b: u32, h: u32) -> f32 {
+  var v = s;
+  if (REL_BIAS) {
+    let qc = min(q, params.t - 1u); // rows past T are never stored
+    v += bias_table[h * NB + bias_bucket[k + params.t - 1u - qc]] * LOG2E;
+  }
+  if (CAUSAL && k > q) {
+    v = NEG_BIG;
+  }
+  if (KEY_MASK && key_mask[b * params.t + k] == 0u) {
+    v = NEG_BIG;
+  }
+  return v;
+}
 
 // Store query q's 8 outputs (vec4 column col of its o row) times 1/l, if the query exists.
 fn store_row(row0: u32, q: u32, col: u32, a: vec4<f32>, b: vec4<f32>, inv: f32) {
@@ -157,12 +190,18 @@ fn flash_attention(
       let c = tid % 4u;
       var mx = m_run;
       for (var j = 0u; j < nk; j++) {
-        mx = max(mx, pt[j * RG + r4][c]);
+        var s = pt[j * RG + r4][c];
+        if (REL_BIAS || CAUSAL || KEY_MASK) {
+          s = logit(s, q0 + tid, k0 + j, wid.z, h);
+          pt[j * RG + r4][c] = s;
+        }
+        mx = max(mx, s);
       }
       let alpha = select(0.0, exp2(m_run - mx), kt > 0u);
       var sum = 0.0;
       for (var j = 0u; j < nk; j++) {
-        let p = exp2(pt[j * RG + r4][c] - mx);
+        let s = pt[j * RG + r4][c];
+        let p = select(exp2(s - mx), 0.0, s <= 0.5 * NEG_BIG); // skipped keys: exactly 0
         pt[j * RG + r4][c] = p;
         sum += p;
       }
@@ -205,7 +244,8 @@ fn flash_attention(
 
   workgroupBarrier(); // everyone has read the last α
   if (tid < BQ) {
-    rs[tid / 4u][tid % 4u] = 1.0 / l_run; // l ≥ 1: the row's max contributes 2^0
+    // l ≥ 1 (the row's max contributes 2^0) unless every key was skipped: then zeros
+    rs[tid / 4u][tid % 4u] = select(1.0 / l_run, 0.0, l_run == 0.0);
   }
   workgroupBarrier();
   let inv = rs[rg];

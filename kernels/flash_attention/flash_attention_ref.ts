@@ -14,11 +14,19 @@ export interface FlashAttentionRefInputs {
   /** Logit scale; default 1/√D. */
   scale?: number;
   qkv: ArrayLike<number>;
+  /** Query i sees keys j ≤ i only. */
+  causal?: boolean;
+  /** [B, T]: keys where it is 0 are skipped. */
+  mask?: ArrayLike<number>;
+  /** Relative bias: `table` [H, buckets], `bucket` [2T − 1] (index k − q + T − 1). */
+  bias?: { buckets: number; table: ArrayLike<number>; bucket: ArrayLike<number> };
 }
 
 /**
  * `O[b·T + i, h·D + c] = Σ_j softmax_j(scale · q_i·k_j) · v_j[c]` for each batch b and head h,
- * with q, k, v the head-h slices of the qkv rows of batch b; float64.
+ * with q, k, v the head-h slices of the qkv rows of batch b; float64. With the optional terms the
+ * logit of (i, j) is `scale·q_i·k_j + table[h, bucket[j − i + T − 1]]`, and keys j > i (causal) or
+ * with `mask[b, j] = 0` are left out of the softmax; a row with no key left is zeros.
  *
  * @example
  * ```ts
@@ -39,13 +47,17 @@ export function flashAttentionRef(p: FlashAttentionRefInputs): Float64Array {
       for (let i = 0; i < T; i++) {
         const q = (b * T + i) * row + h * D;
         let max = -Infinity;
+        const rb = p.bias;
         for (let j = 0; j < T; j++) {
           const k = (b * T + j) * row + H * D + h * D;
           let dot = 0;
           for (let c = 0; c < D; c++) dot += qkv[q + c] * qkv[k + c];
           s[j] = scale * dot;
+          if (rb) s[j] += rb.table[h * rb.buckets + rb.bucket[j - i + T - 1]];
+          if ((p.causal && j > i) || (p.mask && p.mask[b * T + j] === 0)) s[j] = -Infinity;
           if (s[j] > max) max = s[j];
         }
+        if (max === -Infinity) continue; // every key skipped: zeros
         let sum = 0;
         for (let j = 0; j < T; j++) {
           s[j] = Math.exp(s[j] - max);

@@ -58,6 +58,9 @@ const CASES: Case[] = [
   "1 130 2 128 f16",
   "1 257 1 32 f32 gain=5 tile=8x16", // many key tiles, 8 invocations
   "2 100 1 72 f32 tile=16x16", // fewer logit tiles than invocations
+  "1 70 1 256 f32", // autoencoder mid-block attention: one head, D = channels
+  "2 37 1 512 f16 gain=5 shift=3",
+  "1 45 1 512 f32",
 ].map(parseCase);
 
 function parseCase(text: string): Case {
@@ -288,3 +291,105 @@ Deno.test({
     }
   },
 });
+
+/**
+ * The optional logit terms (text encoders): relative bias (T5, scale 1), causal (CLIP) and a key
+ * padding mask, alone and together, on random inputs, tables and masks over several key tiles.
+ * Bound: with A = Σ_j w_j·|v_jc| (the reference run on |v|), f32 |err| ≤ 2e-5·A (the module
+ * doc's bound at these T and unit-scale logits is ≤ 1.4e-5·A); f16 adds 2⁻¹⁰·|o| + 2⁻²⁴.
+ * A query whose keys are all skipped (causal row 0 with key 0 masked) must output zeros.
+ */
+const TERM_CASES = [
+  { b: 2, t: 70, h: 3, d: 32, rel: true, causal: false, mask: false },
+  { b: 2, t: 77, h: 2, d: 64, rel: false, causal: true, mask: false },
+  { b: 2, t: 40, h: 4, d: 32, rel: false, causal: false, mask: true },
+  { b: 2, t: 45, h: 2, d: 64, rel: true, causal: true, mask: true },
+];
+for (const tc of TERM_CASES) {
+  for (const dtype of ["f32", "f16"] as const) {
+    const terms = [tc.rel && "relativeBias", tc.causal && "causal", tc.mask && "keyMask"]
+      .filter(Boolean).join("+");
+    const name = `flash_attention ${terms} B=${tc.b} T=${tc.t} H=${tc.h} D=${tc.d} ${dtype}`;
+    Deno.test({
+      name,
+      ignore,
+      async fn() {
+        const gpu = (await testGpu())!;
+        if (dtype === "f16" && !gpu.caps.shaderF16) return;
+        const rng = freshRng(name);
+        const { b, t, h, d } = tc;
+        const nb = 32;
+        const shape: FlashAttentionShape = {
+          b,
+          t,
+          h,
+          d,
+          dtype,
+          scale: tc.rel ? 1 : undefined,
+          causal: tc.causal,
+          keyMask: tc.mask,
+          relativeBias: tc.rel ? { buckets: nb } : undefined,
+        };
+        const qkv = toActArray(rng.normals(b * t * 3 * h * d, tc.rel ? 0.3 : 1), dtype);
+        const table = new Float32Array(rng.normals(h * nb, 1));
+        const bucket = Uint32Array.from({ length: 2 * t - 1 }, () => Math.floor(rng.next() * nb));
+        const keyMask = Uint32Array.from({ length: b * t }, () => rng.next() < 0.7 ? 1 : 0);
+        keyMask[0] = 1;
+        keyMask[t] = 0; // batch 1, key 0 skipped: with causal, its query 0 has no key at all
+        const refShape = { b, t, h, d, scale: shape.scale, causal: tc.causal };
+        const ref = flashAttentionRef({
+          ...refShape,
+          qkv,
+          mask: tc.mask ? keyMask : undefined,
+          bias: tc.rel ? { buckets: nb, table, bucket } : undefined,
+        });
+        const absV = Float64Array.from(
+          qkv,
+          (v, i) => (i % (3 * h * d)) >= 2 * h * d ? Math.abs(v) : v,
+        );
+        const a = flashAttentionRef({
+          ...refShape,
+          qkv: absV,
+          mask: tc.mask ? keyMask : undefined,
+          bias: tc.rel ? { buckets: nb, table, bucket } : undefined,
+        });
+        const bufs = {
+          qkv: await gpu.upload("buffer test qkv", qkv),
+          o: await gpu.upload("buffer test o", poison(b * t * h * d * (dtype === "f16" ? 2 : 4))),
+          biasTable: tc.rel ? await gpu.upload("buffer test table", table) : undefined,
+          biasBucket: tc.rel ? await gpu.upload("buffer test bucket", bucket) : undefined,
+          keyMask: tc.mask ? await gpu.upload("buffer test mask", keyMask) : undefined,
+        };
+        const op = await FlashAttention.create(gpu, shape);
+        try {
+          await gpu.runChecked(`run ${name}`, [op.dispatch(bufs)]);
+          const got = fromActBytes(await gpu.read(bufs.o), dtype, ref.length);
+          let worst = 0, maxAbs = 0;
+          for (let i = 0; i < ref.length; i++) {
+            let bound = 2e-5 * a[i];
+            if (dtype === "f16") bound += 2 ** -10 * Math.abs(ref[i]) + 2 ** -24;
+            const err = Math.abs(got[i] - ref[i]);
+            maxAbs = Math.max(maxAbs, err);
+            const r = err / bound;
+            if (!(r <= 1) && !(err === 0)) {
+              throw new Error(
+                `${name}: element ${i} is ${got[i]}, expected ${ref[i]} (bound ${bound})`,
+              );
+            }
+            worst = Math.max(worst, err === 0 ? 0 : r);
+          }
+          if (tc.causal && tc.mask) {
+            const row0 = got.subarray(t * h * d, t * h * d + h * d); // batch 1, query 0
+            assert.ok(row0.every((v) => v === 0), "a query with no key outputs zeros");
+          }
+          console.log(
+            `${name}: max abs err ${maxAbs.toExponential(3)}, worst err/bound ${worst.toFixed(4)}`,
+          );
+        } finally {
+          op.destroy();
+          gpu.destroy(...Object.values(bufs));
+        }
+      },
+    });
+  }
+}
