@@ -24,7 +24,8 @@ const USAGE = `Usage: deno task gen [prompt or class] [options]
   --precision P          float | int4 | nvfp4 | w4a16 (default int4)
   --sampler S            dpm | ddim | ddpm (default dpm); ddpm = ancestral sampling with the
                          model's learned variance, wants --steps 100 or more
-  --model FILE           a DiT model file (float or pre-quantized); overrides --precision
+  --model FILE           a DiT model file (float or pre-quantized); overrides --precision;
+                         a FLUX.1 folder switches to text-to-image (--model FOLDER --help)
   --attention A          dense | sparse (default dense); sparse = PAROAttention: the file's
                          calibrated token orders and block masks, INT8 Q·Kᵀ (needs a file
                          quantized with --paro, like the bundled int4 model)
@@ -39,6 +40,9 @@ const USAGE = `Usage: deno task gen [prompt or class] [options]
   -h, --help             this text`;
 
 async function main(args: string[]): Promise<void> {
+  // FLUX.1 folders and transformer files have their own options (cli/_flux_gen.ts)
+  const flux = await import("./_flux_gen.ts");
+  if (await flux.isFluxModelArg(args)) return await flux.genFlux(args);
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
