@@ -11,7 +11,7 @@ import { getGpu } from "../runtime/device.ts";
 import { AeCheckpoint } from "../runtime/autoencoder_keys.ts";
 import { encodePng } from "../runtime/png.ts";
 import { checkFluxPlan, fluxMemoryPlan } from "../runtime/flux/memory.ts";
-import { resolveFluxModel } from "../runtime/flux/model_folder.ts";
+import { fluxDefaultSize, resolveFluxModel } from "../runtime/flux/model_folder.ts";
 import { FluxPipeline } from "../runtime/flux/pipeline.ts";
 import { conditioningOf } from "../runtime/flux/text.ts";
 import { FluxWeights } from "../runtime/flux/weights.ts";
@@ -126,7 +126,7 @@ export async function genFlux(args: string[]): Promise<void> {
           `${cfg.in_channels / 4} (packed 2×2 into ${cfg.in_channels})`,
       );
     }
-    const [dh, dw] = await defaultSize(parts.root, factor);
+    const [dh, dw] = await fluxDefaultSize(parts.root, factor);
     const width = int("width", values.width ?? String(dw), 2 * factor, 2048);
     const height = int("height", values.height ?? String(dh), 2 * factor, 2048);
     const gpu = await getGpu();
@@ -222,20 +222,6 @@ export async function genFlux(args: string[]): Promise<void> {
   } finally {
     w.close();
   }
-}
-
-/**
- * Default image size: diffusers' FLUX default of 128 latent pixels per side (1024² for FLUX.1),
- * unless the folder's model_index.json says `"_default_size": [height, width]` (keys starting
- * with `_` are ignored by diffusers; the tiny test model uses it to stay small).
- */
-async function defaultSize(root: string, factor: number): Promise<[number, number]> {
-  const text = await Deno.readTextFile(`${root}/model_index.json`).catch(() => "");
-  const size = text ? JSON.parse(text)._default_size : undefined;
-  if (Array.isArray(size) && size.length === 2 && size.every((v) => Number.isInteger(v))) {
-    return [size[0], size[1]];
-  }
-  return [128 * factor, 128 * factor];
 }
 
 /** Images [N, 3, H, W] in [-1, 1] → one RGB row with a 2-pixel white gutter. */

@@ -10,6 +10,7 @@ import { GpuDeviceLostError } from "../runtime/errors.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { hasParoPlan } from "../quant/paro_store.ts";
 import { Pipeline, type SamplerName } from "../runtime/pipeline.ts";
+import { fluxModelInfo, latentPreview, ResidentFlux } from "../runtime/flux/resident.ts";
 
 /** One served model, as `/api/models` lists it. */
 export interface ModelInfo {
@@ -25,14 +26,18 @@ export interface ModelInfo {
   size: number;
   /** Image channels (3). */
   channels: number;
+  /** A text-to-image model (FLUX): `prompt` is free text and `classes` is empty. */
+  text?: boolean;
 }
 
 /** One validated generation. */
 export interface EngineRequest {
   /** Registry id of the model. */
   model: string;
-  /** Class id. */
+  /** Class id (class-conditional models). */
   classId: number;
+  /** The prompt (text-to-image models). */
+  prompt?: string;
   /** Seed, 0..2³²−1. */
   seed: number;
   /** Denoising steps. */
@@ -94,7 +99,7 @@ export const MODEL_ID = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 export class PipelineEngine implements Engine {
   #registry: RegistryEntry[];
   #infos: ModelInfo[];
-  #loaded = new Map<string, Promise<Pipeline>>();
+  #loaded = new Map<string, Promise<Pipeline | ResidentFlux>>();
   #device = "not initialised";
 
   private constructor(registry: RegistryEntry[], infos: ModelInfo[]) {
@@ -113,6 +118,19 @@ export class PipelineEngine implements Engine {
         throw new RangeError(
           `Cannot register model "${e.id}": ids use a-z, 0-9, ".", "_", "-" (64 at most)`,
         );
+      }
+      const flux = await fluxModelInfo(e.path).catch(() => null);
+      if (flux) {
+        infos.push({
+          id: e.id,
+          precision: flux.precision,
+          attention: "dense",
+          classes: [],
+          size: flux.size,
+          channels: 3,
+          text: true,
+        });
+        continue;
       }
       const f = await ModelFile.open(e.path);
       try {
@@ -154,6 +172,21 @@ export class PipelineEngine implements Engine {
   async generate(req: EngineRequest): Promise<EngineResult> {
     const pipe = await this.#pipeline(req.model);
     try {
+      if (pipe instanceof ResidentFlux) {
+        const [h, w] = pipe.pipe.latentSize, c = pipe.pipe.model.config.in_channels / 4;
+        const size = pipe.pipe.width;
+        const r = await pipe.generate({
+          prompts: [req.prompt ?? ""],
+          seed: req.seed,
+          steps: req.steps,
+          guidance: req.cfg,
+          signal: req.signal,
+          onStep: req.onStep &&
+            ((done, total, preview) =>
+              req.onStep!(done, total, () => latentPreview(preview(), c, h, w, size))),
+        });
+        return { image: r.images!, stepMs: r.stepMs, totalMs: r.totalMs };
+      }
       const r = await pipe.generate({
         classes: [req.classId],
         seed: req.seed,
@@ -182,7 +215,7 @@ export class PipelineEngine implements Engine {
     for (const p of old) p.then((x) => x.destroy(), () => {});
   }
 
-  #pipeline(id: string): Promise<Pipeline> {
+  #pipeline(id: string): Promise<Pipeline | ResidentFlux> {
     let p = this.#loaded.get(id);
     if (!p) {
       const entry = this.#registry.find((e) => e.id === id);
@@ -190,6 +223,8 @@ export class PipelineEngine implements Engine {
       p = (async () => {
         const gpu = await getGpu();
         this.#device = gpu.caps.adapter;
+        const info = this.#infos.find((x) => x.id === id);
+        if (info?.text) return await ResidentFlux.load(gpu, entry.path, info.size);
         return await Pipeline.load(gpu, entry.path, {
           images: 1,
           attention: entry.attention ?? "dense",
