@@ -150,3 +150,49 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "deno task quantize --calib-prompts calibrates a FLUX folder with real prompts",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "flux_calib_prompts_" });
+    try {
+      const root = new URL("..", import.meta.url).pathname;
+      await Deno.writeTextFile(`${dir}/prompts.txt`, "# calibration\na red apple\na blue car\n");
+      const out = `${dir}/q.safetensors`;
+      const r = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          `${root}cli/quantize.ts`,
+          `${root}tests/fixtures/flux_tiny_model`,
+          "--out",
+          out,
+          "--calib-prompts",
+          `${dir}/prompts.txt`,
+          "--calib-steps",
+          "2",
+          "--rank",
+          "8",
+          "--alpha-step",
+          "0.5",
+          "--rounds",
+          "0",
+        ],
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).output();
+      const text = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
+      assert.equal(r.code, 0, text);
+      assert.match(text, /calibrating with 2 prompts through the float model/);
+      assert.match(text, /calibration: prompt 2\/2, step 2\/2/);
+      assert.doesNotMatch(text, /synthetic activation statistics/);
+      const w = await FluxWeights.open(out);
+      assert.equal(w.precision, "int4");
+      w.close();
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
