@@ -28,7 +28,8 @@ const USAGE = `Usage: deno task gen [prompt or class] [options]
   --model FILE|ID        a model file (float or pre-quantized; a Nunchaku svdq-* checkpoint is
                          imported once into models/.cache/nunchaku/), or a hub id
                          <owner>/<name>/<file> (downloaded first, see deno task pull);
-                         overrides --precision
+                         overrides --precision; a FLUX.1 folder switches to text-to-image
+                         (--model FOLDER --help)
   --attention A          dense | sparse (default dense); sparse = PAROAttention: the file's
                          calibrated token orders and block masks, INT8 Q·Kᵀ (needs a file
                          quantized with --paro, like the bundled int4 model)
@@ -43,6 +44,9 @@ const USAGE = `Usage: deno task gen [prompt or class] [options]
   -h, --help             this text`;
 
 async function main(args: string[]): Promise<void> {
+  // FLUX.1 folders and transformer files have their own options (cli/_flux_gen.ts)
+  const flux = await import("./_flux_gen.ts");
+  if (await flux.isFluxModelArg(args)) return await flux.genFlux(args);
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,

@@ -30,6 +30,9 @@ Options:
   --format int4|nvfp4      4-bit residual format (default int4)
   --method M               svdquant|dilate|smooth|rtn|w4a16 for the W4A4 layers (default svdquant)
   --rank R                 low-rank rank (default 32; 0 = none)
+  --calib-prompts FILE     FLUX: calibrate with these prompts (one per line) through the float
+                           model folder's encoders and transformer (--calib-steps N, default 4;
+                           --calib-size PX, default the folder's image size)
   --calib FILE             calibration statistics (safetensors written by the runtime's calibration mode);
                            without it, synthetic heavy-tailed activations stand in
   --policy FILE            JSON layer rules, tried before the DiT defaults
@@ -57,6 +60,9 @@ async function main(args: string[]): Promise<void> {
       method: { type: "string", default: "svdquant" },
       rank: { type: "string", default: "32" },
       calib: { type: "string" },
+      "calib-prompts": { type: "string" },
+      "calib-steps": { type: "string", default: "4" },
+      "calib-size": { type: "string" },
       policy: { type: "string" },
       "alpha-step": { type: "string", default: "0.1" },
       rounds: { type: "string", default: "3" },
@@ -116,6 +122,10 @@ async function main(args: string[]): Promise<void> {
       fail(`Cannot write ${values.out}: it is the input file; give another --out path`);
     }
     return await quantizeFluxCli(fluxInput, values.out, {
+      model: input,
+      calibPrompts: values["calib-prompts"],
+      calibSteps: values["calib-steps"],
+      calibSize: values["calib-size"],
       method,
       format,
       rank,
@@ -177,6 +187,10 @@ async function main(args: string[]): Promise<void> {
 
 /** FLUX: any layout (file, diffusers transformer folder, model folder) via quantizeFlux. */
 async function quantizeFluxCli(input: string, out: string, o: {
+  model: string;
+  calibPrompts?: string;
+  calibSteps: string;
+  calibSize?: string;
   method: ModelMethod;
   format: WeightFormat;
   rank: number;
@@ -189,7 +203,25 @@ async function quantizeFluxCli(input: string, out: string, o: {
 }): Promise<void> {
   const { quantizeFlux } = await import("../quant/flux_model.ts");
   const policy = o.policy ? parsePolicy(await Deno.readTextFile(o.policy), o.policy) : undefined;
-  const calib = o.calib ? await readCalibStats(o.calib) : undefined;
+  let calib = o.calib ? await readCalibStats(o.calib) : undefined;
+  if (o.calibPrompts) {
+    if (calib) fail("give --calib FILE or --calib-prompts FILE, not both");
+    const prompts = (await Deno.readTextFile(o.calibPrompts)).split("\n").map((l) => l.trim())
+      .filter((l) => l && !l.startsWith("#"));
+    const steps = Number(o.calibSteps);
+    if (!Number.isInteger(steps) || steps < 1 || steps > 50) {
+      fail(`--calib-steps must be an integer in 1..50, got "${o.calibSteps}"`);
+    }
+    const size = o.calibSize === undefined ? undefined : Number(o.calibSize);
+    const { calibrateFluxPrompts } = await import("../runtime/flux/calibrate.ts");
+    const { getGpu } = await import("../runtime/device.ts");
+    console.log(`calibrating with ${prompts.length} prompts through the float model …`);
+    calib = await calibrateFluxPrompts(await getGpu(), o.model, prompts, {
+      steps,
+      size,
+      log: o.quiet ? undefined : (l) => console.log(l),
+    });
+  }
   if (!calib) console.log("note: no --calib file; using synthetic activation statistics");
   let matmul;
   let closeGpu = () => {};

@@ -106,7 +106,7 @@ Deno.test("FLUX memory plan: FLUX.1 weights per precision, activations, refusals
   checkFluxPlan(int4, limits, 12e9);
   assert.throws(() => checkFluxPlan(f16, limits, 12e9), {
     name: "RangeError",
-    message: /over the 11\.18 GiB budget \(--vram\).*use a quantized transformer/,
+    message: /at once, over the 11\.18 GiB budget \(--vram\).*Use a quantized transformer/,
   });
   // a 2048² image's MLP buffer exceeds WebGPU's default 128 MiB binding limit
   const big = at(fluxPolicyAt("int4"), 2048);

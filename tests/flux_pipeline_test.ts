@@ -120,3 +120,42 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "FLUX pipeline: a schnell model (no guidance embedding) runs unshifted and ignores guidance",
+  ignore,
+  async fn() {
+    const gpu = (await testGpu())!;
+    const cond = await conditioning();
+    const path = `${DIR}flux_tiny.safetensors`;
+    const r = await SafetensorsReader.open(path);
+    const config = { ...JSON.parse(r.metadata.model_config), guidance_embed: false };
+    r.close();
+    const w = await FluxWeights.open(path, config);
+    assert.equal(w.config.guidance_embed, false);
+    const pipe = await FluxPipeline.load(gpu, { transformer: w }, {
+      width: 96,
+      height: 64,
+      txtTokens: 8,
+      images: 2,
+      dtype: "f32",
+    });
+    w.close();
+    try {
+      const a = await pipe.generate({ conditioning: cond, seed: 2, steps: 4, guidance: 1 });
+      const b = await pipe.generate({ conditioning: cond, seed: 2, steps: 4, guidance: 7 });
+      assert.deepEqual(a.latents, b.latents); // no guidance embedding
+      const shifted = await pipe.generate({
+        conditioning: cond,
+        seed: 2,
+        steps: 4,
+        shift: fluxShift(24),
+      });
+      assert.notDeepEqual(a.latents, shifted.latents); // default for schnell: unshifted
+      assert.ok(a.latents.every(Number.isFinite));
+    } finally {
+      pipe.destroy();
+    }
+  },
+});

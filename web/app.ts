@@ -175,6 +175,7 @@ export function createApp(opts: AppOptions): App {
       engine.generate({
         model: p.model.id,
         classId: p.classId,
+        prompt: p.prompt,
         seed: p.seed,
         steps: p.steps,
         cfg: p.cfg,
@@ -353,7 +354,7 @@ function meta(p: GenerateParams, r: EngineResult) {
     model: p.model.id,
     precision: p.model.precision,
     class: p.classId,
-    className: p.model.classes[p.classId],
+    className: p.prompt ?? p.model.classes[p.classId],
     seed: p.seed,
     steps: p.steps,
     cfg: p.cfg,
@@ -379,7 +380,7 @@ function resultHeaders(p: GenerateParams, r: EngineResult): Record<string, strin
 }
 
 function caption(p: GenerateParams, r: EngineResult): string {
-  return `${p.model.classes[p.classId]} · seed ${p.seed} · ${
+  return `${p.prompt ?? p.model.classes[p.classId]} · seed ${p.seed} · ${
     plural(p.steps, "step")
   } · ${p.model.precision} · ${(r.totalMs / 1000).toFixed(1)} s`;
 }

@@ -12,6 +12,7 @@ import { hasParoPlan } from "../quant/paro_store.ts";
 import { Pipeline, type SamplerName } from "../runtime/pipeline.ts";
 import { type LatentDecoder, loadDecoder } from "../cli/_decoder.ts";
 import { AeCheckpoint } from "../runtime/autoencoder_keys.ts";
+import { fluxModelInfo, latentPreview, ResidentFlux } from "../runtime/flux/resident.ts";
 
 /** One served model, as `/api/models` lists it. */
 export interface ModelInfo {
@@ -27,14 +28,18 @@ export interface ModelInfo {
   size: number;
   /** Image channels (3). */
   channels: number;
+  /** A text-to-image model (FLUX): `prompt` is free text and `classes` is empty. */
+  text?: boolean;
 }
 
 /** One validated generation. */
 export interface EngineRequest {
   /** Registry id of the model. */
   model: string;
-  /** Class id. */
+  /** Class id (class-conditional models). */
   classId: number;
+  /** The prompt (text-to-image models). */
+  prompt?: string;
   /** Seed, 0..2³²−1. */
   seed: number;
   /** Denoising steps. */
@@ -90,9 +95,10 @@ export interface RegistryEntry {
   preview?: string;
 }
 
-/** A loaded model: its pipeline, and for a latent model its decoders. */
+/** A loaded model: a FLUX model, or a DiT pipeline and for a latent model its decoders. */
 interface Loaded {
-  pipe: Pipeline;
+  flux?: ResidentFlux;
+  pipe?: Pipeline;
   vae?: LatentDecoder;
   preview?: LatentDecoder;
 }
@@ -133,6 +139,19 @@ export class PipelineEngine implements Engine {
         throw new RangeError(
           `Cannot register model "${e.id}": ids use a-z, 0-9, ".", "_", "-" (64 at most)`,
         );
+      }
+      const flux = await fluxModelInfo(e.path).catch(() => null);
+      if (flux) {
+        infos.push({
+          id: e.id,
+          precision: flux.precision,
+          attention: "dense",
+          classes: [],
+          size: flux.size,
+          channels: 3,
+          text: true,
+        });
+        continue;
       }
       const f = await ModelFile.open(e.path);
       try {
@@ -185,8 +204,24 @@ export class PipelineEngine implements Engine {
   }
 
   async generate(req: EngineRequest): Promise<EngineResult> {
-    const { pipe, vae, preview } = await this.#pipeline(req.model);
+    const loaded = await this.#pipeline(req.model), { flux, vae, preview } = loaded;
     try {
+      if (flux) {
+        const [h, w] = flux.pipe.latentSize, c = flux.pipe.model.config.in_channels / 4;
+        const size = flux.pipe.width;
+        const r = await flux.generate({
+          prompts: [req.prompt ?? ""],
+          seed: req.seed,
+          steps: req.steps,
+          guidance: req.cfg,
+          signal: req.signal,
+          onStep: req.onStep &&
+            ((done, total, preview) =>
+              req.onStep!(done, total, () => latentPreview(preview(), c, h, w, size))),
+        });
+        return { image: r.images!, stepMs: r.stepMs, totalMs: r.totalMs };
+      }
+      const pipe = loaded.pipe!;
       const c = pipe.model.config, S = c.input_size;
       const shape = [1, c.in_channels, S, S] as const;
       const onStep = req.onStep;
@@ -224,7 +259,8 @@ export class PipelineEngine implements Engine {
     this.#device = "lost; re-initialised on the next request";
     for (const p of old) {
       p.then((x) => {
-        x.pipe.destroy();
+        x.flux?.destroy();
+        x.pipe?.destroy();
         x.vae?.destroy();
         if (x.preview !== x.vae) x.preview?.destroy();
       }, () => {});
@@ -239,6 +275,8 @@ export class PipelineEngine implements Engine {
       p = (async () => {
         const gpu = await getGpu();
         this.#device = gpu.caps.adapter;
+        const info = this.#infos.find((x) => x.id === id);
+        if (info?.text) return { flux: await ResidentFlux.load(gpu, entry.path, info.size) };
         const pipe = await Pipeline.load(gpu, entry.path, {
           images: 1,
           attention: entry.attention ?? "dense",

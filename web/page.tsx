@@ -59,7 +59,9 @@ function Page(p: PageProps) {
       <body>
         <h1>w4 diffusion</h1>
         <p>
-          A {m.size}×{m.size} class-conditional DiT on WebGPU ({m.id}, {m.precision}).
+          {m.text
+            ? `A ${m.size}×${m.size} FLUX.1 text-to-image model on WebGPU (${m.id}, ${m.precision}).`
+            : `A ${m.size}×${m.size} class-conditional DiT on WebGPU (${m.id}, ${m.precision}).`}
         </p>
         {p.login ? <Login error={p.error} /> : <Generate {...p} />}
         <h2>Recent{p.publicGallery ? " (everyone's)" : " (this browser)"}</h2>
@@ -99,13 +101,13 @@ function Generate(p: PageProps) {
   return (
     <>
       <form id="gen" method="post" action="/">
-        <label for="prompt">Class or prompt</label>
+        <label for="prompt">{m.text ? "Prompt" : "Class or prompt"}</label>
         <input
           id="prompt"
           name="prompt"
-          list="classes"
+          list={m.text ? undefined : "classes"}
           maxLength={LIMITS.prompt}
-          value={v.prompt ?? m.classes[0]}
+          value={v.prompt ?? (m.text ? "a red apple" : m.classes[0])}
           required
         />
         <datalist id="classes">

@@ -56,8 +56,10 @@ const FIELDS = [
 export interface GenerateParams {
   /** The model's registry id. */
   model: ModelInfo;
-  /** Class id of that model. */
+  /** Class id of that model (0 for a text-to-image model). */
   classId: number;
+  /** The prompt of a text-to-image model. */
+  prompt?: string;
   /** Seed. */
   seed: number;
   /** Steps. */
@@ -147,8 +149,18 @@ export function parseParams(raw: unknown, models: ModelInfo[]): GenerateParams {
     }
   }
 
-  let classId: number;
-  if (present("class")) {
+  let classId = 0;
+  let textPrompt: string | undefined;
+  if (model.text) {
+    if (!present("prompt")) {
+      throw new HttpError(400, "Cannot generate: give prompt (a text description)", "prompt");
+    }
+    textPrompt = str("prompt", r.prompt);
+    if (textPrompt.length > LIMITS.prompt) {
+      throw bad("prompt", `must be at most ${LIMITS.prompt} characters, got ${textPrompt.length}`);
+    }
+    if (present("class")) throw bad("class", "is for class-conditional models; give prompt");
+  } else if (present("class")) {
     classId = num("class", r.class, 0, model.classes.length - 1, true);
   } else if (present("prompt")) {
     const prompt = str("prompt", r.prompt);
@@ -199,5 +211,5 @@ export function parseParams(raw: unknown, models: ModelInfo[]): GenerateParams {
   }
   const pv = r.preview;
   const preview = pv === true || pv === "1" || pv === "true" || pv === "on";
-  return { model, classId, seed, steps, cfg, sampler, preview };
+  return { model, classId, prompt: textPrompt, seed, steps, cfg, sampler, preview };
 }

@@ -26,8 +26,13 @@ export interface FluxMemoryPlan {
   others: Record<string, number>;
   /** Largest single buffer and what it is. */
   largest: { name: string; bytes: number };
-  /** Sum of everything resident at once (components loaded in order can be freed: see lines). */
+  /** Sum of everything resident at once. */
   total: number;
+  /**
+   * What must fit at once: `total`, or with `sequential` loading (text encoders, then the
+   * transformer, then the decoder, each freed before the next) the largest of the three.
+   */
+  peak: number;
   /** Printable lines. */
   lines: string[];
 }
@@ -63,6 +68,11 @@ export interface FluxPlanOptions {
   policyOf?: (base: string) => LayerPolicyEntry;
   /** Other components' weight bytes (e.g. `{ "T5-XXL (f16)": 9.5e9 }`). */
   others?: Record<string, number>;
+  /**
+   * Components are loaded one after another and freed (the CLI): `others` maps each group that
+   * is resident together to its bytes, and the peak is the largest group or the transformer.
+   */
+  sequential?: boolean;
 }
 
 /**
@@ -117,6 +127,7 @@ export function fluxMemoryPlan(cfg: FluxConfig, o: FluxPlanOptions): FluxMemoryP
   const largest = single.reduce((a, b) => (b[1] > a[1] ? b : a));
   const others = o.others ?? {};
   const total = weights + activations + Object.values(others).reduce((a, b) => a + b, 0);
+  const peak = o.sequential ? Math.max(weights + activations, ...Object.values(others)) : total;
   const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
   const lines = [
     `memory plan (${o.width}×${o.height}, ${B} image${B > 1 ? "s" : ""} per forward, ${Lt} text ` +
@@ -128,12 +139,14 @@ export function fluxMemoryPlan(cfg: FluxConfig, o: FluxPlanOptions): FluxMemoryP
     ...Object.entries(others).map(([k, v]) => `  ${k.padEnd(20)} ${gib(v)}`),
     `  total if all resident ${gib(total)}`,
   ];
+  if (o.sequential) lines.push(`  peak (loaded one after another, freed between) ${gib(peak)}`);
   return {
     transformerWeights: weights,
     activations,
     others,
     largest: { name: largest[0], bytes: largest[1] },
     total,
+    peak,
     lines,
   };
 }
@@ -171,12 +184,12 @@ export function checkFluxPlan(
         "lower --width/--height or --n",
     );
   }
-  if (budget !== undefined && plan.total > budget) {
-    const fixed = plan.total - plan.activations;
+  if (budget !== undefined && plan.peak > budget) {
     throw new RangeError(
-      `Cannot load the model: the plan needs ${gib(plan.total)}, over the ${gib(budget)} ` +
-        `budget (--vram). Weights alone are ${gib(fixed)}; use a quantized transformer ` +
-        "(deno task quantize … --format int4), W4A16 text encoders, a smaller image or --n 1",
+      `Cannot load the model: the plan needs ${gib(plan.peak)} at once, over the ` +
+        `${gib(budget)} budget (--vram); the transformer's weights alone are ` +
+        `${gib(plan.transformerWeights)}. Use a quantized transformer (deno task quantize … ` +
+        "--format int4), W4A16 text encoders (--t5-weights w4a16), a smaller image or --n 1",
     );
   }
 }

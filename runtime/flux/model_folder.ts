@@ -124,3 +124,23 @@ export async function resolveFluxModel(
   }
   return parts;
 }
+
+/**
+ * Default image size [height, width] of a FLUX folder: diffusers' FLUX default of 128 latent
+ * pixels per side (1024² for FLUX.1's factor-8 autoencoder), unless the folder's model_index.json
+ * says `"_default_size": [height, width]` (keys starting with `_` are ignored by diffusers; the
+ * tiny test model uses it to stay small).
+ */
+export async function fluxDefaultSize(root: string, factor: number): Promise<[number, number]> {
+  const text = await Deno.readTextFile(`${root}/model_index.json`).catch(() => "");
+  let size: unknown;
+  try {
+    size = text ? JSON.parse(text)._default_size : undefined;
+  } catch {
+    throw new FormatError(`${root}/model_index.json`, "the file is not JSON");
+  }
+  if (Array.isArray(size) && size.length === 2 && size.every((v) => Number.isInteger(v))) {
+    return [size[0], size[1]];
+  }
+  return [128 * factor, 128 * factor];
+}

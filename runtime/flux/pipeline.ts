@@ -11,6 +11,8 @@
  * @module
  */
 import type { ActDtype } from "../../kernels/_wgsl.ts";
+import type { CalibRecorder } from "../../quant/calib.ts";
+import { bucketOfStep } from "../../quant/paro.ts";
 import type { Gpu } from "../device.ts";
 import { type DenoiseJob, runDenoise } from "../family.ts";
 import { flowEuler, fluxShift } from "../schedulers.ts";
@@ -34,23 +36,31 @@ export interface FluxConditioning {
   y: Float32Array;
 }
 
-/** Latents → images: FLUX's autoencoder decoder (with its scale and shift). */
+/**
+ * Latents → images: FLUX's autoencoder decoder (with its scale and shift). runtime/autoencoder.ts
+ * `Autoencoder` is one.
+ */
 export interface LatentDecoder {
-  /** Latents f32 [B, C, h, w] (the transformer's space) → images f32 [B, 3, 8h, 8w] in [-1, 1]. */
-  decode(latents: Float32Array, b: number, h: number, w: number): Promise<Float32Array>;
+  /** Image pixels per latent pixel along each side (8 for FLUX.1's autoencoder). */
+  readonly factor: number;
+  /** Latents f32 [B, C, h, w] (the transformer's space) → images f32 [B, 3, h·f, w·f]. */
+  decode(
+    latent: Float32Array,
+    shape: readonly [number, number, number, number],
+  ): Promise<Float32Array>;
 }
 
-/** Latent channels of FLUX.1's autoencoder. */
-export const FLUX_LATENT_CHANNELS = 16;
-/** Pixels per latent cell per side. */
-export const FLUX_VAE_SCALE = 8;
+/** Pixels per latent pixel of FLUX.1's autoencoder. */
+export const FLUX_VAE_FACTOR = 8;
 
 /** Options of {@linkcode FluxPipeline.load}. */
 export interface FluxPipelineOptions {
-  /** Image width in pixels (a multiple of 16). */
+  /** Image width in pixels (a multiple of 2·the decoder's factor: 16 for FLUX.1). */
   width: number;
-  /** Image height in pixels (a multiple of 16). */
+  /** Image height in pixels (a multiple of 2·the decoder's factor). */
   height: number;
+  /** Pixels per latent pixel (default the decoder's, else {@linkcode FLUX_VAE_FACTOR}). */
+  latentFactor?: number;
   /** Images per generation call (default 1). */
   images?: number;
   /** Text tokens per prompt (default: the conditioner's, else 512). */
@@ -79,6 +89,11 @@ export interface FluxRequest {
   onStep?: (done: number, total: number, preview: () => Float32Array) => void;
   /** Stops the loop before the next model call. */
   signal?: AbortSignal;
+  /**
+   * Calibration mode: record each linear layer's input in `recorder` (quantizer statistics), by
+   * timestep bucket: step i of n is bucket ⌊i·buckets/n⌋.
+   */
+  calibration?: { recorder: CalibRecorder; buckets: number };
 }
 
 /** What {@linkcode FluxPipeline.generate} returns. */
@@ -101,6 +116,8 @@ export class FluxPipeline {
   readonly width: number;
   /** Image height in pixels. */
   readonly height: number;
+  /** Pixels per latent pixel. */
+  readonly latentFactor: number;
   /** Images per call. */
   readonly images: number;
   #text?: FluxTextConditioner;
@@ -115,6 +132,7 @@ export class FluxPipeline {
     this.model = model;
     this.width = o.width;
     this.height = o.height;
+    this.latentFactor = o.latentFactor ?? FLUX_VAE_FACTOR;
     this.images = o.images ?? 1;
     this.#text = text;
     this.#decoder = decoder;
@@ -126,7 +144,8 @@ export class FluxPipeline {
     parts: { transformer: FluxSource; text?: FluxTextConditioner; decoder?: LatentDecoder },
     opts: FluxPipelineOptions,
   ): Promise<FluxPipeline> {
-    checkResolution(opts.width, opts.height);
+    const f = opts.latentFactor ?? parts.decoder?.factor ?? FLUX_VAE_FACTOR;
+    checkResolution(opts.width, opts.height, 2 * f);
     const images = opts.images ?? 1;
     if (!Number.isInteger(images) || images < 1 || images > 16) {
       throw new RangeError(`Cannot load FLUX for ${images} images per call: use 1..16`);
@@ -134,16 +153,21 @@ export class FluxPipeline {
     const model = await FluxTransformer.load(gpu, parts.transformer, {
       batch: images,
       txtTokens: opts.txtTokens ?? parts.text?.txtTokens ?? 512,
-      grid: { h: opts.height / 16, w: opts.width / 16 },
+      grid: { h: opts.height / (2 * f), w: opts.width / (2 * f) },
       dtype: opts.dtype,
       onProgress: opts.onProgress,
     });
-    return new FluxPipeline(model, { ...opts, images }, parts.text, parts.decoder);
+    return new FluxPipeline(
+      model,
+      { ...opts, images, latentFactor: f },
+      parts.text,
+      parts.decoder,
+    );
   }
 
-  /** Latent grid [h, w] = [H/8, W/8]. */
+  /** Latent grid [h, w] = [H/f, W/f]. */
   get latentSize(): [number, number] {
-    return [this.height / FLUX_VAE_SCALE, this.width / FLUX_VAE_SCALE];
+    return [this.height / this.latentFactor, this.width / this.latentFactor];
   }
 
   /** Generate `images` images. */
@@ -179,20 +203,27 @@ export class FluxPipeline {
       sampler: () => sampler,
       predict: async (x, i) => {
         const t = Math.fround(sampler.sigmas[i]);
-        const v = await this.model.forward({
+        const inputs = {
           img: packLatents(x, n, C, h, w),
           txt: cond.txt,
           y: cond.y,
           timesteps: new Array(n).fill(t),
           guidance: cfg.guidance_embed ? new Array(n).fill(guidance) : undefined,
-        });
+        };
+        const cal = req.calibration;
+        const bucket = cal ? bucketOfStep(cal.buckets, i, sampler.timesteps.length) : 0;
+        const v = cal
+          ? await this.model.forwardRecording(inputs, {
+            record: (name, a, m, k) => cal.recorder.record(name, bucket, a, m, k),
+          })
+          : await this.model.forward(inputs);
         return unpackLatents(v, n, C, h, w);
       },
       // x_σ = (1 − σ)·x₀ + σ·noise and v = noise − x₀, so x̂₀ = x_σ − σ·v
       preview: (x, v, i) => x.map((xv, j) => xv - sampler.sigmas[i] * v[j]),
     };
     const r = await runDenoise(job, req);
-    const images = this.#decoder ? await this.#decoder.decode(r.latents, n, h, w) : undefined;
+    const images = this.#decoder ? await this.#decoder.decode(r.latents, [n, C, h, w]) : undefined;
     return { latents: r.latents, images, stepMs: r.stepMs, totalMs: r.totalMs };
   }
 
@@ -202,12 +233,12 @@ export class FluxPipeline {
   }
 }
 
-/** Check a resolution: multiples of 16 from 16 to 2048 per side. */
-export function checkResolution(width: number, height: number): void {
+/** Check a resolution: multiples of `multiple` (16 for FLUX.1) up to 2048 per side. */
+export function checkResolution(width: number, height: number, multiple = 16): void {
   for (const [name, v] of [["width", width], ["height", height]] as const) {
-    if (!Number.isInteger(v) || v < 16 || v > 2048 || v % 16 !== 0) {
+    if (!Number.isInteger(v) || v < multiple || v > 2048 || v % multiple !== 0) {
       throw new RangeError(
-        `Cannot generate at ${name} ${v}: use a multiple of 16 from 16 to 2048`,
+        `Cannot generate at ${name} ${v}: use a multiple of ${multiple} from ${multiple} to 2048`,
       );
     }
   }

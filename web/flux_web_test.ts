@@ -1,0 +1,99 @@
+/**
+ * The web endpoint serving a FLUX model: a text-to-image model takes a free-text prompt (class
+ * fields refused), the page shows a prompt box, and the real engine serves the tiny FLUX folder
+ * end to end (`POST /api/generate` → PNG; previews while denoising).
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { HAS_GPU, NO_GPU_REASON } from "../kernels/_testing.ts";
+import { createApp } from "./app.ts";
+import { type ModelInfo, PipelineEngine } from "./engine.ts";
+import { renderPage } from "./page.tsx";
+import { parseParams } from "./params.ts";
+
+const FLUX_INFO: ModelInfo = {
+  id: "flux-tiny",
+  precision: "float",
+  attention: "dense",
+  classes: [],
+  size: 64,
+  channels: 3,
+  text: true,
+};
+
+Deno.test("web: a text-to-image model takes a free-text prompt and refuses classes", () => {
+  const p = parseParams({ prompt: "a red apple on a table", steps: "2", seed: "5" }, [FLUX_INFO]);
+  assert.equal(p.prompt, "a red apple on a table");
+  assert.equal(p.steps, 2);
+  assert.throws(() => parseParams({ steps: 2 }, [FLUX_INFO]), {
+    name: "HttpError",
+    message: /give prompt \(a text description\)/,
+  });
+  assert.throws(() => parseParams({ prompt: "x", class: 1 }, [FLUX_INFO]), {
+    name: "HttpError",
+    message: /class is for class-conditional models/,
+  });
+  assert.throws(() => parseParams({ prompt: "x".repeat(201) }, [FLUX_INFO]), {
+    name: "HttpError",
+    message: /prompt must be at most 200 characters/,
+  });
+});
+
+Deno.test("web: the page shows a prompt box for a FLUX model", () => {
+  const html = renderPage({ models: [FLUX_INFO], gallery: [] });
+  assert.match(html, /FLUX\.1 text-to-image model on WebGPU \(flux-tiny, float\)/);
+  assert.match(html, /<label for="prompt">Prompt<\/label>/);
+  assert.match(html, /value="a red apple"/);
+  assert.doesNotMatch(html, /list="classes"/);
+});
+
+Deno.test({
+  name: "web: the engine serves the tiny FLUX folder: prompt → PNG, previews while denoising",
+  ignore: !HAS_GPU, // NO_GPU_REASON explains the skip
+  async fn() {
+    if (!HAS_GPU) console.warn(NO_GPU_REASON);
+    const engine = await PipelineEngine.create([
+      {
+        id: "flux-tiny",
+        path: new URL("../tests/fixtures/flux_tiny_model", import.meta.url).pathname,
+      },
+    ]);
+    try {
+      const m = engine.models()[0];
+      assert.equal(m.text, true);
+      assert.equal(m.size, 64);
+      const previews: number[] = [];
+      const r = await engine.generate({
+        model: "flux-tiny",
+        classId: 0,
+        prompt: "a red apple",
+        seed: 1,
+        steps: 2,
+        cfg: 3.5,
+        sampler: "dpm",
+        signal: new AbortController().signal,
+        onStep: (done, _total, preview) => {
+          const img = preview();
+          assert.equal(img.length, 3 * 64 * 64);
+          previews.push(done);
+        },
+      });
+      assert.deepEqual(previews, [1, 2]);
+      assert.equal(r.image.length, 3 * 64 * 64);
+      assert.ok(r.image.every(Number.isFinite));
+      const app = createApp({ engine, log: () => {} });
+      const res = await app.request("/api/generate", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ prompt: "a red apple", steps: 2, seed: 3 }),
+      });
+      assert.equal(res.status, 200, await res.clone().text());
+      assert.equal(res.headers.get("Content-Type"), "image/png");
+      const png = new Uint8Array(await res.arrayBuffer());
+      assert.equal(new DataView(png.buffer).getUint32(16), 64);
+    } finally {
+      engine.destroy();
+    }
+  },
+});
