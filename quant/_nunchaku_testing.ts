@@ -110,17 +110,19 @@ const QUANT_CONFIGS = {
  * Write a random tiny FLUX checkpoint in Nunchaku's layout (v0 names, metadata `config`,
  * `quantization_config`, `model_class`) to `path`; every value is representable in the stored
  * dtypes, so the import is exact. `edit` may change the tensor table before writing (tests of
- * bad files). Returns the natural-order values.
+ * bad files). `heads` (default 2, head dim 64) scales the width (benchmarks). Returns the
+ * natural-order values.
  */
 export async function writeTinyNunchakuFlux(
   path: string,
   precision: WeightFormat,
   seed: number,
   edit?: (tensors: Map<string, PackedTensor>, metadata: Record<string, string>) => void,
+  heads = 2,
 ): Promise<TinyNunchakuFlux> {
   const rng = new Rng(seed);
   const b16 = (a: Float32Array) => a.map(roundBf16);
-  const D = 128, MLP = 512, R = 16;
+  const D = 64 * heads, MLP = 4 * D, R = 16;
   const out: TinyNunchakuFlux = { w4a4: new Map(), w4a16: new Map(), float: new Map() };
   const tensors = new Map<string, PackedTensor>();
   const put = (prefix: string, t: Map<string, PackedTensor>) => {
@@ -209,7 +211,7 @@ export async function writeTinyNunchakuFlux(
   lin("norm_out.linear", 2 * D, D);
   lin("proj_out", 64, D);
   const metadata: Record<string, string> = {
-    config: JSON.stringify(TINY_FLUX_CONFIG),
+    config: JSON.stringify({ ...TINY_FLUX_CONFIG, num_attention_heads: heads }),
     quantization_config: JSON.stringify(QUANT_CONFIGS[precision]),
     model_class: "NunchakuFluxTransformer2dModel",
   };

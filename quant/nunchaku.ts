@@ -18,17 +18,17 @@ import { FormatError } from "../runtime/errors.ts";
 import type { TensorEntry } from "./baselines.ts";
 import {
   adanormNaturalRow,
+  awqToWords,
+  codesToWords,
   NUNCHAKU_LOWRANK_TILE,
   NUNCHAKU_TILE_K,
   NUNCHAKU_TILE_N,
-  unpackAwqCodes,
   unpackChannelValues,
-  unpackCodes,
   unpackLoraDown,
   unpackLoraUp,
   unpackMicroScales,
 } from "./nunchaku_layout.ts";
-import { packNibbles, type WeightFormat } from "./packing.ts";
+import { packNibbles, unpackNibbles, type WeightFormat } from "./packing.ts";
 import { type Dtype, numel, type SafetensorsReader, toFloat32 } from "./safetensors.ts";
 
 /** The quantization a Nunchaku checkpoint declares (metadata `quantization_config`). */
@@ -98,6 +98,8 @@ export interface NunchakuW4A4 {
   r: number;
   /** [N, K] stored nibbles: INT4 two's complement, or E2M1 codes (bit 3 sign). */
   codes: Uint8Array;
+  /** The same codes as our packed words [N, K/8] (set by the reader; else packed from codes). */
+  words?: Uint32Array;
   /** INT4: [N, K/64] bf16 scale values (as f32). */
   scales?: Float32Array;
   /** NVFP4: [N, K/16] E4M3 scale codes. */
@@ -117,6 +119,21 @@ export interface NunchakuW4A4 {
 }
 
 const FLOAT16: Dtype[] = ["BF16", "F16", "F32"];
+
+/**
+ * `layer` with `codes` [N, K] (0..15) derived from `words` on first access (tests and the packer
+ * read them; the import itself only needs the words).
+ */
+function withLazyCodes<T extends { n: number; k: number; words?: Uint32Array }>(
+  layer: T,
+): T & { codes: Uint8Array } {
+  let codes: Uint8Array | undefined;
+  return Object.defineProperty(layer, "codes", {
+    get: () =>
+      codes ??= new Uint8Array(unpackNibbles(layer.words!, layer.n, layer.k, false).buffer),
+    enumerable: false,
+  }) as T & { codes: Uint8Array };
+}
 
 /** Reads tensors of one layer prefix, checking dtypes and shapes with errors naming the tensor. */
 class LayerReader {
@@ -182,19 +199,19 @@ export async function readNunchakuW4A4(
   if (q.shape.length !== 2) throw l.bad("qweight", `it is [${q.shape}], expected [N, K/2]`);
   const n = q.shape[0], k = q.shape[1] * 2;
   tileCheck(l, "qweight", [["N", n, NUNCHAKU_TILE_N], ["K", k, NUNCHAKU_TILE_K]]);
-  const codes = unpackCodes(await reader.readRaw(`${prefix}.qweight`), n, k);
-  const out: NunchakuW4A4 = {
+  const words = codesToWords(await reader.readRaw(`${prefix}.qweight`), n, k);
+  const out: NunchakuW4A4 = withLazyCodes<Omit<NunchakuW4A4, "codes">>({
     name: prefix,
     format,
     n,
     k,
     r: 0,
-    codes,
+    words,
     wtscale: 1,
     smooth: unpackChannelValues(await l.floats("smooth", [k]), k, 1),
     loraDown: new Float32Array(0),
     loraUp: new Float32Array(0),
-  };
+  });
   if (format === "int4") {
     const s = await l.floats("wscales", [k / 64, n]);
     out.scales = unpackChannelValues(s, n, k / 64);
@@ -246,6 +263,8 @@ export interface NunchakuW4A16 {
   k: number;
   /** [N, K] unsigned codes 0..15. */
   codes: Uint8Array;
+  /** The same codes as our packed words [N, K/8] (set by the reader; else packed from codes). */
+  words?: Uint32Array;
   /** [N, K/64] scales s (bf16 values). */
   scales: Float32Array;
   /** [N, K/64] zero offsets z (bf16 values; z ≈ −7·s). */
@@ -276,17 +295,17 @@ export async function readNunchakuW4A16(
   if (sInfo.shape.length !== 2 || sInfo.shape[1] !== n || gStored < g) {
     throw l.bad("wscales", `it is [${sInfo.shape}], expected [G ≥ ${g}, N=${n}]`);
   }
-  const stCodes = unpackAwqCodes(await reader.readRaw(`${prefix}.qweight`), n, k);
+  const stWords = awqToWords(await reader.readRaw(`${prefix}.qweight`), n, k);
   const stScales = await l.floats("wscales", [gStored, n]);
   const stZeros = await l.floats("wzeros", [gStored, n]);
   const stBias = await l.floats("bias", [n]);
-  const codes = new Uint8Array(n * k);
+  const words = new Uint32Array((n * k) >> 3), wpr = k >> 3;
   const scales = new Float32Array(n * g), zeros = new Float32Array(n * g);
   const bias = new Float32Array(n);
   const chunk = n / splits;
   for (let s = 0; s < n; s++) {
     const nat = adanormNaturalRow(s, n, splits);
-    codes.set(stCodes.subarray(s * k, (s + 1) * k), nat * k);
+    words.set(stWords.subarray(s * wpr, (s + 1) * wpr), nat * wpr);
     for (let gi = 0; gi < g; gi++) {
       scales[nat * g + gi] = stScales[gi * n + s];
       zeros[nat * g + gi] = stZeros[gi * n + s];
@@ -295,7 +314,15 @@ export async function readNunchakuW4A16(
     // the +1 of (1 + scale) was added in bf16; subtracting it in f32 is exact
     bias[nat] = c === 1 || c === splits - 2 ? stBias[s] - 1 : stBias[s];
   }
-  return { name: prefix, n, k, codes, scales, zeros, bias };
+  return withLazyCodes<Omit<NunchakuW4A16, "codes">>({
+    name: prefix,
+    n,
+    k,
+    words,
+    scales,
+    zeros,
+    bias,
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,8 +370,8 @@ export function canonicalW4A4(layer: NunchakuW4A4): CanonicalLayer {
   const { n, k, r } = layer;
   const count = { inexact: 0 };
   const t = new Map<string, TensorEntry>();
-  const q = packNibbles(layer.codes, n, k);
-  t.set("qweight", { dtype: "U32", shape: [n, k / 8], data: new Uint8Array(q.buffer) });
+  const q = layer.words ?? packNibbles(layer.codes, n, k);
+  t.set("qweight", { dtype: "U32", shape: [n, k / 8], data: new Uint8Array(q.slice().buffer) });
   if (layer.format === "int4") {
     t.set("wscales", f16Entry(`${layer.name}.wscales`, layer.scales!, [n, k / 64], count));
   } else {
@@ -372,8 +399,8 @@ export function canonicalW4A16(layer: NunchakuW4A16): CanonicalLayer {
   const { n, k } = layer;
   const count = { inexact: 0 };
   const t = new Map<string, TensorEntry>();
-  const q = packNibbles(layer.codes, n, k);
-  t.set("qweight", { dtype: "U32", shape: [n, k / 8], data: new Uint8Array(q.buffer) });
+  const q = layer.words ?? packNibbles(layer.codes, n, k);
+  t.set("qweight", { dtype: "U32", shape: [n, k / 8], data: new Uint8Array(q.slice().buffer) });
   t.set("wscales", f16Entry(`${layer.name}.wscales`, layer.scales, [n, k / 64], count));
   t.set("wzeros", f16Entry(`${layer.name}.wzeros`, layer.zeros, [n, k / 64], count));
   t.set("bias", f32Entry(layer.bias, [n]));

@@ -108,6 +108,27 @@ export function unpackCodes(bytes: Uint8Array, n: number, k: number): Uint8Array
   return out;
 }
 
+/** The bytes as little-endian u32 words (copied when not 4-byte aligned). */
+function u32View(bytes: Uint8Array): Uint32Array {
+  const b = bytes.byteOffset % 4 === 0 ? bytes : bytes.slice();
+  return new Uint32Array(b.buffer, b.byteOffset, b.length >> 2);
+}
+
+/**
+ * Stored 4-bit codes → our packed words [N, K/8] (quant/packing.ts nibble order) directly: each
+ * stored word holds 8 consecutive k of one row with element k0 + j in nibble j, which is exactly
+ * one of our words, so this is a permutation of whole words (the importer's fast path).
+ */
+export function codesToWords(bytes: Uint8Array, n: number, k: number): Uint32Array {
+  checkDims("convert Nunchaku codes", [["N", n, NUNCHAKU_TILE_N], ["K", k, NUNCHAKU_TILE_K]]);
+  checkLength("convert Nunchaku codes", bytes.length, (n * k) / 2, `[N=${n}, K/2=${k / 2}] bytes`);
+  const src = u32View(bytes), out = new Uint32Array((n * k) >> 3), wpr = k >> 3;
+  for (let i = 0; i < n; i++) {
+    for (let w = 0; w < wpr; w++) out[i * wpr + w] = src[codeWordIndex(i, w << 3, k)];
+  }
+  return out;
+}
+
 /** Natural [N, K] codes (low 4 bits kept) → the stored bytes of `qweight` (inverse of unpack). */
 export function packCodes(codes: ArrayLike<number>, n: number, k: number): Uint8Array {
   checkDims("pack Nunchaku codes", [["N", n, NUNCHAKU_TILE_N], ["K", k, NUNCHAKU_TILE_K]]);
@@ -235,6 +256,32 @@ export function unpackAwqCodes(bytes: Uint8Array, n: number, k: number): Uint8Ar
       const [w, nib] = awqCodeIndex(i, j, k);
       const b = bytes[2 * w + (nib >> 1)];
       out[i * k + j] = nib & 1 ? b >> 4 : b & 15;
+    }
+  }
+  return out;
+}
+
+/**
+ * Stored AWQ codes → our packed words [N, K/8] (unsigned codes, our nibble order; rows in stored
+ * order). Our word (n, k0 = 64b + 32h + 8a) takes nibble a of the 8 int16 words `h·8 + j` of
+ * row n's run in block b.
+ */
+export function awqToWords(bytes: Uint8Array, n: number, k: number): Uint32Array {
+  checkDims("convert AWQ codes", [["N", n, 4], ["K", k, 64]]);
+  checkLength("convert AWQ codes", bytes.length, (n * k) / 2, `[N/4, K/2] int32 as bytes`);
+  const b16 = bytes.byteOffset % 2 === 0 ? bytes : bytes.slice();
+  const src = new Uint16Array(b16.buffer, b16.byteOffset, b16.length >> 1);
+  const out = new Uint32Array((n * k) >> 3), wpr = k >> 3, blocks = k >> 6;
+  for (let i = 0; i < n; i++) {
+    for (let b = 0; b < blocks; b++) {
+      const run = (((i >> 2) * blocks + b) * 4 + (i & 3)) * 16;
+      for (let h = 0; h < 2; h++) {
+        for (let a = 0; a < 4; a++) {
+          let word = 0;
+          for (let j = 0; j < 8; j++) word |= ((src[run + h * 8 + j] >>> (4 * a)) & 15) << (4 * j);
+          out[i * wpr + b * 8 + h * 4 + a] = word >>> 0;
+        }
+      }
     }
   }
   return out;

@@ -5,8 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { SafetensorsReader } from "./safetensors.ts";
+import { packNibbles } from "./packing.ts";
 import {
   adanormNaturalRow,
+  awqToWords,
+  codesToWords,
   packAwqCodes,
   packChannelValues,
   packCodes,
@@ -62,6 +65,8 @@ for (const p of ["int4", "nvfp4"] as const) {
       }
     }
     assert.deepEqual(packCodes(want, N, K), stored);
+    // the fast path: straight to our packed words
+    assert.deepEqual(codesToWords(stored, N, K), packNibbles(codes, N, K));
   });
 
   Deno.test(`nunchaku layout ${p}: bias, smooth and low-rank factors are exact`, async () => {
@@ -106,6 +111,7 @@ Deno.test("nunchaku layout: AWQ codes round-trip and follow TinyChat's interleav
   const codes = Uint8Array.from({ length: n * k }, () => rng.int(0, 15));
   const bytes = packAwqCodes(codes, n, k);
   assert.deepEqual(unpackAwqCodes(bytes, n, k), codes);
+  assert.deepEqual(awqToWords(bytes, n, k), packNibbles(codes, n, k));
   // TinyChat: int16 word t of row group n/4 holds k = 8·a + t%8 (+32 per half) of row n%4,
   // nibble a. Word 17 = row 1 (16..31), half 0, j = 1: nibbles a = 0..3 are k = 1, 9, 17, 25.
   const w17 = bytes[34] | (bytes[35] << 8);
