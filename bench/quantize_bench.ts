@@ -23,13 +23,15 @@ const { values } = parseArgs({
     gpu: { type: "boolean", default: false },
     format: { type: "string", default: "int4" },
     blocks: { type: "string", default: "1" },
-    "alpha-step": { type: "string", default: "0.1" },
+    "alpha-step": { type: "string" },
     "skip-large": { type: "boolean", default: false },
   },
 });
 const format = values.format as WeightFormat;
-const step = Number(values["alpha-step"]);
-const alphas = Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
+const step = values["alpha-step"] === undefined ? undefined : Number(values["alpha-step"]);
+const alphas = step === undefined
+  ? undefined
+  : Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
 let matmul: MatMul | undefined;
 let where = "CPU (quant/linalg.ts)";
 if (values.gpu) {
@@ -40,7 +42,9 @@ if (values.gpu) {
   where = `GPU (${gpu.caps.adapter})`;
 }
 console.log(
-  `quantizer benchmark: svdquant ${format}, R=32, α grid step ${step} (${alphas.length} values), ` +
+  `quantizer benchmark: svdquant ${format}, R=32, α ${
+    alphas ? `grid step ${step} (${alphas.length} values)` : "coarse-to-fine (0.25, then 0.05)"
+  }, ` +
     `products on ${where}; ${new Date().toISOString()}`,
 );
 
