@@ -46,12 +46,7 @@ export interface ClipOptions {
 }
 
 /** Factors on the amax-based NVFP4 per-tensor scale tried by the scale search (≥ 1: no group saturates). */
-export const NVFP4_TENSOR_FACTORS: readonly number[] = [
-  1,
-  2 ** (1 / 32),
-  2 ** (2 / 32),
-  2 ** (3 / 32),
-];
+export const NVFP4_TENSOR_FACTORS: readonly number[] = [1, 2 ** (1 / 16)];
 /** E4M3 codes tried per group by the NVFP4 scale search: nearest + 1 down to nearest − 6. */
 const NVFP4_CODE_OFFSETS: readonly number[] = [1, 0, -1, -2, -3, -4, -5, -6];
 

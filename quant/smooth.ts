@@ -89,8 +89,9 @@ export interface SmoothingSearchOptions {
   format: WeightFormat;
   /**
    * α grid searched in full (β ∈ {0, 1−α} for each). Default: coarse-to-fine, α ∈
-   * {@linkcode COARSE_ALPHAS} with both β, then steps of {@linkcode FINE_STEP} within ±0.1 of the
-   * best α with the best's β rule (13 candidates instead of the full 0.05 grid's 41).
+   * {@linkcode COARSE_ALPHAS} with both β, then steps of {@linkcode FINE_STEP} from the best α
+   * towards its better coarse neighbour (and one step the other way) with the best's β rule (and
+   * the other rule when it scored within 2%): 13–19 candidates instead of the full 0.05 grid's 41.
    */
   alphas?: readonly number[];
   /** lowRankQuantize refinement rounds per candidate (default 0: one SVD, then quantize). */
@@ -234,12 +235,25 @@ export async function searchSmoothing(
     for (const alpha of grid) for (const beta of betas(alpha)) await tryOne(alpha, beta);
   } else {
     for (const alpha of COARSE_ALPHAS) for (const beta of betas(alpha)) await tryOne(alpha, beta);
-    const coarse = best!;
-    const tied = coarse.beta === 0 ? 0 : 1; // β rule of the best: 0, or 1 − α
-    for (const d of [-2, -1, 1, 2]) {
-      const alpha = coarse.alpha + d * FINE_STEP;
+    const coarse: SmoothingResult = best!;
+    // β rules to refine: the best's (β = 0 or β = 1 − α), and the other one too when it scored
+    // within 2% at the same α (the two are often that close, and the noise of a candidate's
+    // cheap fit is of that order).
+    const twin = tried.find((t) => t.alpha === coarse.alpha && t.beta !== coarse.beta);
+    const rules = twin && twin.error <= 1.02 * coarse.error ? [0, 1] : [coarse.beta === 0 ? 0 : 1];
+    // Fine α: every step between the best coarse α and its better coarse neighbour (where a
+    // unimodal error curve has its minimum), and one step to the other side.
+    const errorAt = (a: number) =>
+      Math.min(...tried.filter((t) => Math.abs(t.alpha - a) < 1e-9).map((t) => t.error));
+    const step = COARSE_ALPHAS[1] - COARSE_ALPHAS[0];
+    const lo = coarse.alpha - step, hi = coarse.alpha + step;
+    const side = lo < 0 ? 1 : hi > 1 ? -1 : errorAt(hi) < errorAt(lo) ? 1 : -1;
+    const fine: number[] = [-side * FINE_STEP];
+    for (let a = FINE_STEP; a < step - 1e-9; a += FINE_STEP) fine.push(side * a);
+    for (const d of fine) {
+      const alpha = coarse.alpha + d;
       if (alpha < 0 || alpha > 1) continue;
-      await tryOne(alpha, tied === 0 || alpha >= 1 ? 0 : 1 - alpha);
+      for (const rule of rules) await tryOne(alpha, rule === 0 || alpha >= 1 ? 0 : 1 - alpha);
     }
   }
   return best!;
