@@ -63,6 +63,9 @@ export const METHODS: readonly Method[] = [
   "float",
 ];
 
+/** Rows of the calibration samples the smoothing search scores on by default (a strided subset). */
+export const SEARCH_ROWS = 128;
+
 /** A quantized layer: its tensors by suffix, and what it cost. */
 export interface QuantizedLinear {
   /** Layer name (prefix of its tensors in the file). */
@@ -118,6 +121,8 @@ export interface QuantizeLinearOptions {
    * along {@linkcode quantizeLinearRanks} a larger rank never gives a larger layer error.
    */
   floor?: QuantizedLinear;
+  /** Calibration rows the smoothing search scores candidates on (default {@linkcode SEARCH_ROWS}). */
+  searchRows?: number;
   /** NVFP4 residual scale search (default true; quant/clip.ts `scaleSearch`). */
   scaleSearch?: boolean;
   /** lowRankQuantize rounds per search candidate (default 0). */
@@ -263,6 +268,19 @@ export async function quantizeLinear(
   const actMode = actModeFor(format, postGelu);
   const r = method === "svdquant" || method === "dilate" ? opts.r : 0;
   const scorer = new LayerScorer(x, s, yRef, matmul);
+  // The smoothing search scores its candidates on a strided subset of the rows (the final fit
+  // and the reported error use them all).
+  const rows = Math.min(s, opts.searchRows ?? SEARCH_ROWS);
+  let searchScorer = scorer;
+  if (rows < s) {
+    const xs = new Float32Array(rows * k), ys = new Float32Array(rows * n);
+    for (let i = 0; i < rows; i++) {
+      const src = Math.floor(i * s / rows);
+      xs.set(x.subarray(src * k, src * k + k), i * k);
+      ys.set(yRef.subarray(src * n, src * n + n), i * n);
+    }
+    searchScorer = new LayerScorer(xs, rows, ys, matmul);
+  }
   const scaleSearch = opts.scaleSearch ?? true;
   let best: BuiltW4A4;
   let alpha: number | undefined, beta: number | undefined;
@@ -275,11 +293,13 @@ export async function quantizeLinear(
       postGelu,
       actMode,
       bias,
-      scorer,
+      scorer: searchScorer,
       matmul,
       name,
     });
     ({ alpha, beta } = found);
+    const candidate = found.layer &&
+      { ...found.layer, error: rows < s ? await scorer.error(found.layer) : found.layer.error };
     const final = await buildW4A4(w, n, k, {
       lambda: found.lambda,
       r,
@@ -296,7 +316,7 @@ export async function quantizeLinear(
       name,
     });
     // Keep the best layer tried: the refined fit, or the search's candidate if it scored lower.
-    best = found.layer && !(final.error <= found.layer.error) ? found.layer : final;
+    best = candidate && !(final.error <= candidate.error) ? candidate : final;
   } else {
     best = await buildW4A4(w, n, k, {
       lambda: method === "dilate" ? dilationFactors(w, n, k) : null,

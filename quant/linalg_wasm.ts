@@ -148,6 +148,12 @@ export function simdMatMul(
   transB = false,
 ): Float32Array {
   check(a, b, m, k, n, transB);
+  if (transB && n > m && m > 0 && k > 0) {
+    // A·Bᵀ = (B·Aᵀ)ᵀ: pack the smaller operand (packing is the strided part).
+    const t = simdMatMul(b, a, n, k, m, true), out = new Float32Array(m * n);
+    for (let j = 0; j < n; j++) for (let i = 0; i < m; i++) out[i * n + j] = t[j * m + i];
+    return out;
+  }
   const out = new Float32Array(m * n);
   if (m === 0 || n === 0 || k === 0) return out;
   const mp = Math.ceil(m / 4) * 4, np = Math.ceil(n / 8) * 8;

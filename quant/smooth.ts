@@ -136,10 +136,10 @@ export const FINE_STEP = 0.05;
  * low-rank fit (`rounds`, default 0, and a weight-error clipping search) meant to be followed by
  * the caller's full refinement on the chosen λ; its SVD is warm-started from the previous
  * candidate's basis mapped through the change of λ (`Ŵ' = Ŵ·diag(λ'/λ)` has the row space
- * `diag(λ'/λ)·V`), with one power iteration instead of two. Without samples it returns
+ * `diag(λ'/λ)·V`), with no power iteration (two when cold). Without samples it returns
  * α = β = 0.5 unscored.
  *
- * Cost per candidate: one top-R SVD (4 products with the N×K weight when warm), 7 quantizations
+ * Cost per candidate: one top-R SVD (2 products with the N×K weight when warm), 3 quantizations
  * of it, and an S×K×N product (through `opts.matmul`).
  *
  * @example
@@ -219,7 +219,7 @@ export async function searchSmoothing(
       // No samples for the clipping: the candidate's clipping minimises weight error (N·K·G times
       // cheaper than the output-error objective); the score is the simulated output error.
       scoreOn: scorer,
-      svd: start ? { start, iters: 1 } : {},
+      svd: start ? { start, iters: 0 } : {},
       clipRatios: SEARCH_CLIP_RATIOS,
       matmul,
       name,
