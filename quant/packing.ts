@@ -523,6 +523,26 @@ function quantizeGroupNvfp4(
   rs: number,
 ): number {
   const code = encodeE4M3(clipped / 6 / tensorScale);
+  return quantizeGroupNvfp4Code(values, offset, g, code, tensorScale, codes, at, res, ro, rs);
+}
+
+/**
+ * Quantize ONE NVFP4 group with a given E4M3 scale `code` (0..126) instead of the one its amax
+ * rounds to, for scale searches; otherwise as {@linkcode quantizeGroupInto} (returns `code`).
+ * Hot-loop primitive: no validation.
+ */
+export function quantizeGroupNvfp4Code(
+  values: Float32Array,
+  offset: number,
+  g: number,
+  code: number,
+  tensorScale: number,
+  codes: Int8Array | Uint8Array,
+  at: number,
+  res?: Float64Array,
+  ro = 0,
+  rs = 1,
+): number {
   const S = Math.fround(E4M3_TABLE[code] * tensorScale);
   if (S === 0) {
     zeroGroup(values, offset, g, codes, at, res, ro, rs);
