@@ -67,6 +67,9 @@ export async function resolveFluxModel(
   }
   let root = path, transformer = opts.transformer;
   if (!await isDir(path)) {
+    if (!opts.transformer && !await isTransformerFile(path)) {
+      throw new FormatError(path, "this file is not a FLUX.1 transformer (no img_in.weight)");
+    }
     transformer ??= path;
     root = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
   }
