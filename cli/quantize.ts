@@ -13,7 +13,7 @@ import type { WeightFormat } from "../quant/packing.ts";
 import { paroTensors } from "../quant/paro_store.ts";
 import { SPARSE_ATTENTION_TILES } from "../kernels/sparse_attention/sparse_attention.ts";
 import { fail, formatBytes, runCli } from "./_cli.ts";
-import { paroPlan } from "./_models.ts";
+import { calibration, paroPlan } from "./_models.ts";
 
 const USAGE = `Usage: deno task quantize <in.safetensors> --out <out.safetensors> [options]
 
@@ -23,6 +23,8 @@ Options:
   --rank R                 low-rank rank (default 32; 0 = none)
   --calib FILE             calibration statistics (safetensors written by the runtime's calibration mode);
                            without it, synthetic heavy-tailed activations stand in
+  --calibrate              record them now: run the float model (pixel or latent, e.g. a converted
+                           DiT-XL/2) over every class on the GPU; cached under models/.cache/
   --policy FILE            JSON layer rules, tried before the DiT defaults
   --alpha-step S           smoothing search grid step for alpha (default 0.1; the reference uses 0.05)
   --rounds N               low-rank refinement rounds (default 3)
@@ -48,6 +50,7 @@ async function main(args: string[]): Promise<void> {
       method: { type: "string", default: "svdquant" },
       rank: { type: "string", default: "32" },
       calib: { type: "string" },
+      calibrate: { type: "boolean", default: false },
       policy: { type: "string" },
       "alpha-step": { type: "string", default: "0.1" },
       rounds: { type: "string", default: "3" },
@@ -110,7 +113,12 @@ async function main(args: string[]): Promise<void> {
   const policy = values.policy
     ? [...parsePolicy(await Deno.readTextFile(values.policy), values.policy), ...DEFAULT_DIT_POLICY]
     : undefined;
-  const calib = values.calib ? await readCalibStats(values.calib) : undefined;
+  if (values.calib && values.calibrate) fail("give --calib FILE or --calibrate, not both");
+  const calib = values.calibrate
+    ? await calibration(input, (line) => console.log(line))
+    : values.calib
+    ? await readCalibStats(values.calib)
+    : undefined;
   let matmul;
   let closeGpu = () => {};
   if (values.gpu) {
