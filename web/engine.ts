@@ -164,7 +164,7 @@ export class PipelineEngine implements Engine {
         const c = f.config as Record<string, unknown>;
         const n = c.num_classes as number;
         let size = c.input_size as number, channels = c.in_channels as number;
-        if (channels !== 3) { // a latent model: the image comes from the autoencoder
+        if (c.latent === true || e.vae) { // a latent model: the image comes from the autoencoder
           if (!e.vae) {
             throw new RangeError(
               `Cannot register model "${e.id}": ${e.path} makes ${channels}-channel latents; ` +
