@@ -75,7 +75,7 @@
  * // a diffusers FLUX.1 folder: text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/
  * const text = await TextEncoders.fromFluxFolder(gpu, "FLUX.1-schnell", {
  *   variant: "schnell", // T5 padded to 256 tokens (dev: 512)
- *   t5Weights: "w8a16", // or "float", "w4a16" (quantized on load; a pre-quantized file wins)
+ *   t5Weights: "w8a16", // the default; or "float", "w4a16" (quantized on load; a file's wins)
  * });
  * const e = await text.encode("a red fox under a golden tree, oil painting");
  * console.log(e.t5.length / e.t5Dim, e.pooled.length, e.truncated); // 256 768 { clip: false, t5: false }
@@ -186,10 +186,18 @@ export type {
   GemmW4A4LowrankShape,
   W4A4Tile,
 } from "./kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank.ts";
-export { Conv2d, conv2d, conv2dGeometry, packConvWeight } from "./kernels/conv2d/conv2d.ts";
+export {
+  Conv2d,
+  conv2d,
+  CONV2D_NARROW_MAX_N,
+  conv2dGeometry,
+  packConvWeight,
+  quantizeConvWeightInt8,
+} from "./kernels/conv2d/conv2d.ts";
 export type {
   Conv2dBuffers,
   Conv2dGeometry,
+  Conv2dKernel,
   Conv2dPad,
   Conv2dShape,
 } from "./kernels/conv2d/conv2d.ts";
@@ -215,6 +223,7 @@ export {
   unpackF16,
 } from "./quant/packing.ts";
 export type {
+  ActConvention,
   ActMode,
   Int4Weight,
   Nvfp4Weight,
@@ -227,6 +236,8 @@ export type { Method, QuantizedLinear, QuantizeLinearOptions, TensorEntry } from
 export type { TensorDtype } from "./quant/baselines.ts";
 export type { MatMul } from "./quant/linalg.ts";
 export { quantizeCheckpoint } from "./quant/model.ts";
+export { importNunchakuFlux } from "./quant/nunchaku_flux.ts";
+export type { ImportOptions, ImportReport, PlanItem } from "./quant/nunchaku_flux.ts";
 export type { LayerReport, ModelMethod, QuantizeModelOptions } from "./quant/model.ts";
 export { FORMAT_VERSION, QuantFile, writeQuantFile } from "./quant/format.ts";
 export type {
@@ -257,6 +268,7 @@ export type { LayerPolicyRule } from "./quant/policy.ts";
 // text encoders (FLUX.1: CLIP-L pooled output + T5-XXL sequence; tokenizers from tokenizer.json)
 export {
   clearPromptCache,
+  DEFAULT_T5_WEIGHTS,
   FLUX_T5_LENGTH,
   loadTokenizer,
   TextEncoders,

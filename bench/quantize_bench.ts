@@ -1,15 +1,17 @@
 /**
  * How long the quantizer takes: one K=3072, N=12288 layer, and DiT-XL/2-shaped blocks (hidden
  * 1152, 16 heads, MLP ratio 4; 28 blocks in the full model) with random weights and synthetic
- * calibration statistics. Prints seconds per layer and per block, and the whole-model figure
+ * calibration statistics. Prints seconds per layer and per block (wall clock, and the process's
+ * CPU time with the load average: the machine is shared), and the whole-model figure
  * extrapolated from the blocks measured (labelled as such).
  *
  * ```sh
- * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step 0.1]
+ * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S]
  * ```
  *
  * @module
  */
+import process from "node:process";
 import { parseArgs } from "node:util";
 import { syntheticStats } from "../quant/calib.ts";
 import { quantizeLinear } from "../quant/layer.ts";
@@ -23,13 +25,15 @@ const { values } = parseArgs({
     gpu: { type: "boolean", default: false },
     format: { type: "string", default: "int4" },
     blocks: { type: "string", default: "1" },
-    "alpha-step": { type: "string", default: "0.1" },
+    "alpha-step": { type: "string" },
     "skip-large": { type: "boolean", default: false },
   },
 });
 const format = values.format as WeightFormat;
-const step = Number(values["alpha-step"]);
-const alphas = Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
+const step = values["alpha-step"] === undefined ? undefined : Number(values["alpha-step"]);
+const alphas = step === undefined
+  ? undefined
+  : Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
 let matmul: MatMul | undefined;
 let where = "CPU (quant/linalg.ts)";
 if (values.gpu) {
@@ -40,11 +44,14 @@ if (values.gpu) {
   where = `GPU (${gpu.caps.adapter})`;
 }
 console.log(
-  `quantizer benchmark: svdquant ${format}, R=32, α grid step ${step} (${alphas.length} values), ` +
+  `quantizer benchmark: svdquant ${format}, R=32, α ${
+    alphas ? `grid step ${step} (${alphas.length} values)` : "coarse-to-fine (0.25, then 0.05)"
+  }, ` +
     `products on ${where}; ${new Date().toISOString()}`,
 );
 
 const rng = new Rng(7);
+let cpuTotal = 0;
 async function layer(name: string, n: number, k: number, postGelu = false): Promise<number> {
   const w = rng.normals(n * k, 1 / Math.sqrt(k));
   const bias = rng.normals(n, 0.02);
@@ -53,7 +60,7 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
     postGelu: postGelu ? [name] : [],
   }).layers.get(name)!;
   const method = name.includes("adaLN") ? "w4a16" : "svdquant";
-  const t0 = performance.now();
+  const t0 = performance.now(), c0 = process.cpuUsage();
   const q = await quantizeLinear(name, w, bias, n, k, {
     method,
     format,
@@ -63,10 +70,14 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
     alphas,
     matmul,
   });
-  const s = (performance.now() - t0) / 1000;
+  const s = (performance.now() - t0) / 1000, c = process.cpuUsage(c0);
+  const cpu = (c.user + c.system) / 1e6;
+  cpuTotal += cpu;
   console.log(
     `  ${name.padEnd(28)} [N=${n}, K=${k}] ${method.padEnd(8)} ${s.toFixed(1).padStart(7)} s` +
-      `  rel.err ${q.relError.toFixed(4)}`,
+      ` (CPU ${cpu.toFixed(1)} s)  rel.err ${q.relError.toFixed(4)}  load ${
+        Deno.loadavg()[0].toFixed(1)
+      }`,
   );
   return s;
 }
@@ -74,6 +85,7 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
 if (!values["skip-large"]) {
   console.log("one FLUX-sized MLP layer:");
   await layer("mlp.fc1", 12288, 3072);
+  cpuTotal = 0;
 }
 const blocks = Number(values.blocks);
 const H = 1152;
@@ -87,8 +99,10 @@ for (let b = 0; b < blocks; b++) {
   total += await layer(`blocks.${b}.adaLN_modulation.1`, 6 * H, H);
 }
 const perBlock = total / blocks;
+const blockLayers = cpuTotal;
 console.log(
-  `per block ${perBlock.toFixed(1)} s; whole DiT-XL/2 (28 blocks) ≈ ${
-    (28 * perBlock / 60).toFixed(1)
-  } min (extrapolated from ${blocks} block${blocks > 1 ? "s" : ""})`,
+  `per block ${perBlock.toFixed(1)} s (CPU ${(blockLayers / blocks).toFixed(1)} s, all threads; ` +
+    `the load average says how busy the machine was); whole DiT-XL/2 (28 blocks) ≈ ${
+      (28 * perBlock / 60).toFixed(1)
+    } min (extrapolated from ${blocks} block${blocks > 1 ? "s" : ""})`,
 );

@@ -55,7 +55,10 @@ export async function runCli(main: () => Promise<void>): Promise<void> {
       console.error(`error: ${(e as Error).message}`);
       Deno.exit(1);
     }
-    if (e instanceof Error && (KNOWN.some((k) => e instanceof k) || e.name === "TypeError")) {
+    if (
+      e instanceof Error &&
+      (KNOWN.some((k) => e instanceof k) || e.name === "TypeError" || e.name === "HubError")
+    ) {
       console.error(`error: ${e.message}`);
       Deno.exit(1);
     }

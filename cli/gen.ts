@@ -14,6 +14,7 @@ import { plural } from "../web/plural.ts";
 import { matchClass } from "./_classes.ts";
 import { modelFor, type Precision, PRECISIONS } from "./_models.ts";
 import { type LatentDecoder, loadDecoder } from "./_decoder.ts";
+import { resolveModel } from "./_resolve.ts";
 
 const USAGE = `Usage: deno task gen [prompt or class] [options]
 
@@ -24,8 +25,11 @@ const USAGE = `Usage: deno task gen [prompt or class] [options]
   --precision P          float | int4 | nvfp4 | w4a16 (default int4)
   --sampler S            dpm | ddim | ddpm (default dpm); ddpm = ancestral sampling with the
                          model's learned variance, wants --steps 100 or more
-  --model FILE           a DiT model file (float or pre-quantized); overrides --precision;
-                         a FLUX.1 folder switches to text-to-image (--model FOLDER --help)
+  --model FILE|ID        a model file (float or pre-quantized; a Nunchaku svdq-* checkpoint is
+                         imported once into models/.cache/nunchaku/), or a hub id
+                         <owner>/<name>/<file> (downloaded first, see deno task pull);
+                         overrides --precision; a FLUX.1 folder switches to text-to-image
+                         (--model FOLDER --help)
   --attention A          dense | sparse (default dense); sparse = PAROAttention: the file's
                          calibrated token orders and block masks, INT8 Q·Kᵀ (needs a file
                          quantized with --paro, like the bundled int4 model)
@@ -102,7 +106,9 @@ async function main(args: string[]): Promise<void> {
 
   const tty = Deno.stdout.isTerminal();
   const t0 = performance.now();
-  const path = values.model ?? await modelFor(precision, (line) => console.log(line));
+  const path = values.model
+    ? await resolveModel(values.model, (line) => console.log(line))
+    : await modelFor(precision, (line) => console.log(line));
   const gpu = await getGpu();
   const pipe = await Pipeline.load(gpu, path, {
     images: n,

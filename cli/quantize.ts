@@ -7,8 +7,14 @@
  */
 import { parseArgs } from "node:util";
 import { readCalibStats } from "../quant/calib.ts";
-import { type LayerReport, type ModelMethod, quantizeCheckpoint } from "../quant/model.ts";
+import {
+  checkInput,
+  type LayerReport,
+  type ModelMethod,
+  quantizeCheckpoint,
+} from "../quant/model.ts";
 import { DEFAULT_DIT_POLICY, parsePolicy } from "../quant/policy.ts";
+import { type Budget, parseBudget } from "../quant/budget.ts";
 import type { WeightFormat } from "../quant/packing.ts";
 import { paroTensors } from "../quant/paro_store.ts";
 import { SPARSE_ATTENTION_TILES } from "../kernels/sparse_attention/sparse_attention.ts";
@@ -31,8 +37,12 @@ Options:
   --calib FILE             calibration statistics (safetensors written by the runtime's calibration mode);
                            without it, synthetic heavy-tailed activations stand in
   --policy FILE            JSON layer rules, tried before the DiT defaults
-  --alpha-step S           smoothing search grid step for alpha (default 0.1; the reference uses 0.05)
+  --alpha-step S           search alpha on a full grid of this step (default: coarse-to-fine, 0.25
+                           then 0.05 around the best; the reference's full grid is 0.05)
   --rounds N               low-rank refinement rounds (default 3)
+  --budget BYTES|Nbits     per-layer format and rank under a budget for the W4A4 layers: BYTES of
+                           their tensors, or N bits per weight (e.g. 4.6bits); each layer is measured
+                           as int4/nvfp4 × rank 0/16/32/64 and the least total error that fits is kept
   --gpu                    run the big matrix products on the GPU (WebGPU)
   --paro DENSITY           also calibrate sparse attention (PAROAttention): run the float model on
                            the GPU, record its attention maps, choose per layer and head a token order
@@ -59,7 +69,8 @@ async function main(args: string[]): Promise<void> {
       "calib-steps": { type: "string", default: "4" },
       "calib-size": { type: "string" },
       policy: { type: "string" },
-      "alpha-step": { type: "string", default: "0.1" },
+      "alpha-step": { type: "string" },
+      budget: { type: "string" },
       rounds: { type: "string", default: "3" },
       gpu: { type: "boolean", default: false },
       paro: { type: "string" },
@@ -89,15 +100,25 @@ async function main(args: string[]): Promise<void> {
   if (!Number.isInteger(rank) || rank < 0 || rank > 256) {
     fail(`--rank must be an integer in 0..256, got "${values.rank}"`);
   }
-  const step = Number(values["alpha-step"]);
-  if (!(step > 0 && step <= 1)) {
+  const step = values["alpha-step"] === undefined ? undefined : Number(values["alpha-step"]);
+  if (step !== undefined && !(step > 0 && step <= 1)) {
     fail(`--alpha-step must be in (0, 1], got "${values["alpha-step"]}"`);
+  }
+  let budget: Budget | undefined;
+  if (values.budget !== undefined) {
+    try {
+      budget = parseBudget(values.budget);
+    } catch (e) {
+      fail((e as Error).message);
+    }
   }
   const rounds = Number(values.rounds);
   if (!Number.isInteger(rounds) || rounds < 0 || rounds > 20) {
     fail(`--rounds must be an integer in 0..20, got "${values.rounds}"`);
   }
-  const alphas = Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
+  const alphas = step === undefined
+    ? undefined
+    : Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
 
   const input = positionals[0];
   if (method === "w8a8") {
@@ -111,6 +132,11 @@ async function main(args: string[]): Promise<void> {
   const fluxInput = await fluxTransformerPath(input);
   if (fluxInput) {
     if (values.paro !== undefined) fail("--paro is for DiT models, not FLUX");
+    const real = (p: string) => Deno.realPath(p).catch(() => null);
+    const [src, dst] = await Promise.all([real(fluxInput), real(values.out)]);
+    if (src !== null && src === dst) {
+      fail(`Cannot write ${values.out}: it is the input file; give another --out path`);
+    }
     return await quantizeFluxCli(fluxInput, values.out, {
       model: input,
       calibPrompts: values["calib-prompts"],
@@ -127,6 +153,7 @@ async function main(args: string[]): Promise<void> {
       policy: values.policy,
     });
   }
+  await checkInput(input, values.out); // before a --paro calibration runs the model
   let paro;
   if (values.paro !== undefined) {
     const density = Number(values.paro);
@@ -159,6 +186,7 @@ async function main(args: string[]): Promise<void> {
   if (!calib) console.log("note: no --calib file; using synthetic activation statistics");
 
   const t0 = performance.now();
+  const bar = new Progress(t0, (await Deno.stat(input)).size);
   const reports = await quantizeCheckpoint(input, values.out, {
     method,
     format,
@@ -169,7 +197,17 @@ async function main(args: string[]): Promise<void> {
     rounds,
     matmul,
     paro,
-    onLayer: values.quiet ? undefined : (r, i, n) => console.log(progressLine(r, i, n)),
+    budget,
+    onLayer: values.quiet ? undefined : (r, i, n) => console.log(bar.line(r, i, n)),
+    onMeasure: values.quiet ? undefined : (l, i, n) =>
+      console.log(
+        `measuring [${i + 1}/${n}] ${l.name}: ` +
+          l.choices.map((c) => `${c.format} r${c.r} ${c.error.toFixed(4)}`).join(", "),
+      ),
+    onPlan: (p) => {
+      console.log(`budget: ${formatBytes(p.bytes)} for the W4A4 layers (${p.how} assignment)`);
+      bar.t0 = performance.now(); // the ETA covers the writing pass
+    },
   }).finally(closeGpu);
   console.log(table(reports, (performance.now() - t0) / 1000, values.out));
 }
@@ -183,7 +221,7 @@ async function quantizeFluxCli(input: string, out: string, o: {
   method: ModelMethod;
   format: WeightFormat;
   rank: number;
-  alphas: number[];
+  alphas?: number[];
   rounds: number;
   gpu: boolean;
   quiet: boolean;
@@ -235,6 +273,31 @@ async function quantizeFluxCli(input: string, out: string, o: {
   console.log(table(reports, (performance.now() - t0) / 1000, out));
 }
 
+/** Progress bar: share of the input's bytes done, ETA from the rate so far, running error. */
+class Progress {
+  #done = 0;
+  #errs: number[] = [];
+  constructor(public t0: number, readonly total: number) {}
+
+  line(r: LayerReport, i: number, n: number): string {
+    this.#done += r.bytesBefore;
+    if (r.method !== "copy" && r.method !== "float" && !Number.isNaN(r.relError)) {
+      this.#errs.push(r.relError);
+    }
+    const f = Math.min(1, this.#done / this.total), width = 16, full = Math.round(f * width);
+    const s = (performance.now() - this.t0) / 1000, eta = f > 0 ? s * (1 - f) / f : NaN;
+    const mmss = (t: number) =>
+      Number.isFinite(t)
+        ? `${Math.floor(t / 60)}:${String(Math.round(t % 60)).padStart(2, "0")}`
+        : "–";
+    const mean = this.#errs.length
+      ? (this.#errs.reduce((a, b) => a + b, 0) / this.#errs.length).toFixed(4)
+      : "–";
+    return `${"█".repeat(full)}${"░".repeat(width - full)} ${(100 * f).toFixed(0).padStart(3)}% ` +
+      `ETA ${mmss(eta)} mean err ${mean} ${progressLine(r, i, n)}`;
+  }
+}
+
 function progressLine(r: LayerReport, i: number, n: number): string {
   const idx = `[${String(i + 1).padStart(String(n).length)}/${n}]`;
   const what = r.method === "copy"
@@ -251,14 +314,16 @@ function table(reports: LayerReport[], seconds: number, out: string): string {
   const w = Math.max(5, ...rows.map((r) => r.name.length));
   const lines = [
     "",
-    `${"layer".padEnd(w)}  ${"method".padEnd(9)} ${"format".padEnd(6)} ${"rel.err".padStart(8)} ${
-      "before".padStart(10)
-    } ${"after".padStart(10)}`,
+    `${"layer".padEnd(w)}  ${"method".padEnd(9)} ${"format".padEnd(6)} ${"rank".padStart(4)} ${
+      "rel.err".padStart(8)
+    } ${"before".padStart(10)} ${"after".padStart(10)}`,
   ];
   for (const r of rows) {
     const err = Number.isNaN(r.relError) ? "–" : r.relError.toFixed(4);
     lines.push(
-      `${r.name.padEnd(w)}  ${r.method.padEnd(9)} ${r.format.padEnd(6)} ${err.padStart(8)} ` +
+      `${r.name.padEnd(w)}  ${r.method.padEnd(9)} ${r.format.padEnd(6)} ${
+        String(r.r).padStart(4)
+      } ${err.padStart(8)} ` +
         `${formatBytes(r.bytesBefore).padStart(10)} ${formatBytes(r.bytesAfter).padStart(10)}`,
     );
   }
@@ -268,7 +333,7 @@ function table(reports: LayerReport[], seconds: number, out: string): string {
     .filter((e) => !Number.isNaN(e));
   const meanErr = errs.length ? errs.reduce((a, b) => a + b, 0) / errs.length : NaN;
   lines.push(
-    `${"total".padEnd(w)}  ${String(rows.length + " layers").padEnd(16)} ${
+    `${"total".padEnd(w)}  ${String(rows.length + " layers").padEnd(21)} ${
       (Number.isNaN(meanErr) ? "–" : meanErr.toFixed(4)).padStart(8)
     } ` +
       `${formatBytes(before).padStart(10)} ${formatBytes(after).padStart(10)}`,

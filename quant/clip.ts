@@ -10,15 +10,18 @@
  * @module
  */
 import {
+  encodeE4M3,
   groupAmax,
   groupSize,
   nvfp4TensorScale,
   type PackedWeight,
   packNibblesInto,
   quantizeGroupInto,
+  quantizeGroupNvfp4Code,
   quantizeWeight,
   type WeightFormat,
 } from "./packing.ts";
+import { assembleModule, each4, names4 } from "./wasm.ts";
 
 /** Default clip ratios, tried in this order (ties keep the earlier one, so 1 wins ties). */
 export const DEFAULT_CLIP_RATIOS: readonly number[] = [1, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7];
@@ -33,7 +36,19 @@ export interface ClipOptions {
   m?: number;
   /** Tensor name for error messages. */
   name?: string;
+  /**
+   * NVFP4 only: search the scales themselves instead of clip ratios — per group the E4M3 codes
+   * from one above the code its amax rounds to down to six below (a superset of the codes the
+   * default ratios reach), for each per-tensor f32 scale of {@linkcode NVFP4_TENSOR_FACTORS}
+   * times the amax-based one, keeping the tensor scale with the least total objective.
+   */
+  scaleSearch?: boolean;
 }
+
+/** Factors on the amax-based NVFP4 per-tensor scale tried by the scale search (≥ 1: no group saturates). */
+export const NVFP4_TENSOR_FACTORS: readonly number[] = [1, 2 ** (1 / 16)];
+/** E4M3 codes tried per group by the NVFP4 scale search: nearest + 1 down to nearest − 6. */
+const NVFP4_CODE_OFFSETS: readonly number[] = [1, 0, -1, -2, -3, -4, -5, -6];
 
 /**
  * Quantize a row-major `W [N, K]` to `format`, choosing per group the clip ratio from
@@ -73,6 +88,17 @@ export function quantizeWeightClipped(
     );
   }
   const obj = setupObjective(w, n, k, format, opts.x, opts.m, name);
+  if (format === "nvfp4" && opts.scaleSearch && k > 0) {
+    const ts = nvfp4TensorScale(w);
+    if (Number.isFinite(ts) && w.every((v) => Number.isFinite(v))) {
+      let best: { p: PackedWeight; total: number } | null = null;
+      for (const f of NVFP4_TENSOR_FACTORS) {
+        const got = nvfp4ScaleSearch(w, n, obj, Math.fround(ts * f));
+        if (!best || got.total < best.total) best = got;
+      }
+      return best!.p;
+    }
+  }
   // Anything the fast path cannot take (bad format, K = 0, non-finite weights, an int4 scale past
   // f16) replays the whole-matrix candidates in order, which throw the canonical errors.
   const replay = (): never => {
@@ -118,6 +144,35 @@ export function quantizeWeightClipped(
   return format === "int4"
     ? { format, n, k, qweight, wscales: wscales as Float32Array }
     : { format, n, k, qweight, wscales: wscales as Uint8Array, tensorScale };
+}
+
+/** One pass of the NVFP4 scale search at a fixed per-tensor scale: the weight and its objective. */
+function nvfp4ScaleSearch(
+  w: Float32Array,
+  n: number,
+  obj: Objective,
+  tensorScale: number,
+): { p: PackedWeight; total: number } {
+  const G = obj.G, k = obj.k, R = NVFP4_CODE_OFFSETS.length, count = n * obj.groups;
+  const qweight = new Uint32Array((n * k) >> 3), wscales = new Uint8Array(count);
+  const codes = new Uint8Array(R * G), scales = new Int32Array(R);
+  const scorer = new GroupScorer(obj, R), { d, err, lanes: L } = scorer;
+  let total = 0;
+  for (let gi = 0; gi < count; gi++) {
+    const base = gi * G;
+    const c0 = encodeE4M3(groupAmax(w, base, G) / 6 / tensorScale);
+    for (let r = 0; r < R; r++) {
+      const code = Math.max(0, Math.min(126, c0 + NVFP4_CODE_OFFSETS[r]));
+      scales[r] = quantizeGroupNvfp4Code(w, base, G, code, tensorScale, codes, r * G, d, r, L);
+    }
+    scorer.score(gi);
+    let best = 1; // the nearest code wins ties
+    for (let r = 0; r < R; r++) if (err[r] < err[best]) best = r;
+    total += err[best];
+    wscales[gi] = scales[best];
+    packNibblesInto(codes, best * G, G, qweight, base >> 3);
+  }
+  return { p: { format: "nvfp4", n, k, qweight, wscales, tensorScale }, total };
 }
 
 /**
@@ -286,14 +341,14 @@ interface Kernels {
 let kernelModule: WebAssembly.Module | undefined;
 
 function kernels(memory: WebAssembly.Memory): Kernels {
-  kernelModule ??= new WebAssembly.Module(assembleKernels());
+  kernelModule ??= assembleModule([
+    { name: "squares", ...SQUARES },
+    { name: "gram", ...GRAM },
+    { name: "direct", ...DIRECT },
+  ]);
   return new WebAssembly.Instance(kernelModule, { e: { m: memory } }).exports as unknown as Kernels;
 }
 
-/** Four copies of a code fragment, one per f64x2 vector j = 0..3 of the 8 lanes. */
-const each4 = (f: (j: number) => string) => [0, 1, 2, 3].map(f).join("\n");
-/** The four locals `$v0 .. $v3`. */
-const names4 = (v: string) => [0, 1, 2, 3].map((j) => v + j);
 /** `$v_j = 0`. */
 const zero4 = (v: string) => each4((j) => `v128.zero  local.set ${v}${j}`);
 /** `$v_j = the 4 vectors at ptr`. */
@@ -424,81 +479,3 @@ const SQUARES = {
   end end
   ${each4((j) => `local.get $err  local.get $s${j}  v128.store offset=${16 * j}`)}`,
 };
-
-// A linear WAT subset: one token per opcode or immediate, `$name` for locals, `offset=N` for
-// memory offsets, blocks without results.
-const OPS: Record<string, number[]> = {
-  "block": [0x02, 0x40],
-  "loop": [0x03, 0x40],
-  "if": [0x04, 0x40],
-  "end": [0x0b],
-  "br": [0x0c],
-  "br_if": [0x0d],
-  "local.get": [0x20],
-  "local.set": [0x21],
-  "local.tee": [0x22],
-  "i32.const": [0x41],
-  "f32.load": [0x2a, 2],
-  "f64.load": [0x2b, 3],
-  "i32.lt_u": [0x49],
-  "i32.ge_u": [0x4f],
-  "i32.add": [0x6a],
-  "i32.mul": [0x6c],
-  "i32.shl": [0x74],
-  "f64.promote_f32": [0xbb],
-  "v128.load": [0xfd, 0x00, 4],
-  "v128.store": [0xfd, 0x0b, 4],
-  "v128.zero": [0xfd, 0x0c, ...new Array(16).fill(0)], // v128.const 0
-  "f64x2.splat": [0xfd, 0x14],
-  "f64x2.ne": [0xfd, 0x48],
-  "v128.bitselect": [0xfd, 0x52],
-  "f64x2.add": [0xfd, 0xf0, 0x01],
-  "f64x2.mul": [0xfd, 0xf2, 0x01],
-};
-
-/** Unsigned LEB128 (also right for the small non-negative i32.const immediates used here). */
-function leb(n: number): number[] {
-  const out = [n & 0x7f];
-  for (n >>>= 7; n !== 0; n >>>= 7) {
-    out[out.length - 1] |= 0x80;
-    out.push(n & 0x7f);
-  }
-  return out;
-}
-
-/** The code-section entry of a function: its locals and assembled body. */
-function assemble(f: { params: string[]; i32: string[]; v128: string[]; body: string }): number[] {
-  const index = new Map([...f.params, ...f.i32, ...f.v128].map((name, i) => [name, i]));
-  const code = [2, ...leb(f.i32.length), 0x7f, ...leb(f.v128.length), 0x7b];
-  const tokens = f.body.replace(/;;.*$/gm, "").split(/\s+/).filter((t) => t !== "");
-  for (let i = 0; i < tokens.length; i++) {
-    const t = tokens[i], op = OPS[t];
-    if (op === undefined) throw new Error(`Cannot assemble the clip kernels: unknown token ${t}`);
-    code.push(...op);
-    if (t.startsWith("local.")) code.push(index.get(tokens[++i])!);
-    else if (t === "br" || t === "br_if" || t === "i32.const") {
-      const v = +tokens[++i]; // < 64: the signed LEB128 of i32.const is then the unsigned one
-      if (!(v >= 0 && v < 64)) throw new Error(`Cannot assemble the clip kernels: ${t} ${v}`);
-      code.push(...leb(v));
-    } else if (t.endsWith(".load") || t.endsWith(".store")) {
-      const m = /^offset=(\d+)$/.exec(tokens[i + 1] ?? "");
-      code.push(...leb(m ? (i++, +m[1]) : 0));
-    }
-  }
-  code.push(0x0b);
-  return [...leb(code.length), ...code];
-}
-
-function assembleKernels(): Uint8Array<ArrayBuffer> {
-  const I32 = 0x7f, section = (id: number, body: number[]) => [id, ...leb(body.length), ...body];
-  const name = (s: string) => [...leb(s.length), ...new TextEncoder().encode(s)];
-  const type = (params: number) => [0x60, params, ...new Array(params).fill(I32), 0];
-  return new Uint8Array([
-    ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00], // "\0asm", version 1
-    ...section(1, [3, ...[SQUARES, GRAM, DIRECT].flatMap((f) => type(f.params.length))]),
-    ...section(2, [1, ...name("e"), ...name("m"), 0x02, 0x00, 1]), // imported memory e.m
-    ...section(3, [3, 0, 1, 2]),
-    ...section(7, [3, ...["squares", "gram", "direct"].flatMap((f, i) => [...name(f), 0x00, i])]),
-    ...section(10, [3, ...assemble(SQUARES), ...assemble(GRAM), ...assemble(DIRECT)]),
-  ]);
-}

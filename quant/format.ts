@@ -79,6 +79,11 @@ export interface LayerPolicyEntry {
   r: number;
   /** Activation mode of W4A4 layers: `"int4"`, `"int4_unsigned"` or `"nvfp4"`. */
   actMode?: string;
+  /**
+   * Activation rounding convention of W4A4 layers: absent (ours) or `"nunchaku"` (layers imported
+   * from Nunchaku checkpoints; quant/packing.ts `quantizeAct`).
+   */
+  convention?: string;
 }
 
 /** The decoded metadata of a quantized file. */

@@ -29,21 +29,22 @@ import {
   actModeFor,
   type BaselineResult,
   buildW4A4,
+  type BuiltW4A4,
   f16Tensor,
   f32Tensor,
   floatOutput,
   gemmWeightValues,
+  LayerScorer,
   quantizeFloat,
   quantizeRowsInt8,
   quantizeW4A16,
   quantizeW8A8,
   rawTensor,
-  relativeError,
   simulateW4A4,
   type TensorEntry,
   type W4A4Layer,
 } from "./baselines.ts";
-import { DEFAULT_ALPHAS, searchSmoothing } from "./smooth.ts";
+import { searchSmoothing } from "./smooth.ts";
 import { dilationFactors } from "./dilate.ts";
 
 export type { TensorEntry };
@@ -61,6 +62,9 @@ export const METHODS: readonly Method[] = [
   "w8a8",
   "float",
 ];
+
+/** Rows of the calibration samples the smoothing search scores on by default (a strided subset). */
+export const SEARCH_ROWS = 128;
 
 /** A quantized layer: its tensors by suffix, and what it cost. */
 export interface QuantizedLinear {
@@ -109,8 +113,18 @@ export interface QuantizeLinearOptions {
   postGelu?: boolean;
   /** Matrix product for the large products (e.g. from `gpuMatMul`); default `cpuMatMul`. */
   matmul?: MatMul;
-  /** α grid of the smoothing search (default {0, 0.05, …, 1}). */
+  /** α grid searched in full; default: coarse-to-fine (quant/smooth.ts `searchSmoothing`). */
   alphas?: readonly number[];
+  /**
+   * A result for the same layer that this one must not be worse than (e.g. the same layer at a
+   * lower rank): when the new fit's output error is larger, `floor` is returned instead — so
+   * along {@linkcode quantizeLinearRanks} a larger rank never gives a larger layer error.
+   */
+  floor?: QuantizedLinear;
+  /** Calibration rows the smoothing search scores candidates on (default {@linkcode SEARCH_ROWS}). */
+  searchRows?: number;
+  /** NVFP4 residual scale search (default true; quant/clip.ts `scaleSearch`). */
+  scaleSearch?: boolean;
   /** lowRankQuantize rounds per search candidate (default 0). */
   searchRounds?: number;
   /** lowRankQuantize rounds of the final fit (default 3). */
@@ -252,45 +266,112 @@ export async function quantizeLinear(
   }
 
   const actMode = actModeFor(format, postGelu);
-  let lambda: Float32Array | null = null, alpha: number | undefined, beta: number | undefined;
   const r = method === "svdquant" || method === "dilate" ? opts.r : 0;
+  const scorer = new LayerScorer(x, s, yRef, matmul);
+  // The smoothing search scores its candidates on a strided subset of the rows (the final fit
+  // and the reported error use them all).
+  const rows = Math.min(s, opts.searchRows ?? SEARCH_ROWS);
+  let searchScorer = scorer;
+  if (rows < s) {
+    const xs = new Float32Array(rows * k), ys = new Float32Array(rows * n);
+    for (let i = 0; i < rows; i++) {
+      const src = Math.floor(i * s / rows);
+      xs.set(x.subarray(src * k, src * k + k), i * k);
+      ys.set(yRef.subarray(src * n, src * n + n), i * n);
+    }
+    searchScorer = new LayerScorer(xs, rows, ys, matmul);
+  }
+  const scaleSearch = opts.scaleSearch ?? true;
+  let best: BuiltW4A4;
+  let alpha: number | undefined, beta: number | undefined;
   if (method === "svdquant" || method === "smooth") {
     const found = await searchSmoothing(w, n, k, stats, {
       r,
       format,
-      alphas: opts.alphas ?? DEFAULT_ALPHAS,
+      alphas: opts.alphas,
       rounds: opts.searchRounds ?? 0,
       postGelu,
+      actMode,
+      bias,
+      scorer: searchScorer,
       matmul,
       name,
     });
-    ({ lambda, alpha, beta } = found);
-  } else if (method === "dilate") {
-    lambda = dilationFactors(w, n, k);
+    ({ alpha, beta } = found);
+    const candidate = found.layer &&
+      { ...found.layer, error: rows < s ? await scorer.error(found.layer) : found.layer.error };
+    const final = await buildW4A4(w, n, k, {
+      lambda: found.lambda,
+      r,
+      format,
+      actMode,
+      rounds: opts.rounds ?? 3,
+      bias,
+      x,
+      s,
+      scoreOn: scorer,
+      scaleSearch,
+      svd: found.layer?.basis ? { start: found.layer.basis, iters: 1 } : {},
+      matmul,
+      name,
+    });
+    // Keep the best layer tried: the refined fit, or the search's candidate if it scored lower.
+    best = candidate && !(final.error <= candidate.error) ? candidate : final;
+  } else {
+    best = await buildW4A4(w, n, k, {
+      lambda: method === "dilate" ? dilationFactors(w, n, k) : null,
+      r,
+      format,
+      actMode,
+      rounds: opts.rounds ?? 3,
+      rtn: method === "rtn",
+      bias,
+      x,
+      s,
+      scoreOn: scorer,
+      scaleSearch: method === "rtn" ? false : scaleSearch,
+      matmul,
+      name,
+    });
   }
-  const layer = await buildW4A4(w, n, k, {
-    lambda,
-    r,
-    format,
-    actMode,
-    rounds: opts.rounds ?? 3,
-    rtn: method === "rtn",
-    bias,
-    x,
-    s,
-    matmul,
-    name,
-  });
-  const y = await simulateW4A4(layer, x, s, matmul);
-  return finish({
+  const q = finish({
     ...base,
     format,
-    r: layer.r,
+    r: best.r,
     actMode,
-    tensors: w4a4Tensors(layer),
-    relError: relativeError(y, yRef),
+    tensors: w4a4Tensors(best),
+    relError: best.error,
     ...(alpha !== undefined ? { alpha, beta } : {}),
   });
+  const floor = opts.floor;
+  return floor && floor.relError < q.relError ? floor : q;
+}
+
+/**
+ * {@linkcode quantizeLinear} at each rank of `ranks` (ascending), each fit floored by the
+ * previous result: entry i is the best over everything tried at ranks ≤ ranks[i], so the layer
+ * error never grows with the rank (an entry may store a smaller rank than asked for).
+ */
+export async function quantizeLinearRanks(
+  name: string,
+  w: Float32Array,
+  bias: Float32Array | null,
+  n: number,
+  k: number,
+  ranks: readonly number[],
+  opts: Omit<QuantizeLinearOptions, "r" | "floor">,
+): Promise<QuantizedLinear[]> {
+  const sorted = [...ranks].sort((a, b) => a - b);
+  if (sorted.join() !== ranks.join()) {
+    throw new RangeError(
+      `Cannot quantize ${name} at ranks [${ranks}]: list them in ascending order`,
+    );
+  }
+  const out: QuantizedLinear[] = [];
+  for (const r of ranks) {
+    out.push(await quantizeLinear(name, w, bias, n, k, { ...opts, r, floor: out.at(-1) }));
+  }
+  return out;
 }
 
 function tensorOf(q: QuantizedLinear, suffix: string): TensorEntry {

@@ -23,6 +23,8 @@ export interface LowRankResult {
   error: number;
   /** The error of every candidate in order: the initial split, then one per refinement round. */
   history: number[];
+  /** Right basis of the last SVD computed (`[l, K]`), to warm-start a nearby search. */
+  basis?: Float32Array;
 }
 
 /** Options of {@link lowRankQuantize}. */
@@ -39,8 +41,20 @@ export interface LowRankOptions {
   m?: number;
   /** Product used for every N×K-sized product (SVD sketches, L1·L2, X·Dᵀ). Default CPU. */
   matmul?: MatMul;
-  /** Options passed on to {@link topRSvd}. */
-  svd?: { iters?: number; oversample?: number; seed?: number };
+  /**
+   * Options passed on to {@link topRSvd} for the first SVD (`start` warm-starts it); the
+   * refinement rounds warm-start from the previous round's basis with one power iteration.
+   */
+  svd?: { iters?: number; oversample?: number; seed?: number; start?: Float32Array };
+  /**
+   * Scores a candidate instead of the weight-output error (e.g. the simulated layer output
+   * error with quantized activations, quant/baselines.ts); lower is better.
+   */
+  score?: (lowRank: LowRank, residual: PackedWeight) => Promise<number> | number;
+  /** NVFP4: search the residual's scales (quantizeWeightClipped `scaleSearch`). */
+  scaleSearch?: boolean;
+  /** Clip ratios (quantizeWeightClipped `ratios`). */
+  clipRatios?: readonly number[];
   /** Tensor name for error messages. */
   name?: string;
 }
@@ -92,10 +106,12 @@ export async function lowRankQuantize(
     );
   }
   const mm = opts.matmul ?? cpuMatMul;
-  const clip = { x, m, name };
+  const clip = { x, m, name, scaleSearch: opts.scaleSearch, ratios: opts.clipRatios };
 
   // Score of a candidate from D = Ŵ − L − deq(residual).
-  const reference = x === undefined
+  const reference = opts.score
+    ? 0
+    : x === undefined
     ? frobeniusNorm(wHat)
     : frobeniusNorm(await mm(x, wHat, m!, k, n, true));
   const score = async (diff: Float32Array) => {
@@ -107,34 +123,48 @@ export async function lowRankQuantize(
 
   if (r === 0) {
     const residual = quantizeWeightClipped(wHat, n, k, format, clip);
-    const dq = dequantizeWeight(residual);
-    for (let i = 0; i < dq.length; i++) dq[i] = wHat[i] - dq[i];
-    const error = await score(dq);
-    return {
-      lowRank: { r: 0, up: new Float32Array(0), down: new Float32Array(0) },
-      residual,
-      error,
-      history: [error],
-    };
+    const lowRank = { r: 0, up: new Float32Array(0), down: new Float32Array(0) };
+    let error: number;
+    if (opts.score) error = await opts.score(lowRank, residual);
+    else {
+      const dq = dequantizeWeight(residual);
+      for (let i = 0; i < dq.length; i++) dq[i] = wHat[i] - dq[i];
+      error = await score(dq);
+    }
+    return { lowRank, residual, error, history: [error] };
   }
 
   let best: LowRankResult | null = null;
   const history: number[] = [];
-  let target = wHat;
+  let target = wHat, start = opts.svd?.start;
   for (let round = 0; round <= rounds; round++) {
-    const lowRank = await topRSvd(target, n, k, r, { ...opts.svd, matmul: mm });
+    const svd = round === 0 ? { ...opts.svd } : { ...opts.svd, start, iters: 1 };
+    const lowRank = await topRSvd(target, n, k, r, { ...svd, matmul: mm });
+    start = lowRank.basis;
     const res = await mm(lowRank.up, lowRank.down, n, r, k, false); // L, then Ŵ − L in place
     for (let i = 0; i < res.length; i++) res[i] = wHat[i] - res[i];
     const residual = quantizeWeightClipped(res, n, k, format, clip);
-    const dq = dequantizeWeight(residual);
-    if (round < rounds) {
-      if (target === wHat) target = new Float32Array(n * k);
-      for (let i = 0; i < dq.length; i++) target[i] = wHat[i] - dq[i];
+    let error: number;
+    if (opts.score) {
+      if (round < rounds) {
+        const dq = dequantizeWeight(residual);
+        if (target === wHat) target = new Float32Array(n * k);
+        for (let i = 0; i < dq.length; i++) target[i] = wHat[i] - dq[i];
+      }
+      error = await opts.score(lowRank, residual);
+    } else {
+      const dq = dequantizeWeight(residual);
+      if (round < rounds) {
+        if (target === wHat) target = new Float32Array(n * k);
+        for (let i = 0; i < dq.length; i++) target[i] = wHat[i] - dq[i];
+      }
+      for (let i = 0; i < dq.length; i++) dq[i] = res[i] - dq[i];
+      error = await score(dq);
     }
-    for (let i = 0; i < dq.length; i++) dq[i] = res[i] - dq[i];
-    const error = await score(dq);
     history.push(error);
-    if (best === null || error < best.error) best = { lowRank, residual, error, history };
+    if (best === null || error < best.error) {
+      best = { lowRank, residual, error, history, basis: start };
+    }
   }
   return best!;
 }

@@ -121,9 +121,11 @@ Deno.test("lowRankQuantize sends the large products through the injected MatMul"
     x,
     m,
     svd: { iters },
+    matmul: (a, b, mm, kk, nn, tb) => matmul(a, b, mm, kk, nn, tb),
   });
-  // X·Ŵᵀ once; per candidate: the SVD's 2q+2 products, L1·L2 and X·Dᵀ.
-  assert.equal(calls, 1 + (rounds + 1) * (2 * iters + 2 + 2));
+  // X·Ŵᵀ once; per candidate: the SVD's 2q+2 products (q = 1 for the warm-started refinement
+  // rounds), L1·L2 and X·Dᵀ.
+  assert.equal(calls, 1 + (2 * iters + 2 + 2) + rounds * (2 * 1 + 2 + 2));
   assert.deepEqual(viaSeam, plain);
 });
 

@@ -6,13 +6,23 @@
  *
  * @module
  */
+import { inferDitConfig, isPublicDit } from "../runtime/dit_public.ts";
 import { FormatError } from "../runtime/errors.ts";
 import { assertFinite } from "../runtime/model_check.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import type { CalibStats, LayerStats } from "./calib.ts";
 import { writeQuantFile } from "./format.ts";
 import type { LayerPolicyEntry, QuantConfig, QuantTensor } from "./format.ts";
-import { type Method, type QuantizedLinear, quantizeLinear } from "./layer.ts";
+import { type Method, type QuantizedLinear, quantizeLinear, quantizeLinearRanks } from "./layer.ts";
+import {
+  type Budget,
+  BUDGET_FORMATS,
+  BUDGET_RANKS,
+  type BudgetChoice,
+  type BudgetLayer,
+  type BudgetPlan,
+  planBudget,
+} from "./budget.ts";
 import type { MatMul } from "./linalg.ts";
 import { groupSize, type WeightFormat } from "./packing.ts";
 import { DEFAULT_DIT_POLICY, type LayerPolicyRule, policyFor } from "./policy.ts";
@@ -27,6 +37,14 @@ export interface QuantizeModelOptions {
   method?: ModelMethod;
   /** 4-bit residual format (default "int4"). */
   format?: WeightFormat;
+  /**
+   * 4-bit format of the post-GELU W4A4 layers (`mlp.fc2`) when `format` is nvfp4 and their rule
+   * names none. Default "int4": its unsigned shifted activation mode beats NVFP4's signed codes
+   * there (bundled model, rank 16: layer error 0.048–0.092 vs 0.062–0.101, every block), and
+   * costs fewer bytes than giving NVFP4 more rank (r=32: 0.053 at 1.3× the bytes). The runtime
+   * runs any per-layer format; the file's policy records it.
+   */
+  geluFormat?: WeightFormat;
   /** Low-rank rank R (default 32). */
   rank?: number;
   /** Calibration statistics; layers without statistics use synthetic ones. */
@@ -41,6 +59,17 @@ export interface QuantizeModelOptions {
   matmul?: MatMul;
   /** Called once per tensor written. */
   onLayer?: (report: LayerReport, index: number, total: number) => void;
+  /**
+   * Byte budget of the W4A4 layers (all their tensors): each such layer is first measured in
+   * every 4-bit format at every rank of quant/budget.ts `BUDGET_RANKS`, then quantized with the
+   * format and rank of {@linkcode planBudget}'s assignment (recorded per layer in the policy).
+   * The policy's `format`/`rank` of a rule and `rank`/`format` here are then ignored for them.
+   */
+  budget?: Budget;
+  /** Called after each W4A4 layer's budget measurement (`budget` only). */
+  onMeasure?: (layer: BudgetLayer, index: number, total: number) => void;
+  /** Called once with the budget's assignment (`budget` only). */
+  onPlan?: (plan: BudgetPlan, layers: BudgetLayer[]) => void;
   /**
    * A sparse-attention plan to store with the weights (quant/paro_store.ts `paroTensors`): its
    * metadata goes under the `paro` key, its tensors after the model's.
@@ -108,6 +137,8 @@ export async function quantizeCheckpoint(
       } catch {
         throw new FormatError(input, "metadata model_config is not JSON");
       }
+    } else if (isPublicDit(reader.tensors)) {
+      modelConfig = inferDitConfig(input, reader.tensors); // a converted public DiT checkpoint
     }
     const names = [...reader.tensors.keys()];
     const reports: LayerReport[] = [];
@@ -128,6 +159,56 @@ export async function quantizeCheckpoint(
       return d === "F32" ? 4 : d === "F64" ? 8 : 2;
     };
 
+    const w4a4Methods: Method[] = ["svdquant", "dilate", "smooth", "rtn"];
+    // Budget: measure every W4A4 layer in each format and rank, then plan.
+    const planned = new Map<string, BudgetChoice>();
+    if (opts.budget !== undefined) {
+      const todo = names.filter((name) =>
+        isLinear(name) && w4a4Methods.includes(policyFor(name.slice(0, -7), rules).method)
+      );
+      const layers: BudgetLayer[] = [];
+      for (const name of todo) {
+        const base = name.slice(0, -7), rule = policyFor(base, rules);
+        const [n, k] = reader.tensors.get(name)!.shape;
+        const w = await reader.readFloat32(name);
+        const biasName = base + ".bias";
+        const bias = reader.tensors.has(biasName) ? await reader.readFloat32(biasName) : null;
+        const choices: BudgetChoice[] = [];
+        for (const f of BUDGET_FORMATS) {
+          if (k % groupSize(f) !== 0) continue;
+          const ranks = rule.method === "svdquant" || rule.method === "dilate"
+            ? BUDGET_RANKS.filter((r) => r <= Math.min(n, k))
+            : [0];
+          const qs = await quantizeLinearRanks(base, w, bias, n, k, ranks, {
+            method: rule.method,
+            format: f,
+            stats: statsFor(opts.calib, base, k),
+            postGelu: rule.postGelu,
+            matmul: opts.matmul,
+            alphas: opts.alphas,
+            rounds: opts.rounds,
+          });
+          qs.forEach((q, i) =>
+            choices.push({ format: f, r: ranks[i], bytes: q.bytesAfter, error: q.relError })
+          );
+        }
+        const layer = { name: base, choices };
+        layers.push(layer);
+        opts.onMeasure?.(layer, layers.length - 1, todo.length);
+      }
+      const weights = todo.reduce((a, name) => {
+        const [n, k] = reader.tensors.get(name)!.shape;
+        return a + n * k;
+      }, 0);
+      const budget = opts.budget;
+      const plan = planBudget(
+        layers,
+        "bytes" in budget ? budget.bytes : Math.floor(budget.bits * weights / 8),
+      );
+      opts.onPlan?.(plan, layers);
+      layers.forEach((l, i) => planned.set(l.name, l.choices[plan.pick[i]]));
+    }
+
     const tensors = async function* (): AsyncGenerator<QuantTensor> {
       for (let i = 0; i < names.length; i++) {
         const name = names[i];
@@ -142,26 +223,42 @@ export async function quantizeCheckpoint(
           const biasName = base + ".bias";
           const bias = reader.tensors.has(biasName) ? await readFinite(reader, biasName) : null;
           const layerMethod = rule.method;
-          const w4a4 = ["svdquant", "dilate", "smooth", "rtn"].includes(layerMethod);
-          if (w4a4 && k % groupSize(format) !== 0) {
+          const w4a4 = w4a4Methods.includes(layerMethod);
+          const plan = planned.get(base);
+          const layerFormat = plan?.format ?? rule.format ??
+            (rule.postGelu ? opts.geluFormat ?? (format === "nvfp4" ? "int4" : format) : format);
+          if (w4a4 && k % groupSize(layerFormat) !== 0) {
             throw new FormatError(
               input,
-              `in-features K=${k} is not a multiple of the ${format} group size ` +
-                `${groupSize(format)}; keep this layer 16-bit with a policy rule`,
+              `in-features K=${k} is not a multiple of the ${layerFormat} group size ` +
+                `${groupSize(layerFormat)}; keep this layer 16-bit with a policy rule`,
               name,
             );
           }
-          const q: QuantizedLinear = await quantizeLinear(base, w, bias, n, k, {
+          const layerOpts = {
             method: layerMethod,
-            format,
-            r: rank,
+            format: layerFormat,
             stats: statsFor(opts.calib, base, k),
             postGelu: rule.postGelu,
             matmul: opts.matmul,
             alphas: opts.alphas,
             rounds: opts.rounds,
             sourceBytes: sourceBytes(name),
-          });
+          };
+          // A planned choice is reproduced exactly: the same ladder of ranks up to it.
+          const q: QuantizedLinear = plan
+            ? (await quantizeLinearRanks(
+              base,
+              w,
+              bias,
+              n,
+              k,
+              layerMethod === "svdquant" || layerMethod === "dilate"
+                ? BUDGET_RANKS.filter((r) => r <= plan.r)
+                : [0],
+              layerOpts,
+            )).at(-1)!
+            : await quantizeLinear(base, w, bias, n, k, { ...layerOpts, r: rule.rank ?? rank });
           policy[base] = { method: q.method, format: q.format, r: q.r, actMode: q.actMode };
           for (const [suffix, t] of q.tensors) {
             checkOutput(input, `${base}.${suffix}`, t.dtype, t.data);
@@ -239,12 +336,14 @@ async function copyTensor(reader: SafetensorsReader, name: string): Promise<Quan
 }
 
 /**
- * Refuses an input that cannot give a loadable file, before any work: a file that is already
+ * {@linkcode quantizeCheckpoint}'s first step, callable on its own (the CLI runs it before a
+ * sparse-attention calibration): refuses an input that cannot give a loadable file, before any
+ * work: a file that is already
  * quantized, one whose checksum (when it has one) does not match, one whose `model_config`
  * contradicts itself or its tensors (runtime/model_check.ts), and an output path that is the
  * input itself.
  */
-async function checkInput(input: string, output: string): Promise<void> {
+export async function checkInput(input: string, output: string): Promise<void> {
   const real = (p: string) => Deno.realPath(p).catch(() => null);
   const [a, b] = await Promise.all([real(input), real(output)]);
   if (a !== null && a === b) {

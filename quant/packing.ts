@@ -22,6 +22,11 @@ export const E2M1_MAX = 6;
 export type WeightFormat = "int4" | "nvfp4";
 /** Activation quantization modes of `quantize_act_lowrank`. */
 export type ActMode = "int4" | "int4_unsigned" | "nvfp4";
+/**
+ * Rounding convention of the activation quantizer: `"w4"` (ours, the default) or `"nunchaku"`
+ * (what Nunchaku's kernels do, for imported checkpoints): see {@linkcode quantizeAct}.
+ */
+export type ActConvention = "w4" | "nunchaku";
 
 /** E2M1 value of each 4-bit code (bit 3 sign, bits 2..1 exponent, bit 0 mantissa). */
 export const E2M1_VALUES: readonly number[] = [
@@ -105,6 +110,20 @@ const ROUND_MAGIC = 6755399441055744;
 export function roundHalfEven(x: number): number {
   const r = Math.round(x); // ties go up (toward +∞)
   return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** f32 reciprocals Nunchaku's activation quantizer multiplies by. */
+const INV6 = Math.fround(1 / 6), INV7 = Math.fround(1 / 7), INV15 = Math.fround(1 / 15);
+
+const BF16_F32 = new Float32Array(1);
+const BF16_U32 = new Uint32Array(BF16_F32.buffer);
+
+/** Round to the nearest bf16 value (via f32; ties to even), as a number. Finite inputs only. */
+export function roundBf16(x: number): number {
+  BF16_F32[0] = x;
+  const b = BF16_U32[0];
+  BF16_U32[0] = ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) << 16;
+  return BF16_F32[0];
 }
 
 /** Round to the nearest f16 value (ties to even; overflow gives ±Infinity), as a number. */
@@ -504,6 +523,26 @@ function quantizeGroupNvfp4(
   rs: number,
 ): number {
   const code = encodeE4M3(clipped / 6 / tensorScale);
+  return quantizeGroupNvfp4Code(values, offset, g, code, tensorScale, codes, at, res, ro, rs);
+}
+
+/**
+ * Quantize ONE NVFP4 group with a given E4M3 scale `code` (0..126) instead of the one its amax
+ * rounds to, for scale searches; otherwise as {@linkcode quantizeGroupInto} (returns `code`).
+ * Hot-loop primitive: no validation.
+ */
+export function quantizeGroupNvfp4Code(
+  values: Float32Array,
+  offset: number,
+  g: number,
+  code: number,
+  tensorScale: number,
+  codes: Int8Array | Uint8Array,
+  at: number,
+  res?: Float64Array,
+  ro = 0,
+  rs = 1,
+): number {
   const S = Math.fround(E4M3_TABLE[code] * tensorScale);
   if (S === 0) {
     zeroGroup(values, offset, g, codes, at, res, ro, rs);
@@ -617,6 +656,13 @@ export function weightScaleWords(p: PackedWeight): Uint32Array {
  * with all codes 0 where `s` is 0. `smooth` omitted means all ones. Non-finite inputs (or an
  * `x / smooth` that overflows f32) throw a `RangeError` naming the first bad index.
  *
+ * Convention `"nunchaku"` (imported Nunchaku checkpoints) follows its kernels instead: `xs =
+ * bf16(x / smooth)` (int4_unsigned: `bf16(bf16(x + shift) / smooth)`, the shift BEFORE the
+ * smoothing); `s = f32(amax · f32(1/7))` (`1/15` unsigned; nvfp4 `min(f32(amax · f32(1/6)),
+ * 448)`); codes from `f32(xs · f32(1/s))` (int4 round half to even and clamp, nvfp4 E2M1 round to
+ * nearest even); the stored scale is `bf16(s)` (nvfp4 `e4m3(s)`): codes from the unrounded scale,
+ * dequantized with the rounded one.
+ *
  * @example
  * ```ts
  * import { dequantizeAct, quantizeAct } from "./packing.ts";
@@ -631,6 +677,7 @@ export function quantizeAct(
   k: number,
   mode: ActMode,
   smooth?: Float32Array,
+  convention: ActConvention = "w4",
 ): QuantAct {
   if (mode !== "int4" && mode !== "int4_unsigned" && mode !== "nvfp4") {
     throw new TypeError(
@@ -655,7 +702,13 @@ export function quantizeAct(
     }
   }
   checkFinite("quantize activation", x, k, "activations");
+  if (convention !== "w4" && convention !== "nunchaku") {
+    throw new TypeError(
+      `Cannot quantize activation: unknown convention "${convention}", use "w4" or "nunchaku"`,
+    );
+  }
   const unsigned = mode === "int4_unsigned", nvfp4 = mode === "nvfp4";
+  const nunchaku = convention === "nunchaku";
   const qmin = unsigned ? 0 : -8, qmax = unsigned ? 15 : 7;
   const qact = new Uint32Array((m * k) >> 3);
   const ascales = new Float32Array(m * groups);
@@ -664,8 +717,14 @@ export function quantizeAct(
     const base = gi * G, col0 = (gi % groups) * G;
     let amax = 0;
     for (let t = 0; t < G; t++) {
-      let v = smooth ? Math.fround(x[base + t] / smooth[col0 + t]) : x[base + t];
-      if (unsigned) v = Math.fround(v + GELU_SHIFT);
+      let v: number;
+      if (nunchaku) {
+        v = unsigned ? roundBf16(x[base + t] + GELU_SHIFT) : x[base + t];
+        v = roundBf16(smooth ? Math.fround(v / smooth[col0 + t]) : v);
+      } else {
+        v = smooth ? Math.fround(x[base + t] / smooth[col0 + t]) : x[base + t];
+        if (unsigned) v = Math.fround(v + GELU_SHIFT);
+      }
       if (!Number.isFinite(v)) {
         throw new RangeError(
           `Cannot quantize activation: element ${base + t} (row ${Math.floor(gi / groups)}, ` +
@@ -676,15 +735,23 @@ export function quantizeAct(
       xs[t] = v;
       amax = Math.max(amax, unsigned ? v : Math.abs(v));
     }
-    const s = nvfp4
-      ? E4M3_TABLE[encodeE4M3(Math.fround(amax / 6))]
-      : Math.fround(amax / (unsigned ? 15 : 7));
-    ascales[gi] = s;
+    let s: number, inv = 0;
+    if (nunchaku) {
+      s = Math.fround(amax * (nvfp4 ? INV6 : unsigned ? INV15 : INV7));
+      if (nvfp4) s = Math.min(s, E4M3_MAX);
+      inv = Math.fround(1 / s);
+      ascales[gi] = nvfp4 ? E4M3_TABLE[encodeE4M3(s)] : roundBf16(s);
+    } else {
+      s = nvfp4
+        ? E4M3_TABLE[encodeE4M3(Math.fround(amax / 6))]
+        : Math.fround(amax / (unsigned ? 15 : 7));
+      ascales[gi] = s;
+    }
     if (s === 0) continue;
     for (let t = 0; t < G; t += 8) {
       let word = 0;
       for (let j = 0; j < 8; j++) {
-        const r = Math.fround(xs[t + j] / s);
+        const r = nunchaku ? Math.fround(xs[t + j] * inv) : Math.fround(xs[t + j] / s);
         const c = nvfp4 ? e2m1Code(r) : Math.min(qmax, Math.max(qmin, roundHalfEven(r)));
         word |= (c & 15) << (j << 2);
       }

@@ -10,7 +10,8 @@
  * `blocks.attn.qkv`; `*` alone matches every name.
  *
  * A policy file is JSON: an array of rules, or `{ "rules": [...] }`, each
- * `{ "pattern": string, "method": Method, "postGelu"?: boolean }`. A CLI applies a user policy
+ * `{ "pattern": string, "method": Method, "postGelu"?: boolean, "format"?: "int4" | "nvfp4",
+ * "rank"?: number }` (format and rank override the run's for the layers the rule matches). A CLI applies a user policy
  * in front of {@linkcode DEFAULT_DIT_POLICY} (`[...user, ...DEFAULT_DIT_POLICY]`) so it only needs
  * the rules it changes.
  *
@@ -18,6 +19,7 @@
  */
 import { FormatError } from "../runtime/errors.ts";
 import { type Method, METHODS } from "./layer.ts";
+import type { WeightFormat } from "./packing.ts";
 
 /** One rule of a layer policy. */
 export interface LayerPolicyRule {
@@ -27,6 +29,10 @@ export interface LayerPolicyRule {
   method: Method;
   /** The layer's input follows a GELU (unsigned shifted INT4 activations). */
   postGelu?: boolean;
+  /** 4-bit format for this layer (default: the run's format). */
+  format?: WeightFormat;
+  /** Low-rank rank for this layer (default: the run's rank). */
+  rank?: number;
 }
 
 /**
@@ -121,8 +127,8 @@ export function parsePolicy(json: string, file: string): LayerPolicyRule[] {
     }
     const r = raw as Record<string, unknown>;
     for (const key of Object.keys(r)) {
-      if (key !== "pattern" && key !== "method" && key !== "postGelu") {
-        throw bad(`unknown key "${key}", expected pattern, method, postGelu`);
+      if (!["pattern", "method", "postGelu", "format", "rank"].includes(key)) {
+        throw bad(`unknown key "${key}", expected pattern, method, postGelu, format, rank`);
       }
     }
     if (typeof r.pattern !== "string") throw bad("pattern must be a string");
@@ -136,8 +142,19 @@ export function parsePolicy(json: string, file: string): LayerPolicyRule[] {
     if (r.postGelu !== undefined && typeof r.postGelu !== "boolean") {
       throw bad("postGelu must be true or false");
     }
+    if (r.format !== undefined && r.format !== "int4" && r.format !== "nvfp4") {
+      throw bad(`format ${JSON.stringify(r.format)} is unknown, expected int4 or nvfp4`);
+    }
+    if (
+      r.rank !== undefined &&
+      !(typeof r.rank === "number" && Number.isInteger(r.rank) && r.rank >= 0 && r.rank <= 256)
+    ) {
+      throw bad(`rank ${JSON.stringify(r.rank)} must be an integer in 0..256`);
+    }
     const rule: LayerPolicyRule = { pattern: r.pattern, method: r.method as Method };
     if (r.postGelu !== undefined) rule.postGelu = r.postGelu as boolean;
+    if (r.format !== undefined) rule.format = r.format as WeightFormat;
+    if (r.rank !== undefined) rule.rank = r.rank as number;
     return rule;
   });
 }

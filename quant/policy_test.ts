@@ -66,6 +66,10 @@ Deno.test("parsePolicy accepts an array or {rules}", () => {
     { pattern: "*", method: "w8a8" },
   ]);
   assert.deepEqual(parsePolicy("[]", "p.json"), []);
+  assert.deepEqual(
+    parsePolicy('[{"pattern": "*.fc2", "method": "svdquant", "format": "int4", "rank": 32}]', "p"),
+    [{ pattern: "*.fc2", method: "svdquant", format: "int4", rank: 32 }],
+  );
 });
 
 Deno.test("parsePolicy: FormatError naming the file and the rule index", () => {
@@ -80,9 +84,11 @@ Deno.test("parsePolicy: FormatError naming the file and the rule index", () => {
     ['[{"pattern": "a", "method": "int3"}]', /rule 0: method "int3" is unknown/],
     ['[{"pattern": "a", "method": "rtn", "postGelu": "yes"}]', /rule 0: postGelu must be/],
     [
-      '[{"pattern": "a", "method": "rtn"}, {"pattern": "b", "method": "rtn", "rank": 4}]',
-      /rule 1: unknown key "rank"/,
+      '[{"pattern": "a", "method": "rtn"}, {"pattern": "b", "method": "rtn", "bits": 4}]',
+      /rule 1: unknown key "bits"/,
     ],
+    ['[{"pattern": "a", "method": "rtn", "format": "fp8"}]', /rule 0: format "fp8" is unknown/],
+    ['[{"pattern": "a", "method": "rtn", "rank": 4.5}]', /rule 0: rank 4.5 must be an integer/],
   ];
   for (const [text, re] of cases) {
     assert.throws(() => parsePolicy(text, "my_policy.json"), (e: Error) => {

@@ -16,6 +16,11 @@ export interface LowRank {
   up: Float32Array;
   /** L2 = Vᵀ, row-major `[R, K]`. */
   down: Float32Array;
+  /**
+   * The sketch's right singular vectors, row-major `[l, K]` (l = min(R + p, N, K)), for
+   * {@link TopRSvdOptions.start} of a later call (absent for R = 0).
+   */
+  basis?: Float32Array;
 }
 
 /** Options of {@link topRSvd}. */
@@ -28,6 +33,12 @@ export interface TopRSvdOptions {
   seed?: number;
   /** Product with W (default {@link cpuMatMul}); inject a GPU GEMM here. */
   matmul?: MatMul;
+  /**
+   * Warm start: `[l, K]` rows spanning a guess of W's dominant row space (l = min(R + p, N, K)),
+   * e.g. the `basis` of a previous call on a nearby matrix; replaces the Gaussian sketch, so
+   * fewer power iterations reach the same accuracy.
+   */
+  start?: Float32Array;
 }
 
 /** Off-diagonal tolerance of the Jacobi sweeps, relative to the column norms. */
@@ -212,9 +223,15 @@ export async function topRSvd(
     }
     return c;
   };
-  const rng = gaussian(opts.seed ?? 0x5eed);
-  const omegaT = new Float32Array(l * k);
-  for (let i = 0; i < omegaT.length; i++) omegaT[i] = rng();
+  let omegaT: Float32Array;
+  if (opts.start) {
+    checkShape(op, "start", opts.start, l, k);
+    omegaT = opts.start;
+  } else {
+    const rng = gaussian(opts.seed ?? 0x5eed);
+    omegaT = new Float32Array(l * k);
+    for (let i = 0; i < omegaT.length; i++) omegaT[i] = rng();
+  }
 
   // Range basis Q [N, l] of W·Ω, refined by q rounds of Q ← orth(W·orth(Wᵀ·Q)).
   let q = qrThin(await product(w, omegaT, n, k, l, true), n, l).q;
@@ -234,7 +251,7 @@ export async function topRSvd(
       up[i * r + j] = acc * small.s[j];
     }
   }
-  return { r, up, down: small.vt.slice(0, r * k) };
+  return { r, up, down: small.vt.slice(0, r * k), basis: small.vt };
 }
 
 function toF32(a: Float64Array): Float32Array {

@@ -32,6 +32,12 @@ export interface AutoencoderOptions {
   preset?: AePresetName;
   /** Which halves to load: default both that the file has. */
   parts?: AePart[];
+  /**
+   * Weight storage of the 3×3 convolutions: "act" (default: the activation dtype) or "int8"
+   * (per-output-channel symmetric INT8, dequantized in the conv kernel; about half the bytes of
+   * f16). Quality on the fixture: see README.
+   */
+  weights?: "act" | "int8";
 }
 
 /** Options of {@linkcode Autoencoder.decode}. */
@@ -114,7 +120,7 @@ export class Autoencoder {
           throw new TypeError(`Cannot load the ${p} of ${source}: the file has no ${p} tensors`);
         }
       }
-      const weights = await AeWeights.load(gpu, ckpt, parts, dtype);
+      const weights = await AeWeights.load(gpu, ckpt, parts, dtype, opts.weights ?? "act");
       return new Autoencoder(gpu, ckpt, weights, dtype, parts);
     } finally {
       ckpt.close();

@@ -188,13 +188,20 @@ class Builder {
       upsample: o.upsample,
       bias: true,
       residual: o.residual !== undefined,
+      weights: l.wq ? "int8" : "act",
       dtype: this.dtype,
     });
     this.ops.push(op);
     const y = await this.tensor(x.b, op.geometry.ho, op.geometry.wo, l.cout);
-    this.dispatches.push(
-      op.dispatch({ x: x.buf, w: l.w, bias: l.bias, residual: o.residual?.buf, y: y.buf }),
-    );
+    this.dispatches.push(op.dispatch({
+      x: x.buf,
+      w: l.w,
+      wq: l.wq,
+      wscale: l.wscale,
+      bias: l.bias,
+      residual: o.residual?.buf,
+      y: y.buf,
+    }));
     return y;
   }
 

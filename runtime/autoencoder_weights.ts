@@ -9,13 +9,17 @@
 import type { Gpu } from "./device.ts";
 import { FormatError } from "./errors.ts";
 import type { AeCheckpoint, AeConfig } from "./autoencoder_keys.ts";
-import { packConvWeight } from "../kernels/conv2d/conv2d.ts";
+import { packConvWeight, quantizeConvWeightInt8 } from "../kernels/conv2d/conv2d.ts";
 import { type ActDtype, toActArray } from "../kernels/_wgsl.ts";
 
 /** A convolution's weights on the GPU. */
 export interface ConvWeights {
-  /** ACT [Cout, KS, KS, Cin]. */
-  w: GPUBuffer;
+  /** ACT [Cout, KS, KS, Cin]; absent with INT8 weights. */
+  w?: GPUBuffer;
+  /** INT8 codes [Cout, KS, KS, Cin], four per u32 (INT8 weights). */
+  wq?: GPUBuffer;
+  /** f32 [Cout] per-output-channel scales (INT8 weights). */
+  wscale?: GPUBuffer;
   /** f32 [Cout]. */
   bias: GPUBuffer;
   cin: number;
@@ -88,20 +92,27 @@ export class AeWeights {
   readonly norms = new Map<string, NormWeights>();
   readonly #gpu: Gpu;
   readonly #dtype: ActDtype;
+  readonly #int8: boolean;
 
-  private constructor(gpu: Gpu, dtype: ActDtype) {
+  private constructor(gpu: Gpu, dtype: ActDtype, int8: boolean) {
     this.#gpu = gpu;
     this.#dtype = dtype;
+    this.#int8 = int8;
   }
 
-  /** Read and upload the layers of `parts` from `ckpt` (plus quant_conv / post_quant_conv). */
+  /**
+   * Read and upload the layers of `parts` from `ckpt` (plus quant_conv / post_quant_conv);
+   * `weights: "int8"` stores every 3×3 conv with per-output-channel INT8 codes (1×1 convs and the
+   * attention stay in the activation dtype).
+   */
   static async load(
     gpu: Gpu,
     ckpt: AeCheckpoint,
     parts: AePart[],
     dtype: ActDtype,
+    weights: "act" | "int8" = "act",
   ): Promise<AeWeights> {
-    const wts = new AeWeights(gpu, dtype);
+    const wts = new AeWeights(gpu, dtype, weights === "int8");
     try {
       for (const part of parts) {
         const { convs, norms, attns } = layerNames(ckpt.config, part);
@@ -135,7 +146,7 @@ export class AeWeights {
   /** Free every buffer. */
   destroy(): void {
     const bufs: GPUBuffer[] = [];
-    for (const c of this.convs.values()) bufs.push(c.w, c.bias);
+    for (const c of this.convs.values()) bufs.push(c.w!, c.wq!, c.wscale!, c.bias);
     for (const n of this.norms.values()) bufs.push(n.gamma, n.beta);
     this.#gpu.destroy(...bufs);
     this.convs.clear();
@@ -179,8 +190,20 @@ export class AeWeights {
     }
     const w = concat(ws), bias = concat(bs);
     const g = this.#gpu;
-    const wb = await g.upload(`buffer autoencoder ${name}.weight`, toActArray(w, this.#dtype));
     const bb = await g.upload(`buffer autoencoder ${name}.bias`, bias);
+    if (this.#int8 && ks === 3) {
+      const { codes, scales } = quantizeConvWeightInt8(w, cout);
+      this.convs.set(name, {
+        wq: await g.upload(`buffer autoencoder ${name}.weight int8`, codes),
+        wscale: await g.upload(`buffer autoencoder ${name}.weight scales`, scales),
+        bias: bb,
+        cin,
+        cout,
+        ks: 3,
+      });
+      return;
+    }
+    const wb = await g.upload(`buffer autoencoder ${name}.weight`, toActArray(w, this.#dtype));
     this.convs.set(name, { w: wb, bias: bb, cin, cout, ks: ks as 1 | 3 });
   }
 

@@ -11,7 +11,7 @@ import { GemmW4A4Lowrank } from "../kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank.
 import { QuantizeActLowrank } from "../kernels/quantize_act_lowrank/quantize_act_lowrank.ts";
 import { bufferSizes } from "../kernels/quantize_act_lowrank/quantize_act_lowrank.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
-import type { ActMode, WeightFormat } from "../quant/packing.ts";
+import type { ActConvention, ActMode, WeightFormat } from "../quant/packing.ts";
 import type { Dispatch, Gpu } from "./device.ts";
 
 /** A stored tensor: dtype name, logical shape and little-endian bytes. */
@@ -42,6 +42,11 @@ export interface W4A4LinearSpec {
   dtype: ActDtype;
   /** Apply GELU (tanh form) to the output. */
   gelu?: boolean;
+  /**
+   * Activation rounding convention (default `"w4"`); `"nunchaku"` for layers imported from
+   * Nunchaku checkpoints (their policy entry says so), see `quantizeAct` in quant/packing.ts.
+   */
+  convention?: ActConvention;
 }
 
 /**
@@ -89,9 +94,9 @@ export class W4A4Linear {
   }
 
   /**
-   * Upload `tensors` (by suffix: qweight, wscales, tensor_scale, smooth, lora_down, lora_up,
-   * bias) and build both kernels. Missing optional tensors mean λ = 1, no low-rank branch and
-   * zero bias.
+   * Upload `tensors` (by suffix: qweight, wscales, tensor_scale, channel_scale, smooth,
+   * lora_down, lora_up, bias) and build both kernels. Missing optional tensors mean λ = 1, no
+   * low-rank branch, zero bias and no per-channel scale.
    *
    * @example
    * ```ts ignore
@@ -133,6 +138,7 @@ export class W4A4Linear {
     const up = r > 0 ? need("lora_up", [n, r]) : undefined;
     const smooth = tensors.has("smooth") ? need("smooth", [k]) : undefined;
     const bias = tensors.has("bias") ? need("bias", [n]) : undefined;
+    const channelScale = tensors.has("channel_scale") ? need("channel_scale", [n]) : undefined;
     let tensorScale: number | undefined;
     if (spec.format === "nvfp4") {
       const ts = need("tensor_scale", [1]);
@@ -148,6 +154,7 @@ export class W4A4Linear {
       mode: spec.actMode,
       dtype: spec.dtype,
       smooth: Boolean(smooth),
+      convention: spec.convention,
     });
     const gemm = await GemmW4A4Lowrank.create(gpu, {
       m,
@@ -160,6 +167,7 @@ export class W4A4Linear {
       bias: Boolean(bias),
       gelu: spec.gelu ?? false,
       tensorScale,
+      channelScale: Boolean(channelScale),
     });
     const sizes = Object.fromEntries(bufferSizes(quant.shape).map(([b, bytes]) => [b, bytes]));
     const bufs: Record<string, GPUBuffer | undefined> = {
@@ -169,6 +177,7 @@ export class W4A4Linear {
       lora_down: await up_("lora_down", down),
       lora_up: await up_("lora_up", up),
       bias: await up_("bias", bias),
+      channel_scale: await up_("channel_scale", channelScale),
       qact: scratch ? undefined : await gpu.createBuffer(`buffer ${name}.qact`, sizes.qact),
       ascales: scratch
         ? undefined
@@ -222,13 +231,14 @@ export class W4A4Linear {
         lora_up: b.lora_up,
         bias: b.bias,
         y: io.y,
+        channel_scale: b.channel_scale,
       }),
     ];
   }
 
   /** Bytes of the layer's weights resident on the GPU. */
   get weightBytes(): number {
-    return ["qweight", "wscales", "smooth", "lora_down", "lora_up", "bias"]
+    return ["qweight", "wscales", "smooth", "lora_down", "lora_up", "bias", "channel_scale"]
       .reduce((s, key) => s + (this.#bufs[key]?.size ?? 0), 0);
   }
 

@@ -8,7 +8,7 @@
 import { GemmF16 } from "../kernels/gemm_f16/gemm_f16.ts";
 import { GemmW4A16 } from "../kernels/gemm_w4a16/gemm_w4a16.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
-import type { ActMode, WeightFormat } from "../quant/packing.ts";
+import type { ActConvention, ActMode, WeightFormat } from "../quant/packing.ts";
 import type { Dispatch, Gpu } from "./device.ts";
 import { type StoredTensor, W4A4Linear, type W4A4Scratch } from "./linear.ts";
 
@@ -36,12 +36,14 @@ export interface LinearSpec {
   gelu?: boolean;
   /** "float" | "w4a16" | a W4A4 method ("svdquant", "rtn", "smooth", "dilate"). */
   method: string;
-  /** W4A4 residual format. */
-  format?: WeightFormat;
+  /** W4A4 residual format; for W4A16 `"int4"` (default) or `"uint4"` (zero points, AWQ). */
+  format?: WeightFormat | "uint4";
   /** W4A4 activation mode. */
   actMode?: ActMode;
   /** Shared W4A4 activation scratch (layers that run one after another); default its own. */
   scratch?: W4A4Scratch;
+  /** W4A4 activation rounding convention (the policy entry's `convention`; default "w4"). */
+  convention?: ActConvention;
 }
 
 /**
@@ -84,8 +86,16 @@ export async function createLinear(
     };
   }
   if (spec.method === "w4a16") {
-    const qw = stored("qweight"), ws = stored("wscales");
+    const qw = stored("qweight"), ws = stored("wscales"), wz = stored("wzeros");
     if (!qw || !ws) throw new TypeError(`Cannot build ${name}: W4A16 needs qweight and wscales`);
+    // format "uint4" (AWQ layers imported from Nunchaku): unsigned codes with zero points
+    if ((spec.format === "uint4") !== Boolean(wz)) {
+      throw new TypeError(
+        `Cannot build ${name}: W4A16 format "${spec.format ?? "int4"}" ${
+          wz ? "does not take" : "needs"
+        } ${name}.wzeros (format "uint4" has zero points, "int4" has none)`,
+      );
+    }
     const op = await GemmW4A16.create(gpu, {
       m,
       k,
@@ -93,22 +103,24 @@ export async function createLinear(
       dtype,
       bias: Boolean(bias),
       gelu: spec.gelu,
+      zeroPoint: Boolean(wz),
     });
     const qb = await gpu.upload(`buffer ${name}.qweight`, qw.data);
     const sb = await gpu.upload(`buffer ${name}.wscales`, ws.data);
+    const zb = wz ? await gpu.upload(`buffer ${name}.wzeros`, wz.data) : undefined;
     const bb = bias ? await gpu.upload(`buffer ${name}.bias`, bias) : undefined;
     return {
       name,
       kind: "w4a16",
-      weightBytes: qb.size + sb.size + (bb?.size ?? 0),
-      dispatch: (x, y) => [op.dispatch({ x, qweight: qb, wscales: sb, bias: bb, y })],
+      weightBytes: qb.size + sb.size + (zb?.size ?? 0) + (bb?.size ?? 0),
+      dispatch: (x, y) => [op.dispatch({ x, qweight: qb, wscales: sb, bias: bb, y, wzeros: zb })],
       destroy: () => {
         op.destroy();
-        gpu.destroy(qb, sb, bb);
+        gpu.destroy(qb, sb, zb, bb);
       },
     };
   }
-  if (!spec.format || !spec.actMode) {
+  if (!spec.format || spec.format === "uint4" || !spec.actMode) {
     throw new TypeError(`Cannot build ${name}: a W4A4 layer needs its format and activation mode`);
   }
   const st = new Map<string, StoredTensor>();
@@ -124,6 +136,7 @@ export async function createLinear(
       actMode: spec.actMode,
       dtype,
       gelu: spec.gelu,
+      convention: spec.convention,
     },
     st,
     spec.scratch,

@@ -89,7 +89,9 @@ export class ModelFile implements ModelSource {
 
   static async #open(path: string): Promise<ModelFile> {
     const probe = await SafetensorsReader.open(path);
-    const isQuant = probe.metadata.format !== undefined;
+    // `format: "pt"` (and "np", "tf", "flax") is what Hugging Face's savers write: not ours.
+    const isQuant = probe.metadata.format !== undefined &&
+      !["pt", "np", "tf", "flax"].includes(probe.metadata.format);
     if (isQuant) {
       probe.close();
       const q = await QuantFile.open(path);

@@ -13,7 +13,10 @@ import { tinyDitTensors } from "./fixtures/make_fixture.ts";
  * The tiny DiT fixture's tensors (hidden 64, depth 2, patch 2, 4 latent channels, 16×16 latent)
  * with a 1001-row class table (ImageNet's 1000 + the null class), written with no metadata.
  */
-export async function writePublicLatentDit(path: string): Promise<void> {
+export async function writePublicLatentDit(
+  path: string,
+  metadata?: Record<string, string>,
+): Promise<void> {
   const rng = new Rng(99);
   const tensors = tinyDitTensors().map((t) =>
     t.name === "y_embedder.embedding_table.weight"
@@ -28,6 +31,7 @@ export async function writePublicLatentDit(path: string): Promise<void> {
       shape: t.shape,
       byteLength: bytes[i].byteLength,
     })),
+    metadata,
   });
   for (let i = 0; i < tensors.length; i++) await w.write(tensors[i].name, bytes[i]);
   await w.commit();

@@ -65,6 +65,17 @@ Deno.test("serve on a port in use: one line, before loading any model", async ()
   }
 });
 
+Deno.test("serve listens on 127.0.0.1 by default; 0.0.0.0 without a token warns", async () => {
+  const missing = "/nonexistent/model.safetensors"; // fails after binding, so the run ends
+  let r = await run("web/main.ts", ["--port", "0", "--model", missing]);
+  assert.match(r.stdout, /^listening on http:\/\/127\.0\.0\.1:\d+\//m);
+  assert.ok(!r.stderr.includes("warning"), r.stderr);
+  oneLine(r, /No such file|not found|nonexistent/i);
+  r = await run("web/main.ts", ["--host", "0.0.0.0", "--port", "0", "--model", missing]);
+  assert.match(r.stdout, /^listening on http:\/\/0\.0\.0\.0:\d+\//m);
+  assert.match(r.stderr, /^warning: serving on 0\.0\.0\.0 without W4_API_TOKEN/m);
+});
+
 Deno.test("serve --models with invalid JSON, {} or a non-string path: one line each", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -150,6 +161,8 @@ Deno.test({
       r = await run("cli/gen.ts", [
         "--model",
         `${dir}/huge.safetensors`,
+        "--vae", // the tiny DiT makes 4-channel latents: decode them with the tiny autoencoder
+        `${ROOT}tests/fixtures/ae_tiny.safetensors`,
         "--steps",
         "3",
         "--out",

@@ -11,6 +11,13 @@ import { ModelFile } from "../runtime/model_file.ts";
 import { ditConfig } from "../runtime/dit.ts";
 import { randomTaesd, writePublicLatentDit, writeTensors } from "./_latent_fixtures.ts";
 import { Rng } from "../kernels/_testing.ts";
+import { getGpu } from "../runtime/device.ts";
+import { Pipeline } from "../runtime/pipeline.ts";
+import { Autoencoder } from "../runtime/autoencoder.ts";
+import { CalibRecorder } from "../quant/calib.ts";
+import { quantizeCheckpoint } from "../quant/model.ts";
+import { psnr } from "../runtime/metrics.ts";
+import { PipelineEngine } from "../web/engine.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`latent gen tests skipped: ${NO_GPU_REASON}`);
@@ -40,7 +47,9 @@ async function pngSize(path: string): Promise<[number, number]> {
 Deno.test("a public DiT checkpoint without metadata gets its config from the shapes", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    await writePublicLatentDit(`${dir}/dit.safetensors`);
+    // As safetensors.torch.save_file writes it when asked for {"format": "pt"} (Hugging Face's
+    // savers do): that key is not this project's quantized-file marker.
+    await writePublicLatentDit(`${dir}/dit.safetensors`, { format: "pt" });
     const f = await ModelFile.open(`${dir}/dit.safetensors`);
     try {
       const c = ditConfig(f);
@@ -93,6 +102,116 @@ Deno.test({
       assert.equal(tiny.code, 0, tiny.out);
       assert.match(tiny.out, /decoding with the tiny decoder/);
       assert.deepEqual(await pngSize(`${dir}/tiny.png`), [64, 64]); // 16 latent × 4
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a public latent DiT calibrates through the pipeline, quantizes (INT4, NVFP4) and decodes",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const gpu = await getGpu();
+    try {
+      const model = `${dir}/dit.safetensors`;
+      await writePublicLatentDit(model);
+      // Calibration: the float latent model over a few classes, recording every linear's inputs.
+      const recorder = new CalibRecorder({ buckets: 2, maxSamples: 64, seed: 1 });
+      const pipe = await Pipeline.load(gpu, model, { images: 2, dtype: "f32" });
+      const req = { classes: [207, 1], seed: 5, steps: 3, cfg: 4 };
+      let floatLatent: Float32Array;
+      try {
+        await pipe.generate({ ...req, calibration: { recorder, buckets: 2 } });
+        floatLatent = (await pipe.generate(req)).images;
+      } finally {
+        pipe.destroy();
+      }
+      const ae = await Autoencoder.load(gpu, AE, { dtype: "f32", parts: ["decoder"] });
+      try {
+        const floatImg = await ae.decode(floatLatent, [2, 4, 16, 16]);
+        for (const format of ["int4", "nvfp4"] as const) {
+          const out = `${dir}/dit.${format}.safetensors`;
+          await quantizeCheckpoint(model, out, {
+            format,
+            calib: recorder.stats(),
+            alphas: [0.5],
+            rounds: 1,
+          });
+          const q = await Pipeline.load(gpu, out, { images: 2, dtype: "f32" });
+          try {
+            assert.equal(q.file.precision, format);
+            assert.equal(q.classNames[207], "golden retriever");
+            const img = await ae.decode((await q.generate(req)).images, [2, 4, 16, 16]);
+            assert.ok(img.every(Number.isFinite));
+            // Random weights: the figure only says the quantized model tracks the float one.
+            const p = psnr(img, floatImg);
+            console.log(
+              `${format}: PSNR of the decoded image vs the float model's ${p.toFixed(1)} dB`,
+            );
+            assert.ok(p > 10, `${format}: PSNR ${p}`);
+          } finally {
+            q.destroy();
+          }
+        }
+      } finally {
+        ae.destroy();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "web engine: a latent model serves decoded images and tiny-decoder previews",
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      await writePublicLatentDit(`${dir}/dit.safetensors`);
+      await writeTensors(`${dir}/taesd.safetensors`, randomTaesd(4, new Rng(4)));
+      await assert.rejects(
+        () => PipelineEngine.create([{ id: "latent", path: `${dir}/dit.safetensors` }]),
+        { name: "RangeError", message: /makes 4-channel latents; give its autoencoder/ },
+      );
+      const engine = await PipelineEngine.create([
+        {
+          id: "latent",
+          path: `${dir}/dit.safetensors`,
+          vae: AE,
+          preview: `${dir}/taesd.safetensors`,
+        },
+      ]);
+      try {
+        const info = engine.models()[0];
+        assert.deepEqual([info.size, info.channels, info.classes[207]], [
+          32,
+          3,
+          "golden retriever",
+        ]);
+        const previews: Promise<Float32Array>[] = [];
+        const r = await engine.generate({
+          model: "latent",
+          classId: 207,
+          seed: 1,
+          steps: 2,
+          cfg: 4,
+          sampler: "dpm",
+          signal: new AbortController().signal,
+          onStep: (_i, _n, preview) => previews.push(Promise.resolve(preview())),
+        });
+        assert.equal(r.image.length, 3 * 32 * 32);
+        assert.equal(previews.length, 2);
+        // The TAESD preview (4× per side, 64²) is resized to the served 32².
+        for (const p of await Promise.all(previews)) {
+          assert.equal(p.length, 3 * 32 * 32);
+          assert.ok(p.every(Number.isFinite));
+        }
+      } finally {
+        engine.destroy();
+      }
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -165,7 +165,11 @@ export function createApp(opts: AppOptions): App {
 
   const run = (p: GenerateParams, signal: AbortSignal, hooks: {
     onQueued?: (position: number) => void;
-    onStep?: (done: number, total: number, preview: () => Float32Array) => void;
+    onStep?: (
+      done: number,
+      total: number,
+      preview: () => Float32Array | Promise<Float32Array>,
+    ) => void;
   } = {}) =>
     queue.run((s) =>
       engine.generate({
@@ -292,7 +296,9 @@ export function createApp(opts: AppOptions): App {
                   last = now;
                   const x = preview();
                   pending.push(
-                    dataUrl(x, p.model).then((src) => send("step", { i, n, preview: src })),
+                    Promise.resolve(x).then((v) => dataUrl(v, p.model)).then((src) =>
+                      send("step", { i, n, preview: src })
+                    ),
                   );
                 } else send("step", { i, n });
               },

@@ -10,6 +10,8 @@ import { GpuDeviceLostError } from "../runtime/errors.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { hasParoPlan } from "../quant/paro_store.ts";
 import { Pipeline, type SamplerName } from "../runtime/pipeline.ts";
+import { type LatentDecoder, loadDecoder } from "../cli/_decoder.ts";
+import { AeCheckpoint } from "../runtime/autoencoder_keys.ts";
 import { fluxModelInfo, latentPreview, ResidentFlux } from "../runtime/flux/resident.ts";
 
 /** One served model, as `/api/models` lists it. */
@@ -48,8 +50,15 @@ export interface EngineRequest {
   sampler: SamplerName;
   /** Stops the denoising loop. */
   signal: AbortSignal;
-  /** After each step; `preview()` gives the current x̂₀ as [1, C, S, S] in [-1, 1]. */
-  onStep?: (done: number, total: number, preview: () => Float32Array) => void;
+  /**
+   * After each step; `preview()` gives the current x̂₀ as [1, C, S, S] in [-1, 1] (for a latent
+   * model, asynchronously: decoded by the preview decoder).
+   */
+  onStep?: (
+    done: number,
+    total: number,
+    preview: () => Float32Array | Promise<Float32Array>,
+  ) => void;
 }
 
 /** A finished generation. */
@@ -80,6 +89,18 @@ export interface RegistryEntry {
   path: string;
   /** `sparse`: sparse + quantized attention with the plan stored in the file (default dense). */
   attention?: "dense" | "sparse";
+  /** Latent models: the autoencoder (a .safetensors file or a diffusers folder) for the image. */
+  vae?: string;
+  /** Latent models: a TAESD-family decoder for the live previews (default: the `vae`). */
+  preview?: string;
+}
+
+/** A loaded model: a FLUX model, or a DiT pipeline and for a latent model its decoders. */
+interface Loaded {
+  flux?: ResidentFlux;
+  pipe?: Pipeline;
+  vae?: LatentDecoder;
+  preview?: LatentDecoder;
 }
 
 /** Ids requests may name: lower-case letters, digits, `.`, `_`, `-`; no slashes. */
@@ -99,7 +120,7 @@ export const MODEL_ID = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 export class PipelineEngine implements Engine {
   #registry: RegistryEntry[];
   #infos: ModelInfo[];
-  #loaded = new Map<string, Promise<Pipeline | ResidentFlux>>();
+  #loaded = new Map<string, Promise<Loaded>>();
   #device = "not initialised";
 
   private constructor(registry: RegistryEntry[], infos: ModelInfo[]) {
@@ -142,6 +163,19 @@ export class PipelineEngine implements Engine {
         }
         const c = f.config as Record<string, unknown>;
         const n = c.num_classes as number;
+        let size = c.input_size as number, channels = c.in_channels as number;
+        if (channels !== 3) { // a latent model: the image comes from the autoencoder
+          if (!e.vae) {
+            throw new RangeError(
+              `Cannot register model "${e.id}": ${e.path} makes ${channels}-channel latents; ` +
+                "give its autoencoder (vae) in the registry",
+            );
+          }
+          const ae = await AeCheckpoint.open(e.vae);
+          size *= 2 ** (ae.config.chMult.length - 1);
+          channels = ae.config.outChannels;
+          ae.close();
+        }
         const names = (c.class_names as string[] | undefined) ??
           Array.from({ length: n }, (_, i) => `class ${i}`);
         infos.push({
@@ -149,8 +183,8 @@ export class PipelineEngine implements Engine {
           precision: f.precision,
           attention: e.attention ?? "dense",
           classes: names,
-          size: c.input_size as number,
-          channels: c.in_channels as number,
+          size,
+          channels,
         });
       } finally {
         f.close();
@@ -170,12 +204,12 @@ export class PipelineEngine implements Engine {
   }
 
   async generate(req: EngineRequest): Promise<EngineResult> {
-    const pipe = await this.#pipeline(req.model);
+    const loaded = await this.#pipeline(req.model), { flux, vae, preview } = loaded;
     try {
-      if (pipe instanceof ResidentFlux) {
-        const [h, w] = pipe.pipe.latentSize, c = pipe.pipe.model.config.in_channels / 4;
-        const size = pipe.pipe.width;
-        const r = await pipe.generate({
+      if (flux) {
+        const [h, w] = flux.pipe.latentSize, c = flux.pipe.model.config.in_channels / 4;
+        const size = flux.pipe.width;
+        const r = await flux.generate({
           prompts: [req.prompt ?? ""],
           seed: req.seed,
           steps: req.steps,
@@ -187,6 +221,10 @@ export class PipelineEngine implements Engine {
         });
         return { image: r.images!, stepMs: r.stepMs, totalMs: r.totalMs };
       }
+      const pipe = loaded.pipe!;
+      const c = pipe.model.config, S = c.input_size;
+      const shape = [1, c.in_channels, S, S] as const;
+      const onStep = req.onStep;
       const r = await pipe.generate({
         classes: [req.classId],
         seed: req.seed,
@@ -194,9 +232,16 @@ export class PipelineEngine implements Engine {
         cfg: req.cfg,
         sampler: req.sampler,
         signal: req.signal,
-        onStep: req.onStep,
+        onStep: onStep && (preview
+          ? (i, n, x0) =>
+            onStep(i, n, async () => {
+              const img = await preview.decode(x0(), shape);
+              return resize(img, S * preview.factor, S * vae!.factor);
+            })
+          : onStep),
       });
-      return { image: r.images, stepMs: r.stepMs, totalMs: r.totalMs };
+      const image = vae ? await vae.decode(r.images, shape) : r.images;
+      return { image, stepMs: r.stepMs, totalMs: r.totalMs };
     } catch (e) {
       if (e instanceof GpuDeviceLostError) this.#reset();
       throw e;
@@ -212,10 +257,17 @@ export class PipelineEngine implements Engine {
     const old = [...this.#loaded.values()];
     this.#loaded.clear();
     this.#device = "lost; re-initialised on the next request";
-    for (const p of old) p.then((x) => x.destroy(), () => {});
+    for (const p of old) {
+      p.then((x) => {
+        x.flux?.destroy();
+        x.pipe?.destroy();
+        x.vae?.destroy();
+        if (x.preview !== x.vae) x.preview?.destroy();
+      }, () => {});
+    }
   }
 
-  #pipeline(id: string): Promise<Pipeline | ResidentFlux> {
+  #pipeline(id: string): Promise<Loaded> {
     let p = this.#loaded.get(id);
     if (!p) {
       const entry = this.#registry.find((e) => e.id === id);
@@ -224,11 +276,20 @@ export class PipelineEngine implements Engine {
         const gpu = await getGpu();
         this.#device = gpu.caps.adapter;
         const info = this.#infos.find((x) => x.id === id);
-        if (info?.text) return await ResidentFlux.load(gpu, entry.path, info.size);
-        return await Pipeline.load(gpu, entry.path, {
+        if (info?.text) return { flux: await ResidentFlux.load(gpu, entry.path, info.size) };
+        const pipe = await Pipeline.load(gpu, entry.path, {
           images: 1,
           attention: entry.attention ?? "dense",
         });
+        if (!entry.vae) return { pipe };
+        try {
+          const vae = await loadDecoder(gpu, entry.vae, "full");
+          const preview = entry.preview ? await loadDecoder(gpu, entry.preview, "tiny") : vae;
+          return { pipe, vae, preview };
+        } catch (e) {
+          pipe.destroy();
+          throw e;
+        }
       })();
       this.#loaded.set(id, p);
       p.catch((e) => {
@@ -238,4 +299,19 @@ export class PipelineEngine implements Engine {
     }
     return p;
   }
+}
+
+/** Nearest-neighbour resize of [1, 3, from, from] to [1, 3, to, to] (preview decoders' sizes). */
+function resize(img: Float32Array, from: number, to: number): Float32Array {
+  if (from === to) return img;
+  const out = new Float32Array(3 * to * to);
+  for (let c = 0; c < 3; c++) {
+    for (let y = 0; y < to; y++) {
+      const sy = Math.floor((y * from) / to);
+      for (let x = 0; x < to; x++) {
+        out[(c * to + y) * to + x] = img[(c * from + sy) * from + Math.floor((x * from) / to)];
+      }
+    }
+  }
+  return out;
 }

@@ -73,8 +73,8 @@ Deno.test({
         cfg: 3.5,
         sampler: "dpm",
         signal: new AbortController().signal,
-        onStep: (done, _total, preview) => {
-          const img = preview();
+        onStep: async (done, _total, preview) => {
+          const img = await preview();
           assert.equal(img.length, 3 * 64 * 64);
           previews.push(done);
         },

@@ -8,6 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import { fail, runCli } from "../cli/_cli.ts";
+import { resolveModel } from "../cli/_resolve.ts";
 import { cachedPath, FLOAT_MODEL, modelBaseName, modelFor, PRECISIONS } from "../cli/_models.ts";
 import { createApp } from "./app.ts";
 import { PipelineEngine, type RegistryEntry } from "./engine.ts";
@@ -20,8 +21,13 @@ const USAGE = `Usage: deno task serve [options]
   --port N           port (default: $PORT or 8000)
   --host H           address to listen on (default 127.0.0.1; 0.0.0.0 for every interface,
                      which warns when W4_API_TOKEN is not set)
-  --model FILE       serve this model file only (id: its file name without .safetensors)
-  --models FILE      a JSON registry {"id": "path", ...}; the first is the default
+  --model FILE|ID    serve this model file only (id: its file name without .safetensors); a
+                     Nunchaku svdq-* checkpoint is imported once, a hub id <owner>/<name>/<file>
+                     downloaded first (deno task pull)
+  --models FILE      a JSON registry {"id": "path" or {"path", "vae", "preview"}, ...}; the first
+                     is the default
+  --vae PATH         with --model, for a latent model: its autoencoder (file or diffusers folder)
+  --preview FILE     with --vae: a TAESD-family decoder for the live previews (default the vae)
   --queue N          requests waiting beyond the running one before 429 (default 8)
   --concurrency N    generations on the GPU at once (default 1)
   --timeout S        time limit of one request in seconds, wait included (default 120)
@@ -72,6 +78,8 @@ async function main(args: string[]): Promise<void> {
       host: { type: "string", default: "127.0.0.1" },
       model: { type: "string" },
       models: { type: "string" },
+      vae: { type: "string" },
+      preview: { type: "string" },
       queue: { type: "string", default: "8" },
       concurrency: { type: "string", default: "1" },
       timeout: { type: "string", default: "120" },
@@ -138,8 +146,10 @@ async function main(args: string[]): Promise<void> {
   }
 
   let registry: RegistryEntry[];
-  if (values.model) registry = [{ id: idFor(values.model), path: values.model }];
-  else if (models) registry = models;
+  if (values.model) {
+    const path = await resolveModel(values.model, (l) => console.log(l)); // file, Nunchaku, hub id
+    registry = [{ id: idFor(values.model), path, vae: values.vae, preview: values.preview }];
+  } else if (models) registry = models;
   else registry = await defaultRegistry();
 
   console.log(`loading ${registry[0].path} …`);
@@ -187,12 +197,28 @@ async function readRegistry(file: string): Promise<RegistryEntry[]> {
   if (entries.length === 0) {
     fail(`--models ${file} lists no model: write {"id": "model.safetensors", …}`);
   }
-  for (const [id, path] of entries) {
-    if (typeof path !== "string" || path === "") {
-      fail(`--models ${file}: the path of "${id}" must be a non-empty string`);
+  const str = (v: unknown) => typeof v === "string" && v !== "";
+  return entries.map(([id, v]) => {
+    if (str(v)) return { id, path: v as string };
+    const e = v as Record<string, unknown> | null;
+    if (typeof e !== "object" || e === null || Array.isArray(e) || !str(e.path)) {
+      fail(
+        `--models ${file}: the path of "${id}" must be a non-empty string (or an object ` +
+          `{"path": …, "vae"?: …, "preview"?: …})`,
+      );
     }
-  }
-  return entries.map(([id, path]) => ({ id, path: path as string }));
+    for (const k of ["vae", "preview"] as const) {
+      if (e[k] !== undefined && !str(e[k])) {
+        fail(`--models ${file}: the ${k} of "${id}" must be a non-empty string`);
+      }
+    }
+    return {
+      id,
+      path: e.path as string,
+      vae: e.vae as string | undefined,
+      preview: e.preview as string | undefined,
+    };
+  });
 }
 
 function isLoopback(host: string): boolean {

@@ -63,7 +63,7 @@ for (const c of CASES) {
           const nv = bias ? (ref.h[i] - bias[e]) / weight[e] : ref.h[i] / weight[e];
           let bound = 1e-5 * Math.abs(weight[e]) * (1 + Math.abs(nv)) +
             (bias ? 1e-7 * Math.abs(bias[e]) : 0);
-          if (c.dtype === "f16") bound += 2 ** -10 * Math.abs(ref.h[i]);
+          if (c.dtype === "f16") bound += 2 ** -10 * Math.abs(ref.h[i]) + 2 ** -24; // + subnormal step
           const err = Math.abs(h[i] - ref.h[i]);
           if (!(err <= bound)) {
             throw new Error(`${name}: h[${i}] is ${h[i]}, expected ${ref.h[i]} (bound ${bound})`);

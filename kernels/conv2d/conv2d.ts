@@ -24,6 +24,13 @@ import { tilePad } from "../gemm_f16/gemm_f16.ts";
 
 const NAME = "conv2d";
 const TILE = 128; // BM = BN of the kernel
+const NARROW_WG = 64; // conv2d.wgsl NARROW_WG
+
+/** Largest Cout served by the narrow kernel (one invocation per pixel); larger runs tiled. */
+export const CONV2D_NARROW_MAX_N = 8;
+
+/** Which kernel runs: by default `"narrow"` for Cout ≤ {@linkcode CONV2D_NARROW_MAX_N}. */
+export type Conv2dKernel = "tiled" | "narrow";
 
 /** Zero padding `[top, bottom, left, right]` in logical-input pixels. */
 export type Conv2dPad = readonly [top: number, bottom: number, left: number, right: number];
@@ -59,6 +66,11 @@ export interface Conv2dShape {
   residual?: boolean;
   /** ReLU after the bias and residual (the TAESD blocks). Default false. */
   relu?: boolean;
+  /**
+   * Weight storage: "act" (default, `w` in the activation dtype) or "int8" (`wq` codes with a
+   * per-output-channel f32 `wscale`, see {@linkcode quantizeConvWeightInt8}).
+   */
+  weights?: "act" | "int8";
   /** Storage dtype of x, w, residual and y (f16 needs the `shader-f16` feature). */
   dtype: ActDtype;
 }
@@ -67,14 +79,18 @@ export interface Conv2dShape {
 export interface Conv2dBuffers {
   /** ACT [B, H, W, Cin]. */
   x: GPUBuffer;
-  /** ACT [Cout, KS, KS, Cin] (see {@linkcode packConvWeight}). */
-  w: GPUBuffer;
+  /** ACT [Cout, KS, KS, Cin] (see {@linkcode packConvWeight}); unused with INT8 weights. */
+  w?: GPUBuffer;
   /** f32 [Cout] (when the shape has bias). */
   bias?: GPUBuffer;
   /** ACT [B, Ho, Wo, Cout] (when the shape has residual); may not be `y`. */
   residual?: GPUBuffer;
   /** ACT [B, Ho, Wo, Cout] output. */
   y: GPUBuffer;
+  /** INT8 weights (`weights: "int8"`): u32 [Cout·KS·KS·Cin / 4], four codes per word. */
+  wq?: GPUBuffer;
+  /** f32 [Cout] per-output-channel scales (`weights: "int8"`). */
+  wscale?: GPUBuffer;
 }
 
 /** Output size and padding of a convolution shape. */
@@ -172,6 +188,8 @@ export class Conv2d {
   readonly #params: GPUBuffer;
   readonly #dummy: GPUBuffer;
   readonly #grid: [number, number];
+  /** The kernel in use. */
+  readonly kernel: Conv2dKernel;
 
   private constructor(
     shape: Conv2dShape,
@@ -180,8 +198,10 @@ export class Conv2d {
     params: GPUBuffer,
     dummy: GPUBuffer,
     grid: [number, number],
+    kernel: Conv2dKernel,
   ) {
     this.shape = shape;
+    this.kernel = kernel;
     this.geometry = geometry;
     this.#pipeline = pipeline;
     this.#params = params;
@@ -189,12 +209,25 @@ export class Conv2d {
     this.#grid = grid;
   }
 
-  /** Validate `shape`, build the pipeline and the uniform params. */
-  static async create(gpu: Gpu, shape: Conv2dShape): Promise<Conv2d> {
+  /**
+   * Validate `shape`, build the pipeline and the uniform params. `which` forces one of the two
+   * kernels (tests, benchmarks); by default Cout picks it (narrow for Cout ≤ 8).
+   */
+  static async create(gpu: Gpu, shape: Conv2dShape, which?: Conv2dKernel): Promise<Conv2d> {
     const g = checkShape(gpu, shape);
     const { b, h, w, cin, cout, kernel } = shape;
     const m = b * g.ho * g.wo;
-    const grid: [number, number] = [Math.ceil(cout / TILE), Math.ceil(m / TILE)];
+    const narrow = (which ?? (cout <= CONV2D_NARROW_MAX_N ? "narrow" : "tiled")) === "narrow";
+    if (narrow && cout > CONV2D_NARROW_MAX_N) {
+      throw new RangeError(
+        `Cannot build ${NAME}: the narrow kernel takes Cout ≤ ${CONV2D_NARROW_MAX_N}, got ${cout}`,
+      );
+    }
+    const groups = Math.ceil(m / NARROW_WG);
+    const nx = Math.min(groups, gpu.caps.maxComputeWorkgroupsPerDimension);
+    const grid: [number, number] = narrow
+      ? [nx, Math.ceil(groups / nx)]
+      : [Math.ceil(cout / TILE), Math.ceil(m / TILE)];
     checkGrid(gpu, grid, {
       kernel: NAME,
       verb: "build",
@@ -210,9 +243,11 @@ export class Conv2d {
       HAS_BIAS: shape.bias ? 1 : 0,
       HAS_RESIDUAL: shape.residual ? 1 : 0,
       RELU: shape.relu ? 1 : 0,
+      W_INT8: shape.weights === "int8" ? 1 : 0,
       PAD: tilePad(gpu, NAME),
     };
-    const pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, constants, NAME);
+    const entry = narrow ? `${NAME}_narrow` : NAME;
+    const pipeline = await gpu.pipeline(`${entry}_${shape.dtype}`, src, constants, entry);
     const words = new Uint32Array([
       b,
       h,
@@ -229,7 +264,7 @@ export class Conv2d {
     ]);
     const params = await gpu.uniform(`buffer ${NAME} params`, words);
     const dummy = await gpu.createBuffer(`buffer ${NAME} unused`, 16);
-    return new Conv2d({ ...shape }, g, pipeline, params, dummy, grid);
+    return new Conv2d({ ...shape }, g, pipeline, params, dummy, grid, narrow ? "narrow" : "tiled");
   }
 
   /** A dispatch computing y; every buffer's size is checked against the shape first. */
@@ -277,23 +312,63 @@ export function bufferSizes(s: Conv2dShape): BufferRow<keyof Conv2dBuffers>[] {
   const { ho, wo } = conv2dGeometry(s);
   const e = actBytes(dtype);
   const out = `[B=${b}, Ho=${ho}, Wo=${wo}, Cout=${cout}] ${dtype}`;
+  const int8 = s.weights === "int8";
+  const wn = cout * kernel * kernel * cin;
+  const wdesc = `[Cout=${cout}, ${kernel}, ${kernel}, Cin=${cin}]`;
   return [
     ["x", b * h * w * cin * e, `[B=${b}, H=${h}, W=${w}, Cin=${cin}] ${dtype}`],
-    [
-      "w",
-      cout * kernel * kernel * cin * e,
-      `[Cout=${cout}, ${kernel}, ${kernel}, Cin=${cin}] ${dtype}`,
-    ],
+    ["w", int8 ? 0 : wn * e, `${wdesc} ${dtype}`],
     ["bias", s.bias ? cout * 4 : 0, `[Cout=${cout}] f32`],
     ["residual", s.residual ? b * ho * wo * cout * e : 0, out],
     ["y", b * ho * wo * cout * e, out],
+    ["wq", int8 ? Math.ceil(wn / 4) * 4 : 0, `${wdesc} int8, 4 per u32`],
+    ["wscale", int8 ? cout * 4 : 0, `[Cout=${cout}] f32`],
   ];
+}
+
+/**
+ * Per-output-channel symmetric INT8 of a packed conv weight `[Cout, K]` (K = KS·KS·Cin): scale
+ * `s_n = max_k |W[n, k]| / 127` (1 for an all-zero row), codes `round(W / s_n)` in [-127, 127],
+ * four per u32 (element i in byte i & 3 of word i >> 2).
+ *
+ * @example
+ * ```ts
+ * import { quantizeConvWeightInt8 } from "./conv2d.ts";
+ * const { codes, scales } = quantizeConvWeightInt8(new Float32Array([0.5, -1, 0.25, 0]), 1);
+ * console.log(scales[0] * 127, new Int8Array(codes.buffer)[1]); // 1 -127
+ * ```
+ */
+export function quantizeConvWeightInt8(
+  w: Float32Array,
+  cout: number,
+): { codes: Uint32Array; scales: Float32Array } {
+  const k = w.length / cout;
+  if (!Number.isInteger(k)) {
+    throw new TypeError(
+      `Cannot quantize conv weight: ${w.length} values are not Cout=${cout} rows`,
+    );
+  }
+  const bytes = new Int8Array(Math.ceil(w.length / 4) * 4);
+  const scales = new Float32Array(cout);
+  for (let n = 0; n < cout; n++) {
+    let amax = 0;
+    for (let i = 0; i < k; i++) amax = Math.max(amax, Math.abs(w[n * k + i]));
+    const s = amax > 0 ? amax / 127 : 1;
+    scales[n] = s;
+    for (let i = 0; i < k; i++) {
+      bytes[n * k + i] = Math.max(-127, Math.min(127, Math.round(w[n * k + i] / s)));
+    }
+  }
+  return { codes: new Uint32Array(bytes.buffer), scales };
 }
 
 function checkShape(gpu: Gpu, s: Conv2dShape): Conv2dGeometry {
   checkDims(s, { kernel: NAME, keys: ["b", "h", "w", "cin", "cout"] });
   if (s.kernel !== 1 && s.kernel !== 3) {
     throw new RangeError(`Cannot build ${NAME}: kernel=${s.kernel} must be 1 or 3`);
+  }
+  if (s.weights !== undefined && s.weights !== "act" && s.weights !== "int8") {
+    throw new RangeError(`Cannot build ${NAME}: weights="${s.weights}" must be "act" or "int8"`);
   }
   if (s.stride !== undefined && s.stride !== 1 && s.stride !== 2) {
     throw new RangeError(`Cannot build ${NAME}: stride=${s.stride} must be 1 or 2`);

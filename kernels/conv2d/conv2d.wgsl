@@ -17,7 +17,14 @@
 // (so a right/bottom-only pad is pad_t = pad_l = 0 with Ho, Wo one larger). With SILU_IN the
 // value is silu(x) before the zero padding applies (silu(0) = 0, so the order does not matter).
 //
-// Tiling: the gemm_f16 tiled kernel's (see gemm_f16.wgsl): a 16×16 workgroup owns a 128×128
+// Two entry points, chosen by the launcher:
+//   conv2d         the tiled implicit GEMM below, for Cout > 8.
+//   conv2d_narrow  Cout ≤ 8 (conv_out to RGB, the encoder's moments, quant_conv): one invocation
+//                  per output pixel accumulates all its ≤ 8 channels in two vec4, walking its
+//                  KS² taps (bounds checked once per tap) and Cin; a 128-wide N tile would
+//                  compute 128 columns to keep 3 (43× the work at the decoder's conv_out).
+//
+// Tiling of conv2d: the gemm_f16 tiled kernel's (see gemm_f16.wgsl): a 16×16 workgroup owns a 128×128
 // block of Y, each invocation an 8×8 register tile of named vec4s; K advances 16 at a time with
 // the next tile's gather issued into registers before the current tile is multiplied. The output
 // pixel of each of an invocation's 8 load rows is decoded once (not per k step); each k step
@@ -46,6 +53,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<ACT>;
 @group(0) @binding(5) var<storage, read_write> y: array<ACT>;
+// INT8 weights (W_INT8): codes [N, K] four per u32 (element i in byte i & 3 of word i >> 2, two's
+// complement), and one f32 scale per output channel: W[n, k] = wq[n, k] · wscale[n].
+@group(0) @binding(6) var<storage, read> wq: array<u32>;
+@group(0) @binding(7) var<storage, read> wscale: array<f32>;
 
 override KS: u32 = 3; // kernel size, 1 or 3
 override STRIDE: u32 = 1; // 1 or 2
@@ -53,6 +64,7 @@ override UPSAMPLE: bool = false; // nearest 2× upsample on the input read
 override SILU_IN: bool = false; // silu on the input read
 override HAS_BIAS: bool = false;
 override HAS_RESIDUAL: bool = false;
+override W_INT8: bool = false; // weights from wq/wscale instead of w
 override RELU: bool = false; // max(0, ·) after bias and residual (TAESD blocks)
 
 const BM = 128u; // output pixels (M) per workgroup
@@ -98,7 +110,13 @@ fn ldx(pix0: u32, iy: i32, ix: i32, ci: u32, kin: bool) -> f32 {
 }
 
 fn ldw(row: u32, kc: u32, kin: bool) -> f32 {
-  let v = f32(w[min(row, params.n - 1u) * params.k + kc]);
+  let i = min(row, params.n - 1u) * params.k + kc;
+  var v: f32;
+  if (W_INT8) {
+    v = f32(extractBits(i32(wq[i >> 2u]), (i & 3u) * 8u, 8u)); // the scale is applied per column
+  } else {
+    v = f32(w[i]);
+  }
   return select(0.0, v, kin && row < params.n);
 }
 
@@ -127,6 +145,9 @@ fn origin(m: u32) -> Origin {
 
 fn epilogue(v: f32, row: u32, col: u32) -> f32 {
   var r = v;
+  if (W_INT8) {
+    r *= wscale[col];
+  }
   if (HAS_BIAS) {
     r += bias[col];
   }
@@ -291,4 +312,59 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: 
   store4(rb + 2u, cb, acc[13]);
   store4(rb + 3u, ca, acc[14]);
   store4(rb + 3u, cb, acc[15]);
+}
+
+// ---- narrow Cout (≤ 8) ----
+
+const NARROW_WG = 64u;
+
+// Y row m, columns c..c+3 (those < N).
+fn store_narrow(m: u32, c: u32, v: vec4<f32>) {
+  for (var j = 0u; j < 4u; j++) {
+    if (c + j < params.n) {
+      y[m * params.n + c + j] = ACT(epilogue(v[j], m, c + j));
+    }
+  }
+}
+
+@compute @workgroup_size(NARROW_WG)
+fn conv2d_narrow(
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+) {
+  let m = (wid.y * nwg.x + wid.x) * NARROW_WG + lid;
+  if (m >= params.m) {
+    return;
+  }
+  let o = origin(m);
+  var a0 = vec4<f32>(0.0); // channels 0..3
+  var a1 = vec4<f32>(0.0); // channels 4..7
+  let cin = params.cin;
+  for (var tap = 0u; tap < KS * KS; tap++) {
+    let iy = o.iy + i32(tap / KS);
+    let ix = o.ix + i32(tap % KS);
+    if (iy < 0 || ix < 0 || iy >= hl() || ix >= wl()) {
+      continue;
+    }
+    var sy = u32(iy);
+    var sx = u32(ix);
+    if (UPSAMPLE) {
+      sy = sy >> 1u;
+      sx = sx >> 1u;
+    }
+    let base = (o.pix0 + sy * params.w + sx) * cin;
+    let k0 = tap * cin;
+    for (var ci = 0u; ci < cin; ci++) {
+      var v = f32(x[base + ci]);
+      if (SILU_IN) {
+        v = silu(v);
+      }
+      let kc = k0 + ci;
+      a0 = fma(vec4(v), vec4(ldw(0u, kc, true), ldw(1u, kc, true), ldw(2u, kc, true), ldw(3u, kc, true)), a0);
+      a1 = fma(vec4(v), vec4(ldw(4u, kc, true), ldw(5u, kc, true), ldw(6u, kc, true), ldw(7u, kc, true)), a1);
+    }
+  }
+  store_narrow(m, 0u, a0);
+  store_narrow(m, 4u, a1);
 }

@@ -8,16 +8,79 @@ import assert from "node:assert/strict";
 import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
 import { actBytes, type ActDtype, fromActBytes, toActArray } from "../_wgsl.ts";
 import { checkGemmOutput } from "../gemm_f16/_gemm_check.ts";
-import { Conv2d, conv2d, conv2dGeometry, type Conv2dShape, packConvWeight } from "./conv2d.ts";
+import {
+  Conv2d,
+  conv2d,
+  conv2dGeometry,
+  type Conv2dKernel,
+  type Conv2dShape,
+  packConvWeight,
+  quantizeConvWeightInt8,
+} from "./conv2d.ts";
 import { conv2dAbsRef, conv2dRef } from "./conv2d_ref.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`conv2d tests skipped: ${NO_GPU_REASON}`);
 
+// Cout ≤ 8 runs the narrow kernel (Cout = 3, 5, 7, 8 below; `which` forces the other one).
 // Awkward sizes: odd H/W, Cin = 3 (not a multiple of 4 or of the 16-deep K tile), Cout = 3 and
 // 130 (past one 128-wide N tile), B·Ho·Wo past one 128-row M tile, each fusion, both dtypes.
-const CASES: Conv2dShape[] = [
+const CASES: (Conv2dShape & { which?: Conv2dKernel })[] = [
+  { b: 2, h: 7, w: 9, cin: 12, cout: 8, kernel: 3, bias: true, residual: true, dtype: "f32" },
+  {
+    b: 1,
+    h: 5,
+    w: 6,
+    cin: 16,
+    cout: 3,
+    kernel: 3,
+    upsample: true,
+    siluIn: true,
+    bias: true,
+    dtype: "f16",
+  },
+  {
+    b: 1,
+    h: 8,
+    w: 7,
+    cin: 9,
+    cout: 5,
+    kernel: 3,
+    stride: 2,
+    pad: [0, 1, 0, 1],
+    bias: true,
+    weights: "int8",
+    dtype: "f32",
+  },
+  { b: 2, h: 4, w: 4, cin: 6, cout: 8, kernel: 3, bias: true, dtype: "f32", which: "tiled" },
+  {
+    b: 1,
+    h: 5,
+    w: 5,
+    cin: 7,
+    cout: 16,
+    kernel: 1,
+    bias: true,
+    relu: true,
+    dtype: "f32",
+    which: "tiled",
+  },
   { b: 1, h: 5, w: 7, cin: 3, cout: 8, kernel: 3, bias: true, dtype: "f32" },
+  { b: 1, h: 6, w: 7, cin: 5, cout: 130, kernel: 3, bias: true, weights: "int8", dtype: "f32" },
+  {
+    b: 2,
+    h: 4,
+    w: 5,
+    cin: 16,
+    cout: 24,
+    kernel: 3,
+    upsample: true,
+    bias: true,
+    residual: true,
+    weights: "int8",
+    dtype: "f16",
+  },
+  { b: 1, h: 5, w: 5, cin: 12, cout: 7, kernel: 1, bias: false, weights: "int8", dtype: "f32" },
   {
     b: 2,
     h: 5,
@@ -99,7 +162,7 @@ const CASES: Conv2dShape[] = [
   },
 ];
 
-function caseName(c: Conv2dShape): string {
+function caseName(c: Conv2dShape & { which?: Conv2dKernel }): string {
   const flags = [
     c.stride === 2 ? "s2" : "",
     c.pad !== undefined ? `pad ${JSON.stringify(c.pad)}` : "",
@@ -108,6 +171,8 @@ function caseName(c: Conv2dShape): string {
     c.bias ? "bias" : "",
     c.residual ? "residual" : "",
     c.relu ? "relu" : "",
+    c.weights === "int8" ? "int8-w" : "",
+    (c.which ?? (c.cout <= 8 ? "narrow" : "")) ? `(${c.which ?? "narrow"})` : "",
   ].filter((f) => f).join(" ");
   return `conv2d ${c.kernel}×${c.kernel} B=${c.b} ${c.h}×${c.w} ${c.cin}→${c.cout} ${flags} ${c.dtype}`;
 }
@@ -125,27 +190,45 @@ for (const c of CASES) {
       const ks = c.kernel;
       const round = (a: Float32Array) => Float32Array.from(toActArray(a, c.dtype));
       const x = round(rng.normals(c.b * c.h * c.w * c.cin));
-      const w = round(rng.normals(c.cout * c.cin * ks * ks, 1 / Math.sqrt(c.cin * ks * ks)));
+      let w = round(rng.normals(c.cout * c.cin * ks * ks, 1 / Math.sqrt(c.cin * ks * ks)));
+      const int8 = c.weights === "int8"
+        ? quantizeConvWeightInt8(packConvWeight(w, c.cout, c.cin, ks), c.cout)
+        : undefined;
+      if (int8) { // the reference sees the dequantized weights (same per-row scale in any layout)
+        const k = c.cin * ks * ks;
+        w = w.map((v, i) =>
+          Math.round(v / int8.scales[Math.floor(i / k)]) * int8.scales[Math.floor(i / k)]
+        );
+      }
       const bias = c.bias ? rng.normals(c.cout, 0.1) : undefined;
       const residual = c.residual ? round(rng.normals(c.b * ho * wo * c.cout)) : undefined;
       const outBytes = c.b * ho * wo * c.cout * actBytes(c.dtype);
       const bx = await gpu.upload("buffer test x", toActArray(x, c.dtype));
-      const bw = await gpu.upload(
+      const bw = int8 ? undefined : await gpu.upload(
         "buffer test w",
         toActArray(packConvWeight(w, c.cout, c.cin, ks), c.dtype),
       );
+      const bq = int8 ? await gpu.upload("buffer test wq", int8.codes) : undefined;
+      const bs = int8 ? await gpu.upload("buffer test wscale", int8.scales) : undefined;
       const bb = bias ? await gpu.upload("buffer test bias", bias) : undefined;
       const br = residual
         ? await gpu.upload("buffer test residual", toActArray(residual, c.dtype))
         : undefined;
       const by = await gpu.upload("buffer test y", poison(outBytes));
       try {
-        await conv2d(gpu, c, { x: bx, w: bw, bias: bb, residual: br, y: by });
+        const op = await Conv2d.create(gpu, c, c.which);
+        try {
+          await gpu.runChecked(`run ${name}`, [
+            op.dispatch({ x: bx, w: bw, bias: bb, residual: br, y: by, wq: bq, wscale: bs }),
+          ]);
+        } finally {
+          op.destroy();
+        }
         const got = fromActBytes(await gpu.read(by), c.dtype, c.b * ho * wo * c.cout);
         const inputs = { ...c, x, weight: w, bias, residual };
         checkGemmOutput(name, got, conv2dRef(inputs), conv2dAbsRef(inputs), c.dtype === "f16");
       } finally {
-        gpu.destroy(bx, bw, bb, br, by);
+        gpu.destroy(bx, bw, bb, br, by, bq, bs);
       }
     },
   });
@@ -192,6 +275,14 @@ Deno.test({
       assert.throws(() => op.dispatch({ x: y, w, bias, y: w }), {
         name: "TypeError",
         message: /residual is missing/,
+      });
+      await assert.rejects(() => conv2d(gpu, { ...base, h: 2, w: 2 }, { x, w, y }), {
+        name: "TypeError",
+        message: /bias is missing/,
+      });
+      await assert.rejects(() => Conv2d.create(gpu, { ...base, cout: 9 }, "narrow"), {
+        name: "RangeError",
+        message: /narrow kernel takes Cout ≤ 8, got 9/,
       });
     } finally {
       op.destroy();

@@ -45,6 +45,11 @@ export interface GemmW4A16Shape {
   bias: boolean;
   /** Apply GELU (tanh form) after the bias. Default false. */
   gelu?: boolean;
+  /**
+   * Unsigned codes 0..15 with per-group zero points: `W = q·s + z` (AWQ; `wzeros` required).
+   * Default false: two's complement codes, `W = q·s`.
+   */
+  zeroPoint?: boolean;
 }
 
 /** Buffers of one dispatch, in binding order (binding 0 is the uniform params). */
@@ -59,6 +64,8 @@ export interface GemmW4A16Buffers {
   bias?: GPUBuffer;
   /** ACT [M, N] output. */
   y: GPUBuffer;
+  /** f16 bits [N, K/64], two per u32: zero points z (required when the shape has zeroPoint). */
+  wzeros?: GPUBuffer;
 }
 
 /**
@@ -118,7 +125,11 @@ export class GemmW4A16 {
     checkShape(gpu, shape);
     const { m, k, n } = shape;
     const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), shape.dtype);
-    const common = { HAS_BIAS: shape.bias ? 1 : 0, GELU: shape.gelu ? 1 : 0 };
+    const common = {
+      HAS_BIAS: shape.bias ? 1 : 0,
+      GELU: shape.gelu ? 1 : 0,
+      ZERO_POINT: shape.zeroPoint ? 1 : 0,
+    };
     const which = kernel ?? (m <= GEMV_MAX_M ? "gemv" : "tiled");
     let pipeline: GPUComputePipeline;
     let grid: [number, number];
@@ -194,6 +205,11 @@ export function bufferSizes(s: GemmW4A16Shape): BufferRow<keyof GemmW4A16Buffers
     ["wscales", Math.ceil(groups / 2) * 4, `[N=${n}, K/64=${k / 64}] f16 (2 per u32)`],
     ["bias", s.bias ? n * 4 : 0, `[N=${n}] f32`],
     ["y", m * n * b, `[M=${m}, N=${n}] ${dtype}`],
+    [
+      "wzeros",
+      s.zeroPoint ? Math.ceil(groups / 2) * 4 : 0,
+      `[N=${n}, K/64=${k / 64}] f16 (2 per u32)`,
+    ],
   ];
 }
 

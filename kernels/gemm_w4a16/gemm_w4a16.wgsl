@@ -33,9 +33,18 @@ struct Params {
 @group(0) @binding(3) var<storage, read> wscales: array<u32>; // f16 pairs, [N, K/64] flat
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<ACT>;
+// Zero points (AWQ, the adaLN of imported Nunchaku checkpoints): with ZERO_POINT the codes are
+// unsigned (0..15) and W[n,k] = q·s + z[n, k/64] (f16 pairs like wscales). Decoding the unsigned
+// nibble without the sign flip gives q − 8, so W = (q − 8)·s + o with o = 8·s + z (exact in f32:
+// s and z are 16-bit values within a few binades of each other).
+@group(0) @binding(6) var<storage, read> wzeros: array<u32>;
 
 override HAS_BIAS: bool = false;
 override GELU: bool = false;
+override ZERO_POINT: bool = false;
+// XOR that turns a packed word into offset binary: two's complement codes flip bit 3 of each
+// nibble; unsigned (zero-point) codes already are offset binary of q − 8.
+override FLIP: u32 = select(0x88888888u, 0u, ZERO_POINT);
 
 const MAGIC = 0x4B000000u; // f32 bits of 2²³
 // 2²³ + 8·16^j for j = 0..3
@@ -52,6 +61,15 @@ fn dec4(p: u32) -> vec4<f32> {
 fn scale(n: u32, g: u32) -> f32 {
   let i = n * (params.k / 64u) + g;
   return unpack2x16float(wscales[i >> 1u])[i & 1u];
+}
+
+// Offset o = 8·s + z of group (n, g) (0 without zero points).
+fn zero_offset(n: u32, g: u32) -> f32 {
+  if (!ZERO_POINT) {
+    return 0.0;
+  }
+  let i = n * (params.k / 64u) + g;
+  return 8.0 * scale(n, g) + unpack2x16float(wzeros[i >> 1u])[i & 1u];
 }
 
 fn gelu(v: f32) -> f32 {
@@ -188,10 +206,11 @@ fn gemm_w4a16(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) w
       pxa = ldx(m0 + xr, q);
       pxb = ldx(m0 + xr + 64u, q);
       let wi = wrow * (K / 8u) + t * (BK / 8u) + wh; // u32 index of the word
-      let p = qweight[wi >> 2u][wi & 3u] ^ 0x88888888u;
+      let p = qweight[wi >> 2u][wi & 3u] ^ FLIP;
       let s = select(0.0, scale(wrow, t * BK / 64u), wok) * INV16;
-      pwa = dec4(p) * s;
-      pwb = dec4(p >> 16u) * s;
+      let o = vec4(select(0.0, zero_offset(wrow, t * BK / 64u), wok));
+      pwa = fma(dec4(p), s, o);
+      pwb = fma(dec4(p >> 16u), s, o);
     }
     if (t > 0u) {
       for (var k = 0u; k < BK; k += 4u) {
@@ -246,7 +265,7 @@ fn dot32(
   x6: vec4<f32>,
   x7: vec4<f32>,
 ) -> f32 {
-  let p = q ^ vec4(0x88888888u);
+  let p = q ^ vec4(FLIP);
   var s = x0 * dec4(p.x);
   s = fma(x1, dec4(p.x >> 16u), s);
   s = fma(x2, dec4(p.y), s);
@@ -305,6 +324,14 @@ fn gemm_w4a16_gemv(
     );
     let s = vec4(scale(n0, gi), scale(n1, gi), scale(n2, gi), scale(n3, gi));
     acc = fma(d, s, acc);
+    if (ZERO_POINT) {
+      // Σ of the chunk's 32 raw x values (x_i holds them times 16^-(k mod 4))
+      let xs4 = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7));
+      let xsum = dot(xs4, vec4<f32>(1.0, 16.0, 256.0, 4096.0));
+      let o = vec4(zero_offset(n0, gi), zero_offset(n1, gi), zero_offset(n2, gi),
+        zero_offset(n3, gi));
+      acc = fma(o, vec4(xsum), acc);
+    }
   }
   red[lane * GV_ROWS + g] = acc.x;
   red[lane * GV_ROWS + g + GV_RG] = acc.y;

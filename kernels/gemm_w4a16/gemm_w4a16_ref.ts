@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { dequantizeWeight, type Int4Weight } from "../../quant/packing.ts";
+import { dequantizeWeight, type Int4Weight, unpackNibbles } from "../../quant/packing.ts";
 import { gemmF16Ref } from "../gemm_f16/gemm_f16_ref.ts";
 
 /** Inputs of {@linkcode gemmW4A16Ref}: X [M,K] row-major, the packed weight, optional bias. */
@@ -15,6 +15,11 @@ export interface GemmW4A16RefInputs {
   weight: Int4Weight;
   bias?: ArrayLike<number>;
   gelu?: boolean;
+  /**
+   * [N, K/64] zero points: the codes are then unsigned (0..15) and `W = q·s + z` (the kernel's
+   * `zeroPoint`).
+   */
+  zeros?: ArrayLike<number>;
 }
 
 /**
@@ -30,6 +35,18 @@ export interface GemmW4A16RefInputs {
  * ```
  */
 export function gemmW4A16Ref(p: GemmW4A16RefInputs): Float64Array {
-  const { m, x, weight, bias, gelu } = p;
-  return gemmF16Ref({ m, k: weight.k, n: weight.n, x, w: dequantizeWeight(weight), bias, gelu });
+  const { m, x, weight, bias, gelu, zeros } = p;
+  let w: Float32Array | Float64Array;
+  if (zeros) {
+    const { n, k } = weight, g = k / 64;
+    const q = unpackNibbles(weight.qweight, n, k, false);
+    w = new Float64Array(n * k);
+    for (let i = 0; i < n * k; i++) {
+      const gi = Math.floor(i / k) * g + Math.floor((i % k) / 64);
+      w[i] = q[i] * weight.wscales[gi] + zeros[gi];
+    }
+  } else {
+    w = dequantizeWeight(weight);
+  }
+  return gemmF16Ref({ m, k: weight.k, n: weight.n, x, w, bias, gelu });
 }

@@ -11,7 +11,10 @@ import { GpuFeatureError } from "../../runtime/errors.ts";
 import {
   dequantizeWeight,
   type Int4Weight,
+  packF16,
+  packNibbles,
   quantizeWeight,
+  roundF16,
   weightScaleWords,
 } from "../../quant/packing.ts";
 import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
@@ -77,6 +80,63 @@ for (const c of CASES) {
       } finally {
         op.destroy();
         gpu.destroy(bx, bq, bs, bb, by);
+      }
+    },
+  });
+}
+
+// AWQ zero points (the adaLN of imported Nunchaku checkpoints): unsigned codes, W = q·s + z with
+// z ≈ −7·s rounded on its own (as Nunchaku stores it), both kernels.
+const ZP_CASES: Case[] = [
+  { m: 1, k: 192, n: 100, dtype: "f32", bias: true, zeroPoint: true },
+  { m: 2, k: 1152, n: 384, dtype: "f16", bias: true, zeroPoint: true },
+  { m: 64, k: 192, n: 100, dtype: "f32", bias: false, zeroPoint: true, kernel: "tiled" },
+  { m: 7, k: 64, n: 8, dtype: "f32", bias: true, zeroPoint: true, kernel: "tiled" },
+];
+
+for (const c of ZP_CASES) {
+  const name = `${caseName(c)} zero points`;
+  Deno.test({
+    name,
+    ignore,
+    async fn() {
+      const gpu = (await testGpu())!;
+      if (c.dtype === "f16" && !gpu.caps.shaderF16) return;
+      const rng = freshRng(name);
+      const x = toActArray(rng.normals(c.m * c.k), c.dtype);
+      const groups = c.n * c.k / 64;
+      const codes = Uint8Array.from({ length: c.n * c.k }, () => rng.int(0, 15));
+      const scales = Float32Array.from({ length: groups }, () => roundF16(0.01 * (1 + rng.next())));
+      const zeros = scales.map((v) => roundF16(-7 * v * (1 + 0.01 * rng.normal())));
+      const weight: Int4Weight = {
+        format: "int4",
+        n: c.n,
+        k: c.k,
+        qweight: packNibbles(codes, c.n, c.k),
+        wscales: scales,
+      };
+      const bias = c.bias ? rng.normals(c.n) : undefined;
+      const bx = await gpu.upload("buffer test x", x);
+      const bq = await gpu.upload("buffer test qweight", weight.qweight);
+      const bs = await gpu.upload("buffer test wscales", packF16(scales));
+      const bz = await gpu.upload("buffer test wzeros", packF16(zeros));
+      const bb = bias ? await gpu.upload("buffer test bias", bias) : undefined;
+      const by = await gpu.upload("buffer test y", poison(c.m * c.n * actBytes(c.dtype)));
+      const op = await GemmW4A16.create(gpu, c, c.kernel);
+      try {
+        const buffers = { x: bx, qweight: bq, wscales: bs, bias: bb, y: by, wzeros: bz };
+        await gpu.runChecked(`run ${name}`, [op.dispatch(buffers)]);
+        const got = fromActBytes(await gpu.read(by), c.dtype, c.m * c.n);
+        const ref = gemmW4A16Ref({ m: c.m, x, weight, bias, gelu: c.gelu, zeros });
+        const w = Float32Array.from(
+          codes,
+          (q, i) => q * scales[Math.floor(i / 64)] + zeros[Math.floor(i / 64)],
+        );
+        const s = absProducts(c.m, c.k, c.n, x, w, bias);
+        checkGemmOutput(name, got, ref, s, c.dtype === "f16");
+      } finally {
+        op.destroy();
+        gpu.destroy(bx, bq, bs, bz, bb, by);
       }
     },
   });

@@ -48,6 +48,11 @@ export interface GemmW4A4LowrankShape {
   tensorScale?: number;
   /** Override the workgroup tile (benchmarks); default 16×16 invocations (128×128 outputs). */
   tile?: W4A4Tile;
+  /**
+   * Multiply row n's group scales by `channel_scale[n]` (f32 [N]; NVFP4 `wcscales` of imported
+   * Nunchaku layers): scales the 4-bit product only. Default false.
+   */
+  channelScale?: boolean;
 }
 
 /** Buffers of one dispatch, in binding order (binding 0 is the uniform params). */
@@ -68,6 +73,8 @@ export interface GemmW4A4LowrankBuffers {
   bias?: GPUBuffer;
   /** ACT [M, N] output. */
   y: GPUBuffer;
+  /** f32 [N] per-channel weight scale (required when the shape has `channelScale`). */
+  channel_scale?: GPUBuffer;
 }
 
 // 128×128 outputs per workgroup: the fastest tile measured on an H100 (M=4096, K=3072).
@@ -120,6 +127,7 @@ export class GemmW4A4Lowrank {
     const pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, {
       MODE: MODE[shape.actMode],
       GELU: shape.gelu ? 1 : 0,
+      CHANNEL_SCALE: shape.channelScale ? 1 : 0,
       WG_X: tile.wgX,
       WG_Y: tile.wgY,
     }, NAME);
@@ -202,6 +210,7 @@ export function bufferSizes(s: GemmW4A4LowrankShape): BufferRow<BufferName>[] {
     ["lora_up", r > 0 ? 4 * Math.ceil((n * r) / 2) : 0, `[N=${n}, R=${r}] f16, 2 per u32`],
     ["bias", s.bias ? n * 4 : 0, `[N=${n}] f32`],
     ["y", m * n * actBytes(s.dtype), `[M=${m}, N=${n}] ${s.dtype}`],
+    ["channel_scale", s.channelScale ? n * 4 : 0, `[N=${n}] f32`],
   ];
 }
 

@@ -1,7 +1,7 @@
 // gemm_w4a4_lowrank: the W4A4 GEMM with the fused low-rank epilogue (ARCHITECTURE.md
 // "4-bit arithmetic with dot4I8Packed", "Fusion boundaries").
 //
-//   Y[m,n] = Σ_g sa[m,g]·sw[n,g]·(Σ_{k∈g} qx[m,k]·qw[n,k])
+//   Y[m,n] = Σ_g sa[m,g]·sw[n,g]·(Σ_{k∈g} qx[m,k]·qw[n,k])   (sw times channel_scale[n] if set)
 //            + Σ_r lora_act[m,r]·lora_up[n,r] + bias[n],
 //   then optional GELU (tanh form), one store in ACT.
 //
@@ -75,6 +75,11 @@ override FACTOR: f32 = select(select(1.0 / 256.0, 1.0 / 16.0, MODE == 1u), 0.25,
 @group(0) @binding(6) var<storage, read> lora_up: array<u32>; // [N, R] f16 pairs
 @group(0) @binding(7) var<storage, read> bias: array<f32>; // [N]
 @group(0) @binding(8) var<storage, read_write> y: array<ACT>; // [M, N]
+// Per-output-channel weight scale [N] f32 (NVFP4 `wcscales` of imported Nunchaku layers): it
+// multiplies every group scale of row n, so it scales the 4-bit product only, not the low-rank
+// term or the bias.
+@group(0) @binding(9) var<storage, read> channel_scale: array<f32>;
+override CHANNEL_SCALE: bool = false;
 
 var<workgroup> xa: array<vec4<u32>, BM * ROW>; // int8 act codes; f32 lora_act in the epilogue
 var<workgroup> xw: array<vec4<u32>, BN * ROW>; // int8 weight codes; f32 lora_up in the epilogue
@@ -128,11 +133,17 @@ fn widen_fp4(w: vec2<u32>) -> vec4<u32> {
 // Group scale of weight row `n`, group `g`, times FACTOR.
 fn weight_scale(n: u32, g: u32, groups: u32) -> f32 {
   let e = n * groups + g;
+  var v: f32;
   if (MODE == 2u) {
     let code = (wscales[e >> 2u] >> (8u * (e & 3u))) & 0xFFu;
-    return decode_e4m3(code) * params.tensor_scale * FACTOR;
+    v = decode_e4m3(code) * params.tensor_scale;
+  } else {
+    v = unpack2x16float(wscales[e >> 1u])[e & 1u];
   }
-  return unpack2x16float(wscales[e >> 1u])[e & 1u] * FACTOR;
+  if (CHANNEL_SCALE) {
+    v *= channel_scale[n];
+  }
+  return v * FACTOR;
 }
 
 fn lora_up_value(e: u32) -> f32 {

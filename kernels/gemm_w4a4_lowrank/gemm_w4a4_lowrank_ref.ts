@@ -2,7 +2,8 @@
  * CPU reference (the specification) of `gemm_w4a4_lowrank`, in float64 from the integer codes
  * and group scales of `quant/packing.ts`:
  *
- * `Y[m,n] = Σ_g sx[m,g]·sw[n,g]·Σ_{k∈g} qx[m,k]·qw[n,k] + Σ_r lora_act[m,r]·lora_up[n,r] + bias[n]`,
+ * `Y[m,n] = Σ_g sx[m,g]·sw[n,g]·c[n]·Σ_{k∈g} qx[m,k]·qw[n,k] + Σ_r lora_act[m,r]·lora_up[n,r] + bias[n]`
+ * (c = the optional per-channel `channelScale`, else 1),
  * then optionally GELU (tanh form).
  *
  * @module
@@ -33,6 +34,8 @@ export interface GemmW4A4LowrankRefInputs {
   /** [N] values, or none. */
   bias?: ArrayLike<number>;
   gelu?: boolean;
+  /** [N] per-channel factors of the 4-bit product (the kernel's `channel_scale`), or none. */
+  channelScale?: ArrayLike<number>;
 }
 
 /** Result: Y [M, N] and, per element, Σ of |each term| before GELU (for error bounds). */
@@ -73,7 +76,8 @@ export function gemmW4A4LowrankRef(inp: GemmW4A4LowrankRefInputs): GemmW4A4Lowra
       for (let gi = 0; gi < groups; gi++) {
         let dot = 0;
         for (let kk = gi * g; kk < (gi + 1) * g; kk++) dot += qx[i * k + kk] * qw[j * k + kk];
-        const t = sx[i * groups + gi] * sw[j * groups + gi] * dot;
+        const cs = inp.channelScale ? inp.channelScale[j] : 1;
+        const t = sx[i * groups + gi] * sw[j * groups + gi] * cs * dot;
         sum += t;
         abs += Math.abs(t);
       }

@@ -55,14 +55,17 @@ interface Case {
   bias: boolean;
   gelu: boolean;
   tile?: W4A4Tile;
+  channelScale?: boolean;
 }
 
-/** "M K N R format/actMode dtype [bias] [gelu] [tile=WGXxWGY]" */
+/** "M K N R format/actMode dtype [bias] [gelu] [cs] [tile=WGXxWGY]" (cs: channel_scale) */
 const CASES: Case[] = [
   "1 64 8 0 int4/int4 f32",
   "7 192 100 16 int4/int4_unsigned f32 bias gelu",
   "64 1152 384 32 int4/int4 f16 bias",
   "257 192 100 32 nvfp4/nvfp4 f32 bias gelu",
+  "33 192 136 32 nvfp4/nvfp4 f32 bias cs", // per-channel scale (imported Nunchaku wcscales)
+  "7 128 72 16 int4/int4 f16 cs",
   "7 64 384 0 nvfp4/nvfp4 f16 gelu",
   "257 1152 8 16 int4/int4_unsigned f16 bias",
   "64 192 8 32 nvfp4/nvfp4 f32",
@@ -87,6 +90,7 @@ function parseCase(text: string): Case {
     dtype: dtype as "f16" | "f32",
     bias: flags.includes("bias"),
     gelu: flags.includes("gelu"),
+    channelScale: flags.includes("cs"),
     tile: tile && { wgX: tile[0], wgY: tile[1] },
   };
 }
@@ -97,6 +101,7 @@ interface Inputs {
   loraAct: Float32Array;
   loraUp: Float32Array;
   bias: Float32Array;
+  channelScale?: Float32Array;
 }
 
 /** Random X (Gaussian with outlier channels and spikes), W, f16-rounded lora_up, bias. */
@@ -117,6 +122,9 @@ function makeInputs(rng: Rng, c: Case): Inputs {
     loraAct: rng.normals(c.m * c.r, 2),
     loraUp,
     bias: rng.normals(c.n),
+    channelScale: c.channelScale
+      ? Float32Array.from({ length: c.n }, () => Math.exp(rng.normal()))
+      : undefined,
   };
 }
 
@@ -138,6 +146,9 @@ async function runGpu(gpu: Gpu, shape: GemmW4A4LowrankShape, inp: Inputs): Promi
     lora_up: shape.r > 0 ? await gpu.upload("buffer lora_up", packF16(inp.loraUp)) : undefined,
     bias: shape.bias ? await gpu.upload("buffer bias", inp.bias) : undefined,
     y: await gpu.upload("buffer y", poison(shape.m * shape.n * (shape.dtype === "f16" ? 2 : 4))),
+    channel_scale: shape.channelScale
+      ? await gpu.upload("buffer channel_scale", inp.channelScale!)
+      : undefined,
   };
   try {
     await gemmW4A4Lowrank(gpu, shape, bufs);
@@ -170,7 +181,7 @@ function check(name: string, c: Case, y: ArrayLike<number>, ref: Float64Array, a
 
 function caseName(c: Case): string {
   return `M=${c.m} K=${c.k} N=${c.n} R=${c.r} ${c.format}/${c.actMode} ${c.dtype}` +
-    `${c.bias ? " bias" : ""}${c.gelu ? " gelu" : ""}${
+    `${c.bias ? " bias" : ""}${c.gelu ? " gelu" : ""}${c.channelScale ? " cs" : ""}${
       c.tile ? " tile " + JSON.stringify(c.tile) : ""
     }`;
 }
@@ -193,6 +204,7 @@ Deno.test({
         loraUp: inp.loraUp,
         bias: c.bias ? inp.bias : undefined,
         gelu: c.gelu,
+        channelScale: inp.channelScale,
       });
       check(caseName(c), c, y, ref, absSum);
     }

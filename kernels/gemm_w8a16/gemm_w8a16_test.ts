@@ -55,7 +55,7 @@ for (const c of CASES) {
             const r = ref[i * c.n + j];
             let bound = (c.k + 4) * 2 ** -24 * s * scales[j] +
               2 ** -24 * Math.abs(bias?.[j] ?? 0);
-            if (c.dtype === "f16") bound += 2 ** -10 * Math.abs(r);
+            if (c.dtype === "f16") bound += 2 ** -10 * Math.abs(r) + 2 ** -24; // + subnormal step
             const err = Math.abs(y[i * c.n + j] - r);
             if (!(err <= bound)) {
               throw new Error(`${name}: y[${i}, ${j}] is ${y[i * c.n + j]}, expected ${r}`);

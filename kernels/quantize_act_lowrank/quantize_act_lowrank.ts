@@ -9,7 +9,7 @@
  */
 import type { Dispatch, Gpu } from "../../runtime/device.ts";
 import { GpuFeatureError } from "../../runtime/errors.ts";
-import { type ActMode, groupSize } from "../../quant/packing.ts";
+import { type ActConvention, type ActMode, groupSize } from "../../quant/packing.ts";
 import { bindBuffers, type BufferRow, runOnce } from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
@@ -32,6 +32,11 @@ export interface QuantizeActLowrankShape {
   dtype: ActDtype;
   /** Divide X by the per-channel factors `smooth` [K] before quantizing. */
   smooth: boolean;
+  /**
+   * Rounding convention (default `"w4"`); `"nunchaku"` reproduces Nunchaku's kernels for
+   * imported checkpoints ({@linkcode quantizeAct} in quant/packing.ts defines both).
+   */
+  convention?: ActConvention;
   /**
    * Rows per workgroup (4, 8 or 16); default 8 from M = 2048 on, else 4. More rows per
    * workgroup re-read `lora_down` less often but leave fewer workgroups in flight.
@@ -111,6 +116,7 @@ export class QuantizeActLowrank {
     const pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, {
       MODE: MODE[shape.mode],
       SMOOTH: shape.smooth ? 1 : 0,
+      NUNCHAKU: shape.convention === "nunchaku" ? 1 : 0,
       QUADS: quads,
       QL: ql,
       RPW: Math.ceil(shape.r / (32 / ql)),
@@ -222,6 +228,11 @@ function checkShape(gpu: Gpu, s: QuantizeActLowrankShape): 4 | 8 | 16 {
   if (s.dtype === "f16" && !gpu.caps.shaderF16) {
     throw new GpuFeatureError(
       `Cannot create ${NAME} with f16 activations: the device lacks shader-f16; use dtype "f32"`,
+    );
+  }
+  if (s.convention !== undefined && s.convention !== "w4" && s.convention !== "nunchaku") {
+    throw new TypeError(
+      `Cannot create ${NAME}: convention "${s.convention}", expected "w4" or "nunchaku"`,
     );
   }
   if (typeof s.smooth !== "boolean") {

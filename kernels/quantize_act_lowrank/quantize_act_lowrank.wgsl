@@ -44,6 +44,10 @@ const GELU_SHIFT: f32 = 0.171875;
 // 0 = int4 (signed, G 64), 1 = int4_unsigned (GELU shift, G 64), 2 = nvfp4 (E2M1, G 16)
 override MODE: u32 = 0u;
 override SMOOTH: bool = false;
+// Nunchaku's rounding (imported checkpoints; quantizeAct's convention "nunchaku"): X/λ rounded to
+// bf16 (unsigned: bf16(bf16(x + shift) / λ)), scales s = amax·(1/7 | 1/15 | 1/6), codes from
+// xs·(1/s), stored scale bf16(s) (nvfp4: e4m3(s)).
+override NUNCHAKU: bool = false;
 // row quads per workgroup: 1, 2 or 4 (TM = 4, 8, 16 rows)
 override QUADS: u32 = 4u;
 // row quads split across output lanes (QUADS = QL · QPT), 1 or 2
@@ -125,6 +129,13 @@ fn e2m1_codes(xs: vec4<f32>, s: f32) -> vec4<u32> {
   c += select(zero, one, a > vec4<f32>(5.0 * s));
   // the sign is kept (negative values rounding to 0 and -0 give code 8)
   return c | ((bitcast<vec4<u32>>(xs) >> vec4<u32>(31u)) << vec4<u32>(3u));
+}
+
+// Round to the nearest bf16 (ties to even), kept as f32. Finite inputs.
+fn bf16r(v: vec4<f32>) -> vec4<f32> {
+  let b = bitcast<vec4<u32>>(v);
+  let r = (b + vec4<u32>(0x7fffu) + ((b >> vec4<u32>(16u)) & vec4<u32>(1u))) & vec4<u32>(0xffff0000u);
+  return bitcast<vec4<f32>>(r);
 }
 
 // 4-bit codes of 4 values (bits 0..15, element j at bits 4j..4j+3).
@@ -225,14 +236,24 @@ fn quantize_act_lowrank(
     // A. smooth (+ shift), local amax, raw values to workgroup memory
     var xs0 = xa;
     var xs1 = xb;
+    if (NUNCHAKU && MODE == 1u) {
+      xs0 = bf16r(xs0 + vec4<f32>(GELU_SHIFT));
+      xs1 = bf16r(xs1 + vec4<f32>(GELU_SHIFT));
+    }
     if (SMOOTH && ok) {
-      xs0 = xa / smooth_[col / 4u];
-      xs1 = xb / smooth_[col / 4u + 1u];
+      xs0 = xs0 / smooth_[col / 4u];
+      xs1 = xs1 / smooth_[col / 4u + 1u];
+    }
+    if (NUNCHAKU) {
+      xs0 = bf16r(xs0);
+      xs1 = bf16r(xs1);
     }
     var am: vec4<f32>;
     if (MODE == 1u) {
-      xs0 += vec4<f32>(GELU_SHIFT);
-      xs1 += vec4<f32>(GELU_SHIFT);
+      if (!NUNCHAKU) {
+        xs0 += vec4<f32>(GELU_SHIFT);
+        xs1 += vec4<f32>(GELU_SHIFT);
+      }
       am = max(max(xs0, xs1), vec4<f32>(0.0));
     } else {
       am = max(abs(xs0), abs(xs1));
@@ -255,18 +276,35 @@ fn quantize_act_lowrank(
         gmax = max(gmax, amx[g0 + i]);
       }
       var s: f32;
-      if (MODE == 2u) {
-        s = nvfp4_scale(gmax);
-      } else {
-        s = gmax / select(7.0, 15.0, MODE == 1u);
-      }
+      var stored: f32;
       var word = 0u;
-      if (s != 0.0) {
-        word = codes4(xs0, s) | (codes4(xs1, s) << 16u);
+      if (NUNCHAKU) {
+        // f32 reciprocals as Nunchaku multiplies by them (1/7, 1/15, 1/6 rounded to f32)
+        if (MODE == 2u) {
+          s = min(gmax * 0.16666667163372040, 448.0);
+          stored = e4m3_decode(e4m3_encode(s));
+        } else {
+          s = gmax * select(0.14285714924335480, 0.06666667014360428, MODE == 1u);
+          stored = bf16r(vec4<f32>(s)).x;
+        }
+        if (s != 0.0) {
+          let inv = 1.0 / s;
+          word = codes4(xs0 * inv, 1.0) | (codes4(xs1 * inv, 1.0) << 16u);
+        }
+      } else {
+        if (MODE == 2u) {
+          s = nvfp4_scale(gmax);
+        } else {
+          s = gmax / select(7.0, 15.0, MODE == 1u);
+        }
+        stored = s;
+        if (s != 0.0) {
+          word = codes4(xs0, s) | (codes4(xs1, s) << 16u);
+        }
       }
       qact[(row * K + col) / 8u] = word;
       if (w % GW == 0u) {
-        ascales[(row * K + col) / G] = s;
+        ascales[(row * K + col) / G] = stored;
       }
     }
 

@@ -5,7 +5,12 @@
  *
  * @module
  */
-import { type ActMode, type QuantAct, quantizeAct } from "../../quant/packing.ts";
+import {
+  type ActConvention,
+  type ActMode,
+  type QuantAct,
+  quantizeAct,
+} from "../../quant/packing.ts";
 
 /** Inputs of the reference: plain values (X already rounded to its storage dtype). */
 export interface QuantizeActLowrankRefInputs {
@@ -67,7 +72,7 @@ export function loraActRef(
  * ```
  */
 export function quantizeActLowrankRef(
-  shape: { m: number; k: number; r: number; mode: ActMode },
+  shape: { m: number; k: number; r: number; mode: ActMode; convention?: ActConvention },
   inputs: QuantizeActLowrankRefInputs,
 ): QuantizeActLowrankRefOutputs {
   const { m, k, r, mode } = shape;
@@ -77,7 +82,7 @@ export function quantizeActLowrankRef(
         `elements, expected [R=${r}, K=${k}] = ${r * k}`,
     );
   }
-  const quant = quantizeAct(inputs.x, m, k, mode, inputs.smooth);
+  const quant = quantizeAct(inputs.x, m, k, mode, inputs.smooth, shape.convention);
   const loraAct = r > 0 ? loraActRef(inputs.x, inputs.loraDown!, m, k, r) : new Float64Array(0);
   return { quant, loraAct };
 }

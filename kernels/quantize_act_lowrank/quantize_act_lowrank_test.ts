@@ -22,6 +22,7 @@ import {
   groupSize,
   packF16,
   type QuantAct,
+  roundBf16,
 } from "../../quant/packing.ts";
 import type { Gpu } from "../../runtime/device.ts";
 import { type ActDtype, toActArray } from "../_wgsl.ts";
@@ -108,15 +109,34 @@ async function runGpu(gpu: Gpu, s: QuantizeActLowrankShape, inp: Inputs): Promis
   }
 }
 
-/** xs as the reference computes it (x / smooth, + shift in unsigned mode), per element. */
+/**
+ * xs as the reference computes it (x / smooth, + shift in unsigned mode; convention "nunchaku":
+ * shift first, bf16-rounded), per element.
+ */
 function smoothed(s: QuantizeActLowrankShape, inp: Inputs): Float32Array {
   const xs = new Float32Array(inp.x.length);
+  const nunchaku = s.convention === "nunchaku", unsigned = s.mode === "int4_unsigned";
   for (let i = 0; i < xs.length; i++) {
-    let v = inp.smooth ? Math.fround(inp.x[i] / inp.smooth[i % s.k]) : inp.x[i];
-    if (s.mode === "int4_unsigned") v = Math.fround(v + GELU_SHIFT);
+    let v = inp.x[i];
+    if (nunchaku && unsigned) v = roundBf16(v + GELU_SHIFT);
+    if (inp.smooth) v = Math.fround(v / inp.smooth[i % s.k]);
+    if (nunchaku) v = roundBf16(v);
+    else if (unsigned) v = Math.fround(v + GELU_SHIFT);
     xs[i] = v;
   }
   return xs;
+}
+
+/** The value the code of `xs` rounds: xs / s, or (convention "nunchaku") xs · f32(1/s). */
+function preRound(s: QuantizeActLowrankShape, xs: Float32Array, i: number, scale: number): number {
+  if (s.convention !== "nunchaku") return Math.fround(xs[i] / scale);
+  const g = groupSize(s.mode), g0 = i - (i % g);
+  let amax = 0;
+  for (let t = 0; t < g; t++) amax = Math.max(amax, Math.abs(xs[g0 + t]));
+  const f = s.mode === "nvfp4" ? 1 / 6 : s.mode === "int4" ? 1 / 7 : 1 / 15;
+  let raw = Math.fround(amax * Math.fround(f));
+  if (s.mode === "nvfp4") raw = Math.min(raw, 448);
+  return Math.fround(xs[i] * Math.fround(1 / raw));
 }
 
 const nibble = (q: Uint32Array, i: number) => (q[i >> 3] >>> ((i & 7) * 4)) & 15;
@@ -169,7 +189,8 @@ function check(
       }
     } else {
       const rel = sr === 0 ? Math.abs(sg) : Math.abs(sg - sr) / sr;
-      if (!(rel <= (opts.exact ? 0 : 1e-6))) {
+      // convention "nunchaku": a product and a bf16 rounding, both exact on every GPU
+      if (!(rel <= (opts.exact || s.convention === "nunchaku" ? 0 : 1e-6))) {
         throw new Error(`${label}: ascales[${gi}] is ${sg}, expected ${sr} (rel err ${rel})`);
       }
       maxScaleRel = Math.max(maxScaleRel, rel);
@@ -178,7 +199,7 @@ function check(
     for (let t = 0; t < g; t++) {
       const i = gi * g + t, a = nibble(q.qact, i), b = nibble(got.qact, i);
       if (a === b) continue;
-      const pre = Math.fround(xs[i] / sr);
+      const pre = preRound(s, xs, i, sr);
       if (opts.exact || !boundaryNeighbours(mode, a, b, pre)) {
         throw new Error(
           `${label}: code of element ${i} (row ${Math.floor(i / k)}, column ${i % k}) is ${b}, ` +
@@ -251,6 +272,22 @@ for (const mode of ["int4", "int4_unsigned", "nvfp4"] as const) {
     },
   });
 }
+
+Deno.test({
+  name: "quantize_act_lowrank with Nunchaku's rounding matches quantizeAct's nunchaku convention",
+  ignore: !HAS_GPU,
+  async fn() {
+    const gpu = (await testGpu())!;
+    const rng = freshRng("quantize_act_lowrank nunchaku convention");
+    for (const mode of ["int4", "int4_unsigned", "nvfp4"] as const) {
+      for (const c of casesFor(mode, "f32").slice(0, 4)) {
+        const s: QuantizeActLowrankShape = { ...c, convention: "nunchaku" };
+        const inp = randomInputs(rng, s);
+        console.log(`  ${JSON.stringify(s)}: ${check(s, inp, await runGpu(gpu, s, inp))}`);
+      }
+    }
+  },
+});
 
 function f32Step(v: number, dir: number): number {
   const f = new Float32Array([v]), u = new Uint32Array(f.buffer);

@@ -22,6 +22,13 @@ import { Serial } from "./_serial.ts";
 /** CLIP's token length in every FLUX/SD pipeline (its 77 positions). */
 const CLIP_LENGTH = 77;
 
+/**
+ * Default T5 weights: INT8 per channel, the smallest format whose encoder-output cosine vs f32
+ * stayed ≥ 0.99 in every measurement (INT4 group 64 did not: README, bench/RESULTS.md). Half
+ * T5-XXL's 16-bit bytes; "float" is the exact reference path.
+ */
+export const DEFAULT_T5_WEIGHTS: TextWeightFormat = "w8a16";
+
 /** T5 token lengths of the FLUX.1 pipelines. */
 export const FLUX_T5_LENGTH = { schnell: 256, dev: 512 } as const;
 
@@ -39,7 +46,10 @@ export interface TextEncodersOptions {
   t5Length?: number;
   /** Activation dtype of both encoders. Default f16 where the device has it. */
   dtype?: ActDtype;
-  /** T5 linear weights ("float", "w4a16", "w8a16"). Default "float" (a pre-quantized file wins). */
+  /**
+   * T5 linear weights: "float", "w4a16" or "w8a16", quantized at load (a pre-quantized file's
+   * format wins). Default {@linkcode DEFAULT_T5_WEIGHTS}.
+   */
   t5Weights?: TextWeightFormat;
 }
 
@@ -133,7 +143,11 @@ export class TextEncoders {
 
   /** Read the tokenizers; the encoders load onto the GPU on the first uncached prompt. */
   static async create(gpu: Gpu, opts: TextEncodersOptions): Promise<TextEncoders> {
-    const options = { t5Length: FLUX_T5_LENGTH.dev, t5Weights: "float" as const, ...opts };
+    const options = {
+      ...opts,
+      t5Length: opts.t5Length ?? FLUX_T5_LENGTH.dev,
+      t5Weights: opts.t5Weights ?? DEFAULT_T5_WEIGHTS,
+    };
     if (!Number.isInteger(options.t5Length) || options.t5Length < 2) {
       throw new RangeError(`Cannot build the text encoders: t5Length ${options.t5Length} < 2`);
     }

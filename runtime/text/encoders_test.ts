@@ -30,6 +30,7 @@ Deno.test({
       t5Tokenizer: fixturePath("t5_tokenizer.json"),
       t5Length: 40,
       dtype: "f32",
+      t5Weights: "float", // exact path: compared with the goldens at 1e-5
     });
     try {
       assert.equal(enc.resident, false); // nothing on the GPU before the first prompt

@@ -126,3 +126,30 @@ Deno.test("tokenizer: a folder with special_tokens_map.json sets the pad token",
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("only runtime/text/tokenizer.ts imports the npm tokenizer, and only lazily", async () => {
+  const root = new URL("../../", import.meta.url);
+  const offenders: string[] = [];
+  const walk = async (dir: URL) => {
+    for await (const e of Deno.readDir(dir)) {
+      const url = new URL(e.name + (e.isDirectory ? "/" : ""), dir);
+      if (e.isDirectory) await walk(url);
+      else if (e.name.endsWith(".ts") && !e.name.endsWith("_test.ts")) {
+        const src = await Deno.readTextFile(url);
+        const rel = url.pathname.slice(root.pathname.length);
+        if (/from\s+["'](npm:|@huggingface\/)/.test(src) && rel !== "runtime/text/tokenizer.ts") {
+          offenders.push(`${rel} imports an npm package`);
+        }
+        if (/^import[^;]*["']\.\/tokenizer\.ts["']/m.test(src.replace(/^import type .*$/gm, ""))) {
+          offenders.push(`${rel} imports tokenizer.ts statically`);
+        }
+      }
+    }
+  };
+  for (const d of ["runtime/", "kernels/", "quant/"]) await walk(new URL(d, root));
+  const mod = await Deno.readTextFile(new URL("mod.ts", root));
+  if (/^export \{[^}]*\} from "\.\/runtime\/text\/tokenizer\.ts"/m.test(mod)) {
+    offenders.push("mod.ts re-exports tokenizer.ts values");
+  }
+  assert.deepEqual(offenders, []);
+});

@@ -1,0 +1,231 @@
+/**
+ * Test helpers: the Nunchaku fixture layers (tests/fixtures/nunchaku/) as the importer reads them,
+ * with their truth tensors.
+ *
+ * @module
+ */
+import { fromFloat32, SafetensorsReader, SafetensorsWriter, toFloat32 } from "./safetensors.ts";
+import {
+  canonicalW4A4,
+  type NunchakuW4A16,
+  type NunchakuW4A4,
+  parseNunchakuQuantConfig,
+  readNunchakuW4A4,
+} from "./nunchaku.ts";
+import { type PackedTensor, packNunchakuW4A16, packNunchakuW4A4 } from "./nunchaku_pack.ts";
+import { type PackedWeight, roundBf16, unpackF16, type WeightFormat } from "./packing.ts";
+import { Rng } from "../kernels/_testing.ts";
+
+/** Folder of the fixture files. */
+export const DIR: string = new URL("../tests/fixtures/nunchaku/", import.meta.url).pathname;
+/** Rows of the fixtures' input x. */
+export const M = 6;
+/** Layer prefix of each fixture file. */
+export const FIXTURE_PREFIX = {
+  int4: "transformer_blocks.0.mlp_fc1",
+  nvfp4: "transformer_blocks.0.qkv_proj",
+} as const;
+
+/** The fixture layer `p` read by the importer, and the truth file's tensors as f32 / raw. */
+export async function loadFixture(p: "int4" | "nvfp4") {
+  const r = await SafetensorsReader.open(`${DIR}${p}_layer.safetensors`);
+  let layer: NunchakuW4A4, cfg;
+  try {
+    cfg = parseNunchakuQuantConfig(r.path, r.metadata.quantization_config);
+    layer = await readNunchakuW4A4(r, FIXTURE_PREFIX[p], cfg.precision);
+  } finally {
+    r.close();
+  }
+  const t = await SafetensorsReader.open(`${DIR}${p}_truth.safetensors`);
+  const truth = new Map<string, Float32Array>(), raw = new Map<string, Uint8Array>();
+  try {
+    for (const [name, info] of t.tensors) {
+      raw.set(name, await t.readRaw(name));
+      if (["F32", "BF16"].includes(info.dtype)) {
+        truth.set(name, toFloat32(info.dtype, raw.get(name)!));
+      }
+    }
+  } finally {
+    t.close();
+  }
+  return { layer, cfg, truth, raw };
+}
+
+/** Our packed weight of a canonical layer, for the packing.ts helpers and references. */
+export function packedOf(layer: NunchakuW4A4): PackedWeight {
+  const c = canonicalW4A4(layer).tensors;
+  const qweight = new Uint32Array(c.get("qweight")!.data.slice().buffer);
+  const ws = c.get("wscales")!.data;
+  if (layer.format === "int4") {
+    const wscales = unpackF16(new Uint32Array(ws.slice().buffer), layer.n * layer.k / 64);
+    return { format: "int4", n: layer.n, k: layer.k, qweight, wscales };
+  }
+  const ts = new Float32Array(c.get("tensor_scale")!.data.slice().buffer)[0];
+  return { format: "nvfp4", n: layer.n, k: layer.k, qweight, wscales: ws, tensorScale: ts };
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny random FLUX checkpoint in Nunchaku's layout (built by our packer)
+
+/** Diffusers config of the tiny FLUX model: D = 128 (2 heads × 64), MLP 512, 1 + 1 blocks. */
+export const TINY_FLUX_CONFIG = {
+  _class_name: "FluxTransformer2DModel",
+  in_channels: 64,
+  num_layers: 1,
+  num_single_layers: 1,
+  attention_head_dim: 64,
+  num_attention_heads: 2,
+  joint_attention_dim: 64,
+  pooled_projection_dim: 32,
+  guidance_embeds: false,
+  axes_dims_rope: [16, 24, 24],
+};
+
+/** The tiny checkpoint's layers in natural order, by our (BFL) layer name. */
+export interface TinyNunchakuFlux {
+  /** W4A4 layers. */
+  w4a4: Map<string, NunchakuW4A4>;
+  /** AWQ adaLN layers. */
+  w4a16: Map<string, NunchakuW4A16>;
+  /** 16-bit tensors by Nunchaku name, bf16 values. */
+  float: Map<string, Float32Array>;
+}
+
+const QUANT_CONFIGS = {
+  int4: {
+    method: "svdquant",
+    weight: { dtype: "int4", scale_dtype: null, group_size: 64 },
+    activation: { dtype: "int4", scale_dtype: null, group_size: 64 },
+    rank: 16,
+  },
+  nvfp4: {
+    method: "svdquant",
+    weight: { dtype: "fp4_e2m1_all", scale_dtype: [null, "fp8_e4m3_nan"], group_size: 16 },
+    activation: { dtype: "fp4_e2m1_all", scale_dtype: "fp8_e4m3_nan", group_size: 16 },
+    rank: 16,
+  },
+};
+
+/**
+ * Write a random tiny FLUX checkpoint in Nunchaku's layout (v0 names, metadata `config`,
+ * `quantization_config`, `model_class`) to `path`; every value is representable in the stored
+ * dtypes, so the import is exact. `edit` may change the tensor table before writing (tests of
+ * bad files). `heads` (default 2, head dim 64) scales the width (benchmarks). Returns the
+ * natural-order values.
+ */
+export async function writeTinyNunchakuFlux(
+  path: string,
+  precision: WeightFormat,
+  seed: number,
+  edit?: (tensors: Map<string, PackedTensor>, metadata: Record<string, string>) => void,
+  heads = 2,
+): Promise<TinyNunchakuFlux> {
+  const rng = new Rng(seed);
+  const b16 = (a: Float32Array) => a.map(roundBf16);
+  const D = 64 * heads, MLP = 4 * D, R = 16;
+  const out: TinyNunchakuFlux = { w4a4: new Map(), w4a16: new Map(), float: new Map() };
+  const tensors = new Map<string, PackedTensor>();
+  const put = (prefix: string, t: Map<string, PackedTensor>) => {
+    for (const [s, v] of t) tensors.set(`${prefix}.${s}`, v);
+  };
+  const w4a4 = (src: string, dst: string, n: number, k: number, bias: boolean, wc = false) => {
+    const l: NunchakuW4A4 = {
+      name: src,
+      format: precision,
+      n,
+      k,
+      r: R,
+      codes: Uint8Array.from({ length: n * k }, () => rng.int(0, 15)),
+      wtscale: precision === "nvfp4" ? roundBf16(0.02 * (1 + rng.next())) : 1,
+      smooth: b16(Float32Array.from({ length: k }, () => Math.exp(0.3 * rng.normal()))),
+      loraDown: b16(rng.normals(R * k, 0.05)),
+      loraUp: b16(rng.normals(n * R, 0.05)),
+    };
+    if (precision === "int4") {
+      l.scales = b16(Float32Array.from({ length: n * k / 64 }, () => 0.004 + 0.004 * rng.next()));
+    } else {
+      l.scalesE4m3 = Uint8Array.from({ length: n * k / 16 }, () => rng.int(36, 52));
+      if (wc) l.wcscales = b16(Float32Array.from({ length: n }, () => 0.5 + rng.next()));
+    }
+    if (bias) l.bias = b16(rng.normals(n, 0.1));
+    out.w4a4.set(dst, l);
+    put(src, packNunchakuW4A4(l));
+  };
+  const awq = (src: string, dst: string, n: number, k: number, splits: number) => {
+    const g = k / 64;
+    const scales = b16(Float32Array.from({ length: n * g }, () => 0.002 + 0.002 * rng.next()));
+    const chunk = n / splits;
+    const l: NunchakuW4A16 = {
+      name: src,
+      n,
+      k,
+      codes: Uint8Array.from({ length: n * k }, () => rng.int(0, 15)),
+      scales,
+      zeros: scales.map((s) => roundBf16(-7 * s)),
+      bias: Float32Array.from({ length: n }, (_, i) => {
+        const c = Math.floor(i / chunk);
+        const v = 0.1 * rng.normal();
+        return c === 1 || c === splits - 2 ? roundBf16(1 + v) - 1 : roundBf16(v);
+      }),
+    };
+    out.w4a16.set(dst, l);
+    put(src, packNunchakuW4A16(l, splits));
+  };
+  const float = (name: string, shape: number[], scale: number, offset = 0) => {
+    const v = b16(rng.normals(shape.reduce((a, b) => a * b, 1), scale).map((x) => x + offset));
+    out.float.set(name, v);
+    tensors.set(name, { dtype: "BF16", shape, data: fromFloat32("BF16", v) });
+  };
+  const tb = "transformer_blocks.0", db = "double_blocks.0";
+  awq(`${tb}.norm1.linear`, `${db}.img_mod.lin`, 6 * D, D, 6);
+  awq(`${tb}.norm1_context.linear`, `${db}.txt_mod.lin`, 6 * D, D, 6);
+  w4a4(`${tb}.qkv_proj`, `${db}.img_attn.qkv`, 3 * D, D, true, true);
+  w4a4(`${tb}.qkv_proj_context`, `${db}.txt_attn.qkv`, 3 * D, D, true);
+  w4a4(`${tb}.out_proj`, `${db}.img_attn.proj`, D, D, true);
+  w4a4(`${tb}.out_proj_context`, `${db}.txt_attn.proj`, D, D, true);
+  w4a4(`${tb}.mlp_fc1`, `${db}.img_mlp.0`, MLP, D, true);
+  w4a4(`${tb}.mlp_fc2`, `${db}.img_mlp.2`, D, MLP, true);
+  w4a4(`${tb}.mlp_context_fc1`, `${db}.txt_mlp.0`, MLP, D, true);
+  w4a4(`${tb}.mlp_context_fc2`, `${db}.txt_mlp.2`, D, MLP, true);
+  for (const q of ["norm_q", "norm_k", "norm_added_q", "norm_added_k"]) {
+    float(`${tb}.${q}.weight`, [64], 0.1, 1);
+  }
+  const sb = "single_transformer_blocks.0", sd = "single_blocks.0";
+  awq(`${sb}.norm.linear`, `${sd}.modulation.lin`, 3 * D, D, 3);
+  w4a4(`${sb}.qkv_proj`, `${sd}.linear1_qkv`, 3 * D, D, true, true);
+  w4a4(`${sb}.mlp_fc1`, `${sd}.linear1_mlp`, MLP, D, true);
+  w4a4(`${sb}.out_proj`, `${sd}.linear2_attn`, D, D, false);
+  w4a4(`${sb}.mlp_fc2`, `${sd}.linear2_mlp`, D, MLP, true);
+  float(`${sb}.norm_q.weight`, [64], 0.1, 1);
+  float(`${sb}.norm_k.weight`, [64], 0.1, 1);
+  const lin = (name: string, n: number, k: number) => {
+    float(`${name}.weight`, [n, k], 1 / Math.sqrt(k));
+    float(`${name}.bias`, [n], 0.05);
+  };
+  lin("x_embedder", D, 64);
+  lin("context_embedder", D, 64);
+  lin("time_text_embed.timestep_embedder.linear_1", D, 256);
+  lin("time_text_embed.timestep_embedder.linear_2", D, D);
+  lin("time_text_embed.text_embedder.linear_1", D, 32);
+  lin("time_text_embed.text_embedder.linear_2", D, D);
+  lin("norm_out.linear", 2 * D, D);
+  lin("proj_out", 64, D);
+  const metadata: Record<string, string> = {
+    config: JSON.stringify({ ...TINY_FLUX_CONFIG, num_attention_heads: heads }),
+    quantization_config: JSON.stringify(QUANT_CONFIGS[precision]),
+    model_class: "NunchakuFluxTransformer2dModel",
+  };
+  edit?.(tensors, metadata);
+  const w = await SafetensorsWriter.create(path, {
+    tensors: [...tensors].map(([name, t]) => ({
+      name,
+      dtype: t.dtype,
+      shape: t.shape,
+      byteLength: t.data.byteLength,
+    })),
+    metadata,
+  });
+  for (const [name, t] of tensors) await w.write(name, t.data);
+  await w.commit();
+  return out;
+}
