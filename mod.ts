@@ -340,11 +340,15 @@ export {
   unpackLatents,
 } from "./runtime/flux/embed.ts";
 export type { FluxVec } from "./runtime/flux/embed.ts";
-export { resolveFluxModel } from "./runtime/flux/model_folder.ts";
+export { fluxDefaultSize, resolveFluxModel } from "./runtime/flux/model_folder.ts";
 export type { FluxModelParts, FluxPart } from "./runtime/flux/model_folder.ts";
 export { checkFluxPlan, fluxMemoryPlan, fluxPolicyAt } from "./runtime/flux/memory.ts";
 export type { FluxMemoryPlan, FluxPlanOptions } from "./runtime/flux/memory.ts";
-export { calibrateFlux } from "./runtime/flux/calibrate.ts";
+export { calibrateFlux, calibrateFluxPrompts } from "./runtime/flux/calibrate.ts";
+export type { FluxPromptCalibOptions } from "./runtime/flux/calibrate.ts";
+export { conditioningOf, textConditioner } from "./runtime/flux/text.ts";
+export { fluxModelInfo, latentPreview, ResidentFlux } from "./runtime/flux/resident.ts";
+export type { FluxModelInfo } from "./runtime/flux/resident.ts";
 export type { FluxCalibOptions, FluxCalibSample } from "./runtime/flux/calibrate.ts";
 export { runDenoise } from "./runtime/family.ts";
 export type { DenoiseJob, DenoiseOptions, DenoiseResult } from "./runtime/family.ts";

@@ -17,8 +17,9 @@
  * deno task bench:flux [--small] [--precisions float,int4,nvfp4] [--f32]
  * ```
  *
- * Text encoders and the decoder are not in this table yet (they come with the encoder and
- * autoencoder issues).
+ * After the step table, the FLUX autoencoder's decode of the same image (random weights;
+ * `--small`: a small autoencoder at 32²) — the other per-image cost. The text encoders have
+ * their own bench (`deno task bench:text`; T5-XXL runs once per prompt, not per step).
  *
  * @module
  */
@@ -267,6 +268,15 @@ async function main(): Promise<void> {
         `${(r.weightBytes / 2 ** 30).toFixed(2)} GiB (${r.clock} clock)`,
     );
   }
+  // the decoder, once per image: FLUX.1's autoencoder at the step's resolution
+  const { benchAutoencoder, FLUX_AE, SMALL_AE } = await import("./ae_bench.ts");
+  await benchAutoencoder(gpu, {
+    label: values.small ? "small AE" : "FLUX AE",
+    config: values.small ? { ...SMALL_AE, zChannels: 16 } : FLUX_AE,
+    sides: [values.small ? 16 : 128],
+    dtype,
+    reps: 1,
+  });
   const f = results.find((r) => r.precision === "float");
   for (const r of results) {
     if (f && r !== f) {

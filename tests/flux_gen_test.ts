@@ -82,3 +82,40 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "deno task gen runs the tiny FLUX folder with INT4 and NVFP4 transformers (--transformer)",
+  ignore,
+  async fn() {
+    const { quantizeFlux } = await import("../quant/flux_model.ts");
+    const dir = await Deno.makeTempDir({ prefix: "flux_gen_quant_" });
+    try {
+      for (const format of ["int4", "nvfp4"] as const) {
+        const q = `${dir}/transformer.${format}.safetensors`;
+        await quantizeFlux(`${ROOT}tests/fixtures/flux_tiny_model`, q, {
+          format,
+          rank: 8,
+          alphas: [0, 0.5, 1],
+          rounds: 0,
+        });
+        const out = `${dir}/${format}.png`;
+        const r = await gen([
+          "a red apple",
+          "--model",
+          "tests/fixtures/flux_tiny_model",
+          "--transformer",
+          q,
+          "--steps",
+          "2",
+          "--out",
+          out,
+        ]);
+        assert.equal(r.code, 0, r.out + r.err);
+        assert.match(r.out, new RegExp(`FLUX\\.1-dev \\(ours layout, ${format}\\)`));
+        assert.ok((await Deno.stat(out)).size > 100);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -116,7 +116,13 @@ export class ResidentFlux {
  * A quick preview image from latents [1, C, h, w]: the first three channels, squashed into
  * [-1, 1] and upsampled to `size`×`size` (no decoder run; shows the composition forming).
  */
-export function latentPreview(latent: Float32Array, c: number, h: number, w: number, size: number) {
+export function latentPreview(
+  latent: Float32Array,
+  c: number,
+  h: number,
+  w: number,
+  size: number,
+): Float32Array {
   const out = new Float32Array(3 * size * size);
   for (let ch = 0; ch < 3; ch++) {
     const src = Math.min(ch, c - 1);

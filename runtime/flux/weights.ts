@@ -177,8 +177,9 @@ export class FluxWeights implements FluxSource {
   }
 
   /**
-   * Open a FLUX transformer: a safetensors file (BFL layout, or a pre-quantized file of ours), or
-   * a diffusers `transformer/` folder (`config.json` + `*.safetensors` shards). `config`
+   * Open a FLUX transformer: a safetensors file (BFL layout, or a pre-quantized file of ours), a
+   * diffusers `transformer/` folder (`config.json` + `*.safetensors` shards), or a model folder
+   * holding one. `config`
    * (diffusers or BFL names) overrides what the files say.
    */
   static async open(path: string, config?: Record<string, unknown>): Promise<FluxWeights> {
@@ -188,6 +189,9 @@ export class FluxWeights implements FluxSource {
     }
     let files: string[];
     let json = config;
+    if (stat.isDirectory && await Deno.stat(`${path}/transformer`).catch(() => null)) {
+      return await FluxWeights.open(`${path}/transformer`, config); // a whole model folder
+    }
     if (stat.isDirectory) {
       files = [];
       for await (const e of Deno.readDir(path)) {
