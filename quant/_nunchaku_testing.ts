@@ -5,7 +5,10 @@
  * @module
  */
 import { fromFloat32, SafetensorsReader, SafetensorsWriter, toFloat32 } from "./safetensors.ts";
+import { type LayerPolicyEntry, type QuantTensor, writeQuantFile } from "./format.ts";
+import { fluxParams, planFluxImport } from "./nunchaku_flux.ts";
 import {
+  canonicalW4A16,
   canonicalW4A4,
   type NunchakuW4A16,
   type NunchakuW4A4,
@@ -228,4 +231,83 @@ export async function writeTinyNunchakuFlux(
   for (const [name, t] of tensors) await w.write(name, t.data);
   await w.commit();
   return out;
+}
+
+/**
+ * The same quantized model as {@linkcode writeTinyNunchakuFlux} wrote, in our own format written
+ * directly from the natural values (canonical tensors, BFL names, the importer's policy), with no
+ * Nunchaku layout in between: what the import must reproduce.
+ */
+export async function writeTinyOursFlux(
+  path: string,
+  t: TinyNunchakuFlux,
+  precision: WeightFormat,
+  heads = 2,
+): Promise<void> {
+  const names = [
+    ...t.float.keys(),
+    ...[...t.w4a4.values(), ...t.w4a16.values()].map((l) => `${l.name}.qweight`),
+  ];
+  const bySrc = new Map<string, NunchakuW4A4 | NunchakuW4A16>();
+  for (const l of [...t.w4a4.values(), ...t.w4a16.values()]) bySrc.set(l.name, l);
+  const tensors: QuantTensor[] = [];
+  const policy: Record<string, LayerPolicyEntry> = {};
+  for (const item of planFluxImport(path, names)) {
+    if (item.kind === "copy" || item.kind === "swap") {
+      let v = t.float.get(item.src)!;
+      if (item.kind === "swap") {
+        const h = v.length / 2;
+        v = Float32Array.from([...v.subarray(h), ...v.subarray(0, h)]);
+      }
+      const shape = shapeOf(item.src, v, heads) ?? [v.length];
+      tensors.push({ name: item.dst, dtype: "BF16", shape, data: fromFloat32("BF16", v) });
+      continue;
+    }
+    const l = bySrc.get(item.src)!;
+    const c = item.kind === "w4a4"
+      ? canonicalW4A4(l as NunchakuW4A4)
+      : canonicalW4A16(l as NunchakuW4A16);
+    for (const [suffix, e] of c.tensors) {
+      tensors.push({ name: `${item.dst}.${suffix}`, dtype: e.dtype, shape: e.shape, data: e.data });
+    }
+    policy[item.dst] = item.kind === "w4a4"
+      ? {
+        method: "svdquant",
+        format: precision,
+        r: (l as NunchakuW4A4).r,
+        actMode: precision === "nvfp4" ? "nvfp4" : item.postGelu ? "int4_unsigned" : "int4",
+        convention: "nunchaku",
+      }
+      : { method: "w4a16", format: "uint4", r: 0 };
+  }
+  await writeQuantFile(path, {
+    quantConfig: {
+      method: "svdquant",
+      weightFormat: precision,
+      groupSize: precision === "int4" ? 64 : 16,
+      rank: 16,
+      actFormat: precision,
+      scaling: "smooth",
+    },
+    modelConfig: fluxParams(path, { ...TINY_FLUX_CONFIG, num_attention_heads: heads }),
+    family: "flux",
+    policy,
+  }, tensors);
+}
+
+/** Shape of a 16-bit tensor of the tiny model by its Nunchaku name (as the generator wrote it). */
+function shapeOf(name: string, v: Float32Array, heads: number): number[] | undefined {
+  const D = 64 * heads;
+  if (!name.endsWith(".weight") || name.includes("norm_")) return [v.length];
+  const rows: Record<string, number> = {
+    "x_embedder.weight": D,
+    "context_embedder.weight": D,
+    "time_text_embed.timestep_embedder.linear_1.weight": D,
+    "time_text_embed.timestep_embedder.linear_2.weight": D,
+    "time_text_embed.text_embedder.linear_1.weight": D,
+    "time_text_embed.text_embedder.linear_2.weight": D,
+    "norm_out.linear.weight": 2 * D,
+    "proj_out.weight": 64,
+  };
+  return rows[name] ? [rows[name], v.length / rows[name]] : undefined;
 }
