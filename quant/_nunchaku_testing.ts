@@ -92,6 +92,10 @@ export interface TinyNunchakuFlux {
   w4a16: Map<string, NunchakuW4A16>;
   /** 16-bit tensors by Nunchaku name, bf16 values. */
   float: Map<string, Float32Array>;
+  /** Their shapes. */
+  floatShapes: Map<string, number[]>;
+  /** The diffusers config written in the metadata. */
+  config: typeof TINY_FLUX_CONFIG;
 }
 
 const QUANT_CONFIGS = {
@@ -113,20 +117,28 @@ const QUANT_CONFIGS = {
  * Write a random tiny FLUX checkpoint in Nunchaku's layout (v0 names, metadata `config`,
  * `quantization_config`, `model_class`) to `path`; every value is representable in the stored
  * dtypes, so the import is exact. `edit` may change the tensor table before writing (tests of
- * bad files). `heads` (default 2, head dim 64) scales the width (benchmarks). Returns the
- * natural-order values.
+ * bad files). `config` changes {@linkcode TINY_FLUX_CONFIG} (the width D = heads · head dim
+ * must stay a multiple of 128; benchmarks scale it, the gen test matches a model folder's
+ * encoders). Returns the natural-order values.
  */
 export async function writeTinyNunchakuFlux(
   path: string,
   precision: WeightFormat,
   seed: number,
   edit?: (tensors: Map<string, PackedTensor>, metadata: Record<string, string>) => void,
-  heads = 2,
+  config: Partial<typeof TINY_FLUX_CONFIG> = {},
 ): Promise<TinyNunchakuFlux> {
+  const cfg = { ...TINY_FLUX_CONFIG, ...config };
   const rng = new Rng(seed);
   const b16 = (a: Float32Array) => a.map(roundBf16);
-  const D = 64 * heads, MLP = 4 * D, R = 16;
-  const out: TinyNunchakuFlux = { w4a4: new Map(), w4a16: new Map(), float: new Map() };
+  const hd = cfg.attention_head_dim, D = cfg.num_attention_heads * hd, MLP = 4 * D, R = 16;
+  const out: TinyNunchakuFlux = {
+    w4a4: new Map(),
+    w4a16: new Map(),
+    float: new Map(),
+    floatShapes: new Map(),
+    config: cfg,
+  };
   const tensors = new Map<string, PackedTensor>();
   const put = (prefix: string, t: Map<string, PackedTensor>) => {
     for (const [s, v] of t) tensors.set(`${prefix}.${s}`, v);
@@ -177,6 +189,7 @@ export async function writeTinyNunchakuFlux(
   const float = (name: string, shape: number[], scale: number, offset = 0) => {
     const v = b16(rng.normals(shape.reduce((a, b) => a * b, 1), scale).map((x) => x + offset));
     out.float.set(name, v);
+    out.floatShapes.set(name, shape);
     tensors.set(name, { dtype: "BF16", shape, data: fromFloat32("BF16", v) });
   };
   const tb = "transformer_blocks.0", db = "double_blocks.0";
@@ -191,7 +204,7 @@ export async function writeTinyNunchakuFlux(
   w4a4(`${tb}.mlp_context_fc1`, `${db}.txt_mlp.0`, MLP, D, true);
   w4a4(`${tb}.mlp_context_fc2`, `${db}.txt_mlp.2`, D, MLP, true);
   for (const q of ["norm_q", "norm_k", "norm_added_q", "norm_added_k"]) {
-    float(`${tb}.${q}.weight`, [64], 0.1, 1);
+    float(`${tb}.${q}.weight`, [hd], 0.1, 1);
   }
   const sb = "single_transformer_blocks.0", sd = "single_blocks.0";
   awq(`${sb}.norm.linear`, `${sd}.modulation.lin`, 3 * D, D, 3);
@@ -199,22 +212,26 @@ export async function writeTinyNunchakuFlux(
   w4a4(`${sb}.mlp_fc1`, `${sd}.linear1_mlp`, MLP, D, true);
   w4a4(`${sb}.out_proj`, `${sd}.linear2_attn`, D, D, false);
   w4a4(`${sb}.mlp_fc2`, `${sd}.linear2_mlp`, D, MLP, true);
-  float(`${sb}.norm_q.weight`, [64], 0.1, 1);
-  float(`${sb}.norm_k.weight`, [64], 0.1, 1);
+  float(`${sb}.norm_q.weight`, [hd], 0.1, 1);
+  float(`${sb}.norm_k.weight`, [hd], 0.1, 1);
   const lin = (name: string, n: number, k: number) => {
     float(`${name}.weight`, [n, k], 1 / Math.sqrt(k));
     float(`${name}.bias`, [n], 0.05);
   };
-  lin("x_embedder", D, 64);
-  lin("context_embedder", D, 64);
+  lin("x_embedder", D, cfg.in_channels);
+  lin("context_embedder", D, cfg.joint_attention_dim);
   lin("time_text_embed.timestep_embedder.linear_1", D, 256);
   lin("time_text_embed.timestep_embedder.linear_2", D, D);
-  lin("time_text_embed.text_embedder.linear_1", D, 32);
+  lin("time_text_embed.text_embedder.linear_1", D, cfg.pooled_projection_dim);
   lin("time_text_embed.text_embedder.linear_2", D, D);
+  if (cfg.guidance_embeds) {
+    lin("time_text_embed.guidance_embedder.linear_1", D, 256);
+    lin("time_text_embed.guidance_embedder.linear_2", D, D);
+  }
   lin("norm_out.linear", 2 * D, D);
-  lin("proj_out", 64, D);
+  lin("proj_out", cfg.in_channels, D);
   const metadata: Record<string, string> = {
-    config: JSON.stringify({ ...TINY_FLUX_CONFIG, num_attention_heads: heads }),
+    config: JSON.stringify(cfg),
     quantization_config: JSON.stringify(QUANT_CONFIGS[precision]),
     model_class: "NunchakuFluxTransformer2dModel",
   };
@@ -242,7 +259,6 @@ export async function writeTinyOursFlux(
   path: string,
   t: TinyNunchakuFlux,
   precision: WeightFormat,
-  heads = 2,
 ): Promise<void> {
   const names = [
     ...t.float.keys(),
@@ -259,7 +275,7 @@ export async function writeTinyOursFlux(
         const h = v.length / 2;
         v = Float32Array.from([...v.subarray(h), ...v.subarray(0, h)]);
       }
-      const shape = shapeOf(item.src, v, heads) ?? [v.length];
+      const shape = t.floatShapes.get(item.src)!;
       tensors.push({ name: item.dst, dtype: "BF16", shape, data: fromFloat32("BF16", v) });
       continue;
     }
@@ -289,25 +305,8 @@ export async function writeTinyOursFlux(
       actFormat: precision,
       scaling: "smooth",
     },
-    modelConfig: fluxParams(path, { ...TINY_FLUX_CONFIG, num_attention_heads: heads }),
+    modelConfig: fluxParams(path, t.config),
     family: "flux",
     policy,
   }, tensors);
-}
-
-/** Shape of a 16-bit tensor of the tiny model by its Nunchaku name (as the generator wrote it). */
-function shapeOf(name: string, v: Float32Array, heads: number): number[] | undefined {
-  const D = 64 * heads;
-  if (!name.endsWith(".weight") || name.includes("norm_")) return [v.length];
-  const rows: Record<string, number> = {
-    "x_embedder.weight": D,
-    "context_embedder.weight": D,
-    "time_text_embed.timestep_embedder.linear_1.weight": D,
-    "time_text_embed.timestep_embedder.linear_2.weight": D,
-    "time_text_embed.text_embedder.linear_1.weight": D,
-    "time_text_embed.text_embedder.linear_2.weight": D,
-    "norm_out.linear.weight": 2 * D,
-    "proj_out.weight": 64,
-  };
-  return rows[name] ? [rows[name], v.length / rows[name]] : undefined;
 }
