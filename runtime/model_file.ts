@@ -201,7 +201,18 @@ export class ModelFile implements ModelSource {
       return out;
     }
     for (
-      const s of ["qweight", "wscales", "tensor_scale", "smooth", "lora_down", "lora_up", "bias"]
+      const s of [
+        "qweight",
+        "wscales",
+        "tensor_scale",
+        "smooth",
+        "lora_down",
+        "lora_up",
+        "bias",
+        // layers imported from Nunchaku: AWQ zero points (W4A16 "uint4"), NVFP4 wcscales
+        "wzeros",
+        "channel_scale",
+      ]
     ) {
       if (this.has(`${base}.${s}`)) out.set(s, await this.stored(`${base}.${s}`));
     }
