@@ -21,6 +21,7 @@ const USAGE = `Usage: deno task serve [options]
   --queue N          requests waiting beyond the running one before 429 (default 8)
   --concurrency N    generations on the GPU at once (default 1)
   --timeout S        time limit of one request in seconds, wait included (default 120)
+  --nats URL         serve as the GPU-less front end of a NATS fleet (deno task serve --nats -h)
   -h, --help         this text
 
 Environment: PORT; W4_API_TOKEN (require Authorization: Bearer <token> on /api/*);
@@ -33,7 +34,7 @@ export function idFor(path: string): string {
 }
 
 /** The default registry: the bundled int4 model (built once if needed), then other built ones. */
-async function defaultRegistry(): Promise<RegistryEntry[]> {
+export async function defaultRegistry(): Promise<RegistryEntry[]> {
   const int4 = await modelFor("int4", (l) => console.log(l));
   const out: RegistryEntry[] = [{ id: "dit-emoji-int4", path: int4 }];
   const f = await ModelFile.open(int4);
@@ -57,6 +58,9 @@ async function defaultRegistry(): Promise<RegistryEntry[]> {
 }
 
 async function main(args: string[]): Promise<void> {
+  if (args.some((a) => a === "--nats" || a.startsWith("--nats="))) {
+    return await (await import("./fleet/serve.ts")).serveFleet(args);
+  }
   const { values } = parseArgs({
     args,
     options: {
