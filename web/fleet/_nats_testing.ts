@@ -67,7 +67,16 @@ export class NatsServer {
 
   async #spawn(): Promise<void> {
     this.#proc = new Deno.Command(NATS_SERVER!, {
-      args: ["-a", "127.0.0.1", "-p", String(this.#port), "-js", "-sd", this.#dir],
+      args: [
+        "-a",
+        "127.0.0.1",
+        "-p",
+        String(this.#port),
+        "-js",
+        "-sd",
+        this.#dir,
+        ...(Deno.env.get("NTRACE") ? ["-DV", "-l", Deno.env.get("NTRACE")!] : []),
+      ],
       stdout: "null",
       stderr: "null",
     }).spawn();

@@ -114,7 +114,7 @@ export interface InfraOptions {
   maxPending?: number;
   /** How long job records and images are kept, in milliseconds (default 1 hour). */
   keepMs?: number;
-  /** Heartbeat period of the workers, in milliseconds (their KV entries expire after 3). */
+  /** Heartbeat period of the workers, in milliseconds (their KV entries expire after 5). */
   heartbeatMs?: number;
 }
 
@@ -159,7 +159,7 @@ export async function ensureInfra(nc: NatsConnection, o: InfraOptions = {}): Pro
   const jobs = await kvm.create(JOBS_BUCKET, { history: 1, ttl: keepMs });
   const workers = await kvm.create(WORKERS_BUCKET, {
     history: 1,
-    ttl: 3 * (o.heartbeatMs ?? 2000),
+    ttl: 5 * (o.heartbeatMs ?? 2000),
   });
   const images = await new Objm(nc).create(IMAGES_BUCKET, { ttl: keepMs * 1e6 });
   return { jsm, jobs, workers, images };

@@ -7,6 +7,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { HAS_GPU } from "../../kernels/_testing.ts";
 import { encodePng, toRgbGrid } from "../../runtime/png.ts";
 import { createApp } from "../app.ts";
+import { PipelineEngine } from "../engine.ts";
 import { connectNats } from "./connect.ts";
 import { FleetEngine, type FleetStatus } from "./front.ts";
 import {
@@ -402,7 +403,12 @@ Deno.test({
     const server = await NatsServer.start();
     const nc = await connectNats({ servers: [server.url] });
     const procs: Deno.ChildProcess[] = [];
-    const engine = await FleetEngine.create(nc, { maxPending: 8, pollMs: 200, log: () => {} });
+    const engine = await FleetEngine.create(nc, {
+      maxPending: 8,
+      perCaller: 8,
+      pollMs: 200,
+      log: () => {},
+    });
     try {
       const fixture = new URL("../../tests/fixtures/tiny_dit.safetensors", import.meta.url)
         .pathname;
@@ -445,9 +451,24 @@ Deno.test({
         return r.png!;
       };
       const pngs = await Promise.all(["a", "b", "c", "d"].map(gen));
+      // the in-process path on the same request
+      const local = await PipelineEngine.create([{ id: "tiny_dit", path: fixture }]);
+      const r = await local.generate({
+        model: "tiny_dit",
+        classId: 3,
+        seed: 11,
+        steps: 2,
+        cfg: 2,
+        sampler: "dpm",
+        signal: AbortSignal.timeout(60_000),
+      });
+      local.destroy();
+      const { rgb, width, height } = toRgbGrid(r.image, 1, 16);
+      const want = await encodePng(rgb, width, height);
       for (const p of pngs) {
         assert.deepEqual([...p.subarray(0, 8)], PNG_SIG);
-        assert.deepEqual(p, pngs[0], "same request, same image, whichever worker ran it");
+        assert.deepEqual(p, pngs[0], "same image, whichever worker");
+        assert.deepEqual(p, want, "the fleet's image is the in-process one, whichever worker");
       }
       await new Promise((r) => setTimeout(r, 2500));
       await engine.refresh();

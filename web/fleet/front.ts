@@ -24,6 +24,7 @@ import { HttpError } from "../params.ts";
 import { QueueFullError } from "../queue.ts";
 import { ensureInfra, type Infra } from "./connect.ts";
 import {
+  bellSubject,
   cancelSubject,
   consumerName,
   dec,
@@ -55,7 +56,7 @@ export interface FleetOptions {
 
 /** What `/healthz` and `/api/models` show of the fleet. */
 export interface FleetStatus {
-  /** Live workers (heartbeat within three periods). */
+  /** Live workers (a heartbeat within the last five periods). */
   workers: {
     id: string;
     models: string[];
@@ -232,9 +233,9 @@ export class FleetEngine implements Engine {
     }
   }
 
+  /** Workers whose heartbeat entry has not expired (the bucket's TTL, on the server's clock). */
   #live(): WorkerBeat[] {
-    const old = Date.now() - 3 * this.#opts.heartbeatMs;
-    return this.#beats.filter((b) => b.at >= old);
+    return this.#beats;
   }
 
   #retryAfterS(): number {
@@ -369,6 +370,7 @@ export class FleetEngine implements Engine {
     try {
       try {
         await this.#js.publish(jobSubject(req.model), enc(job), { msgID: `${id}-${rev}` });
+        this.#nc.publish(bellSubject(req.model));
       } catch (e) {
         if (created) await jobs.delete(id).catch(() => {});
         if (/maximum messages/i.test((e as Error).message)) {
@@ -435,15 +437,15 @@ export class FleetEngine implements Engine {
   }
 
   async #result(id: string, rec: JobRecord): Promise<EngineResult> {
-    const png = await this.#infra.images.getBlob(id);
-    if (!png) {
+    const blob = await this.#infra.images.getBlob(id);
+    if (!blob) {
       throw new HttpError(503, "Cannot return the image: it expired from the store; retry");
     }
     const totalMs = rec.totalMs ?? 0;
     this.#avgMs = this.#avgMs ? 0.8 * this.#avgMs + 0.2 * totalMs : totalMs;
     return {
       image: new Float32Array(0),
-      png,
+      png: new Uint8Array(blob), // a plain copy (the client gives a Node Buffer)
       seed: rec.seed,
       stepMs: rec.stepMs ?? [],
       totalMs,

@@ -33,6 +33,11 @@ export function jobSubject(model: string): string {
   return `w4.jobs.${model}`;
 }
 
+/** The subject a front end rings after publishing a job (wakes idle multi-model workers). */
+export function bellSubject(model: string): string {
+  return `w4.bell.${jobSubject(model).slice("w4.jobs.".length)}`;
+}
+
 /** The durable pull consumer all workers of one model share (hex: ids may hold `.`). */
 export function consumerName(model: string): string {
   if (!MODEL_ID.test(model)) throw new RangeError(`Cannot name a consumer for model "${model}"`);

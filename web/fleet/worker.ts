@@ -9,13 +9,14 @@
  *
  * @module
  */
-import type { NatsConnection } from "@nats-io/transport-node";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { AckPolicy, type Consumer, jetstream, type JsMsg } from "@nats-io/jetstream";
 import { encodePng, toRgbGrid } from "../../runtime/png.ts";
 import type { Engine } from "../engine.ts";
 import { toHttp } from "../errors.ts";
 import { ensureInfra, type Infra } from "./connect.ts";
 import {
+  bellSubject,
   cancelSubject,
   consumerName,
   dec,
@@ -71,6 +72,8 @@ export class FleetWorker {
   #consumers: Consumer[];
   #opts: Required<Omit<WorkerOptions, "id">>;
   #stopping = false;
+  #bell = () => {};
+  #bells: Subscription | null = null;
   #beat: WorkerBeat;
   #timer: ReturnType<typeof setInterval>;
 
@@ -99,6 +102,13 @@ export class FleetWorker {
       failed: 0,
       at: Date.now(),
     };
+    if (consumers.length > 1) {
+      this.#bells = nc.subscribe("w4.bell.>", {
+        callback: (_e, m) => {
+          if (engine.models().some((x) => m.subject === bellSubject(x.id))) this.#bell();
+        },
+      });
+    }
     this.#timer = setInterval(() => this.#heartbeat(), opts.heartbeatMs);
     this.#heartbeat();
     this.done = this.#loop();
@@ -143,7 +153,9 @@ export class FleetWorker {
   /** Stop pulling; the job running now finishes first. Removes the heartbeat entry. */
   async stop(): Promise<void> {
     this.#stopping = true;
+    this.#bell();
     await this.done;
+    this.#bells?.unsubscribe();
     clearInterval(this.#timer);
     await this.#infra.workers.delete(this.id).catch(() => {});
   }
@@ -161,13 +173,47 @@ export class FleetWorker {
     });
   }
 
+  /**
+   * The next job. One model: a long poll on its consumer. Several: a pull only on consumers with
+   * jobs waiting (most first), since a pull on an empty one would hold a ready job of another
+   * model back until it expires; when none waits, sleep until a front end rings the bell of one
+   * of this worker's models (or 1 s), and every third idle round poll, for a second, one of the
+   * consumers with jobs in flight elsewhere (a job whose worker died is redelivered to a pull,
+   * and is not counted as waiting).
+   */
+  async #next(turn: number): Promise<JsMsg | null> {
+    const cs = this.#consumers;
+    if (cs.length === 1) return await cs[0].next({ expires: 2000 });
+    const infos = await Promise.all(
+      cs.map((c) => c.info(false).then((i) => [i.num_pending, i.num_ack_pending], () => [0, 0])),
+    );
+    const order = cs.map((c, i) => ({ c, n: infos[i][0] })).filter((x) => x.n > 0)
+      .sort((a, b) => b.n - a.n);
+    for (const { c } of order) {
+      const m = await c.next({ expires: 1000 });
+      if (m) return m;
+    }
+    const inFlight = cs.filter((_, i) => infos[i][1] > 0);
+    if (turn % 3 === 2 && inFlight.length > 0) {
+      return await inFlight[Math.floor(turn / 3) % inFlight.length].next({ expires: 1000 });
+    }
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => resolve(), 1000);
+      this.#bell = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+    this.#bell = () => {};
+    return null;
+  }
+
   async #loop(): Promise<void> {
     let k = 0, backoff = 100;
     while (!this.#stopping) {
-      const consumer = this.#consumers[k++ % this.#consumers.length];
       let msg: JsMsg | null;
       try {
-        msg = await consumer.next({ expires: this.#consumers.length > 1 ? 1000 : 2000 });
+        msg = await this.#next(k++);
         backoff = 100;
       } catch (e) {
         if (this.#stopping) break;
@@ -274,8 +320,8 @@ export class FleetWorker {
     }
     try {
       await jobs.put(job.id, enc(end));
-      progress({ t: "end", state: end.state });
       await msg.ackAck();
+      progress({ t: "end", state: end.state });
     } catch (e) {
       // the record or the ack did not reach the server: the job is redelivered and, when the
       // image was stored, found done or made again with the same seed
