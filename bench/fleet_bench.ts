@@ -35,7 +35,7 @@ const { values } = parseArgs({
 const jobs = Number(values.jobs), steps = Number(values.steps), stepMs = Number(values["step-ms"]);
 const ackWaitS = Number(values["ack-wait"]);
 const model = values.model;
-const heartbeatMs = 300;
+const heartbeatMs = model ? 2000 : 300;
 
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -43,9 +43,13 @@ const pct = (xs: number[], p: number) => {
 };
 
 /** A worker subprocess: a fake one, or `worker_main.ts` on the model file. */
-function spawnWorker(url: string, id: string): { ready: Promise<void>; kill(): Promise<void> } {
+function spawnWorker(
+  url: string,
+  id: string,
+  ms = stepMs,
+): { ready: Promise<void>; kill(): Promise<void> } {
   if (!model) {
-    const w = new FakeWorkerProcess(url, id, { stepMs, ackWaitS });
+    const w = new FakeWorkerProcess(url, id, { stepMs: ms, ackWaitS });
     return { ready: w.ready(), kill: () => w.kill() };
   }
   const p = new Deno.Command(Deno.execPath(), {
@@ -74,12 +78,12 @@ function spawnWorker(url: string, id: string): { ready: Promise<void>; kill(): P
   };
 }
 
-async function request(url: string, i: number): Promise<number> {
+async function request(url: string, i: number, n = steps): Promise<number> {
   const t0 = performance.now();
   const res = await fetch(`${url}/api/generate`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ class: 0, seed: i, steps, cfg: 2 }),
+    body: JSON.stringify({ class: 0, seed: i, steps: n, cfg: 2 }),
   });
   await res.arrayBuffer();
   if (res.status !== 200) throw new Error(`request ${i}: HTTP ${res.status}`);
@@ -94,9 +98,9 @@ async function burst(url: string, n: number, base: number) {
 }
 
 /** One request at a time: mean latency. */
-async function serial(url: string, n: number, base: number): Promise<number> {
+async function serial(url: string, n: number, base: number, s = steps): Promise<number> {
   let sum = 0;
-  for (let i = 0; i < n; i++) sum += await request(url, base + i);
+  for (let i = 0; i < n; i++) sum += await request(url, base + i, s);
   return sum / n;
 }
 
@@ -117,17 +121,19 @@ say(
     `, ack wait ${ackWaitS} s`,
 );
 
-// in-process baseline: the same app over the engine in this process, one at a time
+// The queue's own cost per job: one request at a time through the same app, in-process vs one
+// fleet worker, with a 1-step zero-time fake engine (or the model, for --model) so that nothing
+// but the path differs.
+const ovSteps = model ? steps : 1;
 const local: Engine = model
   ? await PipelineEngine.create([{ id: idFor(model), path: model }])
-  : new FakeEngine(stepMs);
+  : new FakeEngine(0);
+let inproc: number;
 {
   const s = serve(local, { concurrency: 1, limit: jobs, timeoutMs: 600_000 });
-  await request(s.url, 0); // warm-up
-  const inproc = await serial(s.url, Math.min(10, jobs), 1);
+  await request(s.url, 0, ovSteps); // warm-up
+  inproc = await serial(s.url, 20, 1, ovSteps);
   await s.close();
-  say(`in-process, sequential: mean ${inproc.toFixed(1)} ms per job`);
-  (globalThis as { inproc?: number }).inproc = inproc;
 }
 if (local instanceof PipelineEngine) local.destroy();
 
@@ -142,25 +148,45 @@ const engine = await FleetEngine.create(nc, {
 });
 const front = serve(engine, engine.queueOptions(600_000));
 const workers: { ready: Promise<void>; kill(): Promise<void> }[] = [];
+async function join(n: number): Promise<void> {
+  for (let i = 0; i < 600 && engine.status().workers.length !== n; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    await engine.refresh();
+  }
+  if (engine.status().workers.length !== n) throw new Error(`expected ${n} workers`);
+}
 try {
+  if (!model) {
+    const w = spawnWorker(server.url, "zero", 0);
+    await w.ready;
+    await join(1);
+    await request(front.url, 0, ovSteps);
+    const fleet1 = await serial(front.url, 20, 1_000, ovSteps);
+    await w.kill();
+    await engine.refresh(); // its heartbeat entry expires after 5 periods
+    await new Promise((r) => setTimeout(r, 6 * heartbeatMs));
+    await join(0).catch(() => {});
+    say(
+      `queue overhead (1 step, zero-time fake engine, sequential): fleet ${
+        fleet1.toFixed(1)
+      } ms per job vs in-process ${inproc.toFixed(1)} → ${(fleet1 - inproc).toFixed(1)} ms`,
+    );
+  }
   say("| workers | jobs | wall s | jobs/s | p50 ms | p95 ms |");
   say("|---|---|---|---|---|---|");
   for (let n = 1; n <= 3; n++) {
     const w = spawnWorker(server.url, `b${n}`);
     workers.push(w);
     await w.ready;
-    for (let i = 0; i < 600 && engine.status().workers.length < n; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      await engine.refresh();
-    }
-    if (engine.status().workers.length < n) throw new Error(`worker ${n} did not join`);
+    console.error(`worker ${n} started`);
+    await join(n);
+    console.error(`worker ${n} joined`);
     await request(front.url, 10_000 * n); // warm-up (a real worker compiles its shaders)
-    if (n === 1) {
-      const fleet1 = await serial(front.url, Math.min(10, jobs), 20_000);
-      const inproc = (globalThis as { inproc?: number }).inproc!;
+    if (n === 1 && model) {
+      const fleet1 = await serial(front.url, 20, 20_000, ovSteps);
       say(
-        `queue overhead: 1 worker, sequential: mean ${fleet1.toFixed(1)} ms per job vs ` +
-          `${inproc.toFixed(1)} in-process → ${(fleet1 - inproc).toFixed(1)} ms per job`,
+        `queue overhead (${ovSteps} steps, sequential): fleet ${fleet1.toFixed(1)} ms per job ` +
+          `vs in-process ${inproc.toFixed(1)} → ${(fleet1 - inproc).toFixed(1)} ms`,
       );
     }
     const b = await burst(front.url, jobs, 100_000 * n);

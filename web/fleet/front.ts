@@ -38,6 +38,7 @@ import {
   type Progress,
   progressSubject,
   type WorkerBeat,
+  WORKERS_BUCKET,
 } from "./protocol.ts";
 
 /** Options of {@linkcode FleetEngine}. */
@@ -206,8 +207,13 @@ export class FleetEngine implements Engine {
   async #refresh(): Promise<void> {
     try {
       const beats: WorkerBeat[] = [];
-      const keys = new Set<string>(); // an update during the listing may repeat a key
-      for await (const k of await this.#infra.workers.keys()) keys.add(k);
+      // the bucket's keys from its stream's subject list: one request (a KV key listing is a
+      // consumer, which can stall while the workers keep writing)
+      const prefix = `$KV.${WORKERS_BUCKET}.`;
+      const wi = await this.#infra.jsm.streams.info(`KV_${WORKERS_BUCKET}`, {
+        subjects_filter: `${prefix}>`,
+      });
+      const keys = Object.keys(wi.state.subjects ?? {}).map((s) => s.slice(prefix.length));
       for (const k of keys) {
         const e = await this.#infra.workers.get(k);
         if (e?.operation === "PUT") beats.push(dec<WorkerBeat>(e.value));

@@ -39,7 +39,8 @@ export interface WorkerOptions {
   ackWaitS?: number;
   /** Deliveries of one job before it fails with 503 (default 3). */
   maxDeliver?: number;
-  /** Heartbeat period in milliseconds (default 2000). */
+  /** Heartbeat period in milliseconds when this worker creates the bucket (default 2000); else
+   * a fifth of the bucket's TTL. */
   heartbeatMs?: number;
   /** Least milliseconds between two previews (default 200). */
   previewEveryMs?: number;
@@ -129,6 +130,9 @@ export class FleetWorker {
     };
     const id = o.id ?? crypto.randomUUID().replaceAll("-", "").slice(0, 12);
     const infra = await ensureInfra(nc, { heartbeatMs: opts.heartbeatMs });
+    // the bucket's TTL (set by whoever created it) decides: beat five times per TTL
+    const ttl = (await infra.workers.status()).ttl;
+    if (ttl > 0) opts.heartbeatMs = Math.max(50, Math.floor(ttl / 5));
     const js = jetstream(nc);
     const consumers: Consumer[] = [];
     for (const m of engine.models()) {
