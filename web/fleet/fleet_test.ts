@@ -8,7 +8,9 @@ import { HAS_GPU } from "../../kernels/_testing.ts";
 import { encodePng, toRgbGrid } from "../../runtime/png.ts";
 import { createApp } from "../app.ts";
 import { PipelineEngine } from "../engine.ts";
-import { connectNats } from "./connect.ts";
+import { jetstream } from "@nats-io/jetstream";
+import { connectNats, ensureInfra } from "./connect.ts";
+import { dec, enc, type JobRecord, jobSubject } from "./protocol.ts";
 import { FleetEngine, type FleetStatus } from "./front.ts";
 import {
   type FakeWorkerProcess,
@@ -292,6 +294,36 @@ Deno.test({
       assert.deepEqual(new Uint8Array(await mine.arrayBuffer()), await fakePng(3, 2));
       const s = await status(f);
       assert.equal(sum(s, "finished"), 2, "one job per (caller, key)");
+    } finally {
+      await f.close();
+    }
+  },
+});
+
+Deno.test({
+  ...opts,
+  name:
+    "fleet: a worker validates each job again: a forged one fails its record with 400, runs nothing",
+  fn: async () => {
+    const f = await fleet({ workers: 1, stepMs: 5 });
+    try {
+      const infra = await ensureInfra(f.nc);
+      const id = "f".repeat(32);
+      await infra.jobs.create(id, enc({ state: "queued", fp: "", seed: 1, created: Date.now() }));
+      const forged = { id, rev: 1, model: "tiny-int4", classId: 0, seed: 1, steps: 5000, cfg: 2 };
+      await jetstream(f.nc).publish(jobSubject("tiny-int4"), enc({ ...forged, preview: false }));
+      let rec: JobRecord | null = null;
+      for (let i = 0; i < 50 && rec?.state !== "failed"; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        const e = await infra.jobs.get(id);
+        rec = e ? dec<JobRecord>(e.value) : null;
+      }
+      assert.equal(rec?.state, "failed");
+      assert.equal(rec?.status, 400);
+      assert.match(rec?.message ?? "", /steps must be an integer in 1\.\.100/);
+      const s = await status(f);
+      assert.equal(s.workers[0].finished + s.workers[0].failed, 0, "nothing ran");
+      assert.equal(s.pending, 0, "the forged job left the stream");
     } finally {
       await f.close();
     }

@@ -22,6 +22,7 @@ import {
   dec,
   enc,
   encodePreview,
+  JOB_ID,
   type JobRecord,
   JOBS_STREAM,
   jobSubject,
@@ -236,8 +237,30 @@ export class FleetWorker {
     try {
       job = parseJob(msg.data, this.#engine.models());
     } catch (e) {
-      // not a job this worker can run: drop it (a front end validates first, so this is hostile)
-      this.#opts.log(`worker ${this.id}: refused a job: ${(e as Error).message}`);
+      // not a job this worker can run (a front end validates first: a version mismatch, or a
+      // hostile publisher): drop it, and fail its record when it names one, so no one waits
+      const message = (e as Error).message;
+      this.#opts.log(`worker ${this.id}: refused a job: ${message}`);
+      const id = (() => {
+        try {
+          return dec<{ id?: unknown }>(msg.data).id;
+        } catch {
+          return undefined;
+        }
+      })();
+      if (typeof id === "string" && JOB_ID.test(id)) {
+        const rec = await this.#infra.jobs.get(id).catch(() => null);
+        if (rec?.operation === "PUT") {
+          const failed: JobRecord = {
+            ...dec<JobRecord>(rec.value),
+            state: "failed",
+            status: 400,
+            message,
+          };
+          await this.#infra.jobs.update(id, enc(failed), rec.revision).catch(() => {});
+          this.#nc.publish(progressSubject(id), enc({ t: "end", state: "failed" } as Progress));
+        }
+      }
       await msg.ackAck().catch(() => msg.term());
       return;
     }
@@ -264,6 +287,7 @@ export class FleetWorker {
     );
     progress({ t: "start", attempt, worker: this.id });
     let end: JobRecord;
+    let png: Uint8Array | null = null;
     try {
       let last = -Infinity;
       const r = await this.#engine.generate({
@@ -283,8 +307,7 @@ export class FleetWorker {
         },
       });
       const { rgb, width, height } = toRgbGrid(r.image, 1, job.params.model.size);
-      const png = await encodePng(rgb, width, height);
-      await images.putBlob({ name: job.id }, png);
+      png = await encodePng(rgb, width, height);
       end = {
         ...(rec ?? { fp: "", seed: job.seed, created: Date.now() }),
         state: "done",
@@ -293,7 +316,6 @@ export class FleetWorker {
         worker: this.id,
         attempt,
       };
-      this.#beat.finished++;
     } catch (e) {
       if (ac.signal.aborted) {
         this.#beat.cancelled++;
@@ -304,6 +326,7 @@ export class FleetWorker {
         if (attempt < this.#opts.maxDeliver && f.status >= 500) {
           // maybe this worker's GPU: let another delivery (perhaps elsewhere) try
           this.#opts.log(`worker ${this.id}: job ${job.id} failed (${f.message}); redelivering`);
+          clearInterval(keepAlive);
           msg.nak(500);
           return;
         }
@@ -318,19 +341,39 @@ export class FleetWorker {
         };
       }
     } finally {
-      clearInterval(keepAlive);
       sub.unsubscribe();
       this.#beat.job = null;
     }
+    // store the image, then the record, then ack — retried while the server is away (a restart),
+    // the message kept alive meanwhile; each step is idempotent
+    const image = png;
     try {
-      await jobs.put(job.id, enc(end));
-      await msg.ackAck();
+      await this.#retry(async () => {
+        if (image) await images.putBlob({ name: job.id }, image);
+        await jobs.put(job.id, enc(end));
+        await msg.ackAck();
+      });
+      if (end.state === "done") this.#beat.finished++;
       progress({ t: "end", state: end.state });
     } catch (e) {
-      // the record or the ack did not reach the server: the job is redelivered and, when the
-      // image was stored, found done or made again with the same seed
+      // still failing: no ack, so the job is redelivered after the ack wait and, when the
+      // record made it, found done; else made again with the same seed (the same image)
       this.#opts.log(`worker ${this.id}: cannot finish job ${job.id}: ${(e as Error).message}`);
+    } finally {
+      clearInterval(keepAlive);
     }
     this.#heartbeat();
+  }
+
+  /** Run `fn` until it succeeds, 8 tries at most, waiting 100 ms, 200 ms, … 2 s between. */
+  async #retry(fn: () => Promise<void>): Promise<void> {
+    for (let k = 0;; k++) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (k >= 7) throw e;
+        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** k)));
+      }
+    }
   }
 }
