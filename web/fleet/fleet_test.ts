@@ -8,6 +8,7 @@ import { HAS_GPU } from "../../kernels/_testing.ts";
 import { encodePng, toRgbGrid } from "../../runtime/png.ts";
 import { createApp } from "../app.ts";
 import { PipelineEngine } from "../engine.ts";
+import edge, { resetEdge } from "../edge.ts";
 import { jetstream } from "@nats-io/jetstream";
 import { connectNats, ensureInfra } from "./connect.ts";
 import { dec, enc, type JobRecord, jobSubject } from "./protocol.ts";
@@ -421,6 +422,34 @@ Deno.test({
     } finally {
       engine2.close();
       await nc2.close();
+      await f.close();
+    }
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "fleet: the edge entry with W4_NATS set is a front end of the fleet",
+  fn: async () => {
+    const f = await fleet({ workers: 1, stepMs: 5 });
+    const before = Deno.env.get("W4_NATS");
+    Deno.env.set("W4_NATS", f.server.url);
+    try {
+      const res = await edge.fetch(
+        new Request("https://edge.example/api/generate", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ class: 1, seed: 4, steps: 2 }),
+        }),
+      );
+      assert.equal(res.status, 200);
+      assert.deepEqual(new Uint8Array(await res.arrayBuffer()), await fakePng(4, 1));
+      const h = await (await edge.fetch(new Request("https://edge.example/healthz"))).json();
+      assert.equal(h.fleet.workers.length, 1);
+    } finally {
+      await resetEdge();
+      if (before === undefined) Deno.env.delete("W4_NATS");
+      else Deno.env.set("W4_NATS", before);
       await f.close();
     }
   },
