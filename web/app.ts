@@ -120,9 +120,11 @@ export function createApp(opts: AppOptions): App {
     onStep?: (done: number, total: number, preview: () => Float32Array) => void;
     onRetry?: (attempt: number) => void;
     headers?: Headers;
+    /** The client's address (Deno.serve's info), the caller when no Authorization is sent. */
+    remote?: string;
   } = {}) => {
     const key = p.key ?? idempotencyKey(hooks.headers?.get("Idempotency-Key"), "Idempotency-Key");
-    const caller = hooks.headers?.get("Authorization") ?? undefined;
+    const caller = hooks.headers?.get("Authorization") ?? hooks.remote;
     return queue.run((s) =>
       engine.generate({
         model: p.model.id,
@@ -172,7 +174,10 @@ export function createApp(opts: AppOptions): App {
       );
     try {
       const p = parseParams(values, engine.models());
-      const r = await run(p, c.req.raw.signal, { headers: c.req.raw.headers });
+      const r = await run(p, c.req.raw.signal, {
+        headers: c.req.raw.headers,
+        remote: remoteOf(c.env),
+      });
       const shot = { src: await imageUrl(r, p.model), caption: caption(p, r) };
       remember(shot);
       return page(200, { result: shot });
@@ -209,7 +214,10 @@ export function createApp(opts: AppOptions): App {
       }
     }
     const p = parseParams(raw, engine.models());
-    const r = await run(p, c.req.raw.signal, { headers: c.req.raw.headers });
+    const r = await run(p, c.req.raw.signal, {
+      headers: c.req.raw.headers,
+      remote: remoteOf(c.env),
+    });
     const png = r.png ?? await encodePng(...grid(r.image, p.model.size));
     remember({ src: pngDataUrl(png), caption: caption(p, r) });
     return new Response(png as Uint8Array<ArrayBuffer>, {
@@ -241,6 +249,7 @@ export function createApp(opts: AppOptions): App {
           try {
             const r = await run(p, ac.signal, {
               headers: c.req.raw.headers,
+              remote: remoteOf(c.env),
               onRetry: (attempt) => send("retry", { attempt }),
               onQueued: (position) => send("queued", { position }),
               onStep: (i, n, preview) => {
@@ -340,6 +349,12 @@ function caption(p: GenerateParams, r: EngineResult): string {
   return `${p.model.classes[p.classId]} · seed ${
     r.seed ?? p.seed
   } · ${p.steps} steps · ${p.model.precision} · ${(r.totalMs / 1000).toFixed(1)} s`;
+}
+
+/** The client's IP when the app runs under `Deno.serve` (its handler info is Hono's env). */
+function remoteOf(env: unknown): string | undefined {
+  const a = (env as { remoteAddr?: { hostname?: unknown } } | undefined)?.remoteAddr;
+  return typeof a?.hostname === "string" ? a.hostname : undefined;
 }
 
 /** A result's image as a data URL: its PNG when the engine made one (a fleet worker). */

@@ -429,6 +429,24 @@ Deno.test({
 
 Deno.test({
   ...opts,
+  name: "fleet: a lone caller may use the queue beyond its share, less the room kept for others",
+  fn: async () => {
+    const f = await fleet({ workers: 1, stepMs: 20, maxPending: 8, perCaller: 2 });
+    try {
+      const rs = await Promise.all(
+        Array.from({ length: 8 }, (_, i) => postGen(f.url, { class: 0, seed: i, steps: 5 })),
+      );
+      const codes = rs.map((r) => r.status).sort();
+      assert.deepEqual(codes, [200, 200, 200, 200, 200, 200, 429, 429], "8 − 2 kept for others");
+      for (const r of rs) await r.body?.cancel();
+    } finally {
+      await f.close();
+    }
+  },
+});
+
+Deno.test({
+  ...opts,
   name: "fleet: the edge entry with W4_NATS set is a front end of the fleet",
   fn: async () => {
     const f = await fleet({ workers: 1, stepMs: 5 });

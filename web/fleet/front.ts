@@ -11,7 +11,8 @@
  *   redelivered (the SSE stream shows `retry`); after `max_deliver` deliveries the server's
  *   advisory makes the job fail with 503 and its message is removed from the stream.
  * - Backpressure: the stream holds at most `maxPending` jobs (publishing more → 429 with
- *   Retry-After), and one caller at most `perCaller` of them, so nobody can fill the queue.
+ *   Retry-After). Fairness: a caller always has `perCaller` slots and gets more only while
+ *   `perCaller` stay free for others, so no caller can fill the queue.
  * - Cancellation: an aborted request publishes on the job's cancel subject (the worker stops its
  *   loop) and marks a still-queued record cancelled (a worker then skips it).
  *
@@ -45,7 +46,11 @@ import {
 export interface FleetOptions {
   /** Jobs the stream holds (queued + running) before new ones get 429 (default 64). */
   maxPending?: number;
-  /** Jobs one caller may have pending at once (default a quarter of `maxPending`, ≥ 1). */
+  /**
+   * Jobs one caller (Authorization header, else client address) may always have pending
+   * (default a quarter of `maxPending`, ≥ 1); beyond that only while `perCaller` more would still
+   * fit in this front end's `maxPending`.
+   */
   perCaller?: number;
   /** The workers' heartbeat period in milliseconds (default 2000). */
   heartbeatMs?: number;
@@ -290,10 +295,15 @@ export class FleetEngine implements Engine {
       throw new HttpError(503, `Cannot generate: no worker serves ${req.model} now; retry later`);
     }
     const caller = (await sha256hex(`caller\n${req.caller ?? ""}`)).slice(0, 32);
+    // a caller always has `perCaller` slots; beyond them it may use what is free except the
+    // `perCaller` slots kept for whoever comes next
     const mine = this.#perCallerNow.get(caller) ?? 0;
-    if (mine >= this.perCaller) {
+    let all = 0;
+    for (const n of this.#perCallerNow.values()) all += n;
+    if (mine >= this.perCaller && all + this.perCaller >= this.maxPending) {
       throw new QueueFullError(
-        `Cannot queue the generation: you have ${mine} pending (the limit per caller); retry later`,
+        `Cannot queue the generation: you have ${mine} pending (the limit per caller while ` +
+          "others may need room); retry later",
         this.#retryAfterS(),
       );
     }
