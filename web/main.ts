@@ -21,7 +21,7 @@ const USAGE = `Usage: deno task serve [options]
   --queue N          requests waiting beyond the running one before 429 (default 8)
   --concurrency N    generations on the GPU at once (default 1)
   --timeout S        time limit of one request in seconds, wait included (default 120)
-  --nats URL         serve as the GPU-less front end of a NATS fleet (deno task serve --nats -h)
+  --nats URL         serve as the GPU-less front end of a NATS fleet (--nats URL -h: its options)
   -h, --help         this text
 
 Environment: PORT; W4_API_TOKEN (require Authorization: Bearer <token> on /api/*);
