@@ -75,7 +75,6 @@ export class NatsServer {
         "-js",
         "-sd",
         this.#dir,
-        ...(Deno.env.get("NTRACE") ? ["-DV", "-l", Deno.env.get("NTRACE")!] : []),
       ],
       stdout: "null",
       stderr: "null",
