@@ -80,6 +80,15 @@ export interface FleetStatus {
   queues: Record<string, { waiting: number; running: number }>;
 }
 
+/** A NATS failure as the 503 a client sees (the details go to the log). */
+function unreachable(e: unknown, log: (l: string) => void): HttpError {
+  log(`fleet: ${(e as Error).message}`);
+  return new HttpError(
+    503,
+    "Cannot queue the generation: the job queue is unreachable; retry later",
+  );
+}
+
 async function sha256hex(s: string): Promise<string> {
   const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s));
   return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
@@ -328,7 +337,10 @@ export class FleetEngine implements Engine {
     try {
       rev = await jobs.create(id, enc(fresh));
       created = true;
-    } catch {
+    } catch (err) {
+      if (!/wrong last sequence/i.test((err as Error).message)) {
+        throw unreachable(err, this.#opts.log);
+      }
       const e = await jobs.get(id);
       if (!e || e.operation !== "PUT") {
         throw new HttpError(409, "Cannot generate: this Idempotency-Key is being reset; retry");
@@ -396,7 +408,7 @@ export class FleetEngine implements Engine {
             this.#retryAfterS(),
           );
         }
-        throw e;
+        throw unreachable(e, this.#opts.log);
       }
       const rec = await this.#wait(id, req.signal, (f) => wake = f);
       if (rec.state === "done") return await this.#result(id, rec);
