@@ -59,6 +59,12 @@ export interface EngineRequest {
     total: number,
     preview: () => Float32Array | Promise<Float32Array>,
   ) => void;
+  /** Idempotency key of the request (a fleet front end returns the same image for it). */
+  key?: string;
+  /** Who asks (the Authorization header), for per-caller limits; engines may ignore it. */
+  caller?: string;
+  /** A new delivery of the job began (a fleet worker died or failed): attempt 2, 3, … */
+  onRetry?: (attempt: number) => void;
 }
 
 /** A finished generation. */
@@ -69,6 +75,10 @@ export interface EngineResult {
   stepMs: number[];
   /** Milliseconds of the loop. */
   totalMs: number;
+  /** The image already encoded (a fleet worker's PNG); then `image` may be empty. */
+  png?: Uint8Array;
+  /** The seed the image was made with, when it differs from the request's (a reused key). */
+  seed?: number;
 }
 
 /** The GPU side of the app. */
@@ -79,6 +89,8 @@ export interface Engine {
   health(): { ready: boolean; device: string };
   /** Generate one image. */
   generate(req: EngineRequest): Promise<EngineResult>;
+  /** Extra state for `/healthz` and `/api/models` (a fleet: workers, queue depth). */
+  status?(): unknown;
 }
 
 /** One registry entry: an id (`[a-z0-9][a-z0-9._-]*`) and the file it names. */

@@ -35,6 +35,7 @@ const USAGE = `Usage: deno task serve [options]
   --body-timeout S   time to receive a request's body after its headers (default 30)
   --per-client N     concurrent connections per client address (default 16)
   --public-gallery   show every visitor's recent images to all (default: each browser its own)
+  --nats URL         serve as the GPU-less front end of a NATS fleet (--nats URL -h: its options)
   -h, --help         this text
 
 Environment: PORT; W4_API_TOKEN (require Authorization: Bearer <token> on /api/*);
@@ -47,7 +48,7 @@ export function idFor(path: string): string {
 }
 
 /** The default registry: the bundled int4 model (built once if needed), then other built ones. */
-async function defaultRegistry(): Promise<RegistryEntry[]> {
+export async function defaultRegistry(): Promise<RegistryEntry[]> {
   const int4 = await modelFor("int4", (l) => console.log(l));
   const out: RegistryEntry[] = [{ id: "dit-emoji-int4", path: int4 }];
   const f = await ModelFile.open(int4);
@@ -71,6 +72,9 @@ async function defaultRegistry(): Promise<RegistryEntry[]> {
 }
 
 async function main(args: string[]): Promise<void> {
+  if (args.some((a) => a === "--nats" || a.startsWith("--nats="))) {
+    return await (await import("./fleet/serve.ts")).serveFleet(args);
+  }
   const { values } = parseArgs({
     args,
     options: {

@@ -26,6 +26,12 @@ const params = {
       description:
         "an id from /api/models (e.g. dit-emoji-int4-sparse: the int4 model with sparse + INT8 attention)",
     },
+    key: {
+      type: "string",
+      pattern: "^[\\x21-\\x7e]{1,128}$",
+      description:
+        "idempotency key (as the Idempotency-Key header; for the SSE route): with serve --nats, the same key (per caller) returns the same image",
+    },
   },
 };
 const error = {
@@ -48,6 +54,12 @@ export const OPENAPI = {
     "/api/generate": {
       post: {
         summary: "Generate one image",
+        parameters: [{
+          name: "Idempotency-Key",
+          in: "header",
+          required: false,
+          description: "with serve --nats: the same key (per caller) returns the same image",
+        }],
         requestBody: { content: { "application/json": { schema: params } } },
         responses: {
           "200": {
@@ -58,6 +70,7 @@ export const OPENAPI = {
           "400": error,
           "401": error,
           "413": error,
+          "422": { ...error, description: "Idempotency-Key reused for another request" },
           "429": { ...error, description: "queue full; see Retry-After" },
           "503": error,
           "504": error,
@@ -67,7 +80,7 @@ export const OPENAPI = {
     "/api/generate/stream": {
       get: {
         summary:
-          "Generate with progress as Server-Sent Events: queued {position}, step {i, n, preview?}, done {image, ...}, error {message, status}",
+          "Generate with progress as Server-Sent Events: queued {position}, step {i, n, preview?}, done {image, ...}, error {message, status}; with serve --nats also retry {attempt} (the job was redelivered)",
         parameters: Object.keys(params.properties).concat("preview").map((name) => ({
           name,
           in: "query",
