@@ -68,6 +68,15 @@
  * file.close();
  * ```
  *
+ * @example Run in a browser: read the model over HTTP Range requests, check the adapter first
+ * ```ts ignore
+ * import { Gpu, HttpRangeSource, Pipeline, requirementsOf, unmetRequirements } from "./mod.ts";
+ * const src = await HttpRangeSource.open("/models/dit-emoji-int4"); // HEAD: size + ETag
+ * const pipe = await Pipeline.load(await Gpu.create(), src); // checksum verified
+ * console.log(unmetRequirements((await navigator.gpu.requestAdapter())!,
+ *   navigator.gpu.wgslLanguageFeatures, requirementsOf(pipe.file))); // []
+ * ```
+ *
  * @module
  */
 
@@ -237,3 +246,9 @@ export type { ParoBudget, ParoOptions, ParoPlan } from "./quant/paro.ts";
 export { paroTensors, readParo, readParoFrom } from "./quant/paro_store.ts";
 export type { ParoTensor } from "./quant/paro_store.ts";
 export type { LayerPolicyRule } from "./quant/policy.ts";
+
+// byte sources (local file, HTTP Range, Blob, memory) and adapter requirements (browser use)
+export { BlobSource, BytesSource, HttpRangeSource, isByteSource } from "./runtime/source.ts";
+export type { ByteSource, HttpRangeOptions } from "./runtime/source.ts";
+export { requirementsOf, unmetRequirements } from "./runtime/requirements.ts";
+export type { AdapterLike, DeviceRequirements, RequirementsInput } from "./runtime/requirements.ts";

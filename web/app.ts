@@ -15,7 +15,7 @@ import { type GenerateParams, HttpError, parseParams } from "./params.ts";
 import { JobQueue, type QueueOptions } from "./queue.ts";
 import { OPENAPI } from "./openapi.ts";
 import { plural } from "./plural.ts";
-import { mountModelFiles, type ModelRoutes } from "./model_files.ts";
+import { type ModelRoutes, mountModelFiles } from "./model_files.ts";
 
 /** Options of {@linkcode createApp}. */
 export interface AppOptions {

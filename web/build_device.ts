@@ -52,7 +52,8 @@ const browserPlugin: esbuild.Plugin = {
 };
 
 /**
- * Bundle web/device_client.ts and return the JavaScript (also written to `out` unless null).
+ * Bundle web/device_client.ts (or another browser `entry` of this project) and return the
+ * JavaScript (also written to `out` unless null).
  *
  * @example
  * ```ts ignore
@@ -60,10 +61,13 @@ const browserPlugin: esbuild.Plugin = {
  * const js = await buildDevice(null);
  * ```
  */
-export async function buildDevice(out: string | null = DEVICE_JS): Promise<string> {
+export async function buildDevice(
+  out: string | null = DEVICE_JS,
+  entry = `${ROOT}web/device_client.ts`,
+): Promise<string> {
   try {
     const r = await esbuild.build({
-      entryPoints: [`${ROOT}web/device_client.ts`],
+      entryPoints: [entry],
       bundle: true,
       format: "esm",
       target: "es2022",

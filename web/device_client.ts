@@ -170,8 +170,11 @@ async function start(): Promise<void> {
               `${(all / 1e6).toFixed(1)} MB`;
           },
         });
-        say("loading", `${got.cached ? "from this browser's cache" : "downloaded"}; ` +
-          "verifying the checksum and uploading to the GPU…");
+        say(
+          "loading",
+          `${got.cached ? "from this browser's cache" : "downloaded"}; ` +
+            "verifying the checksum and uploading to the GPU…",
+        );
         const t0 = performance.now();
         gpu ??= Gpu.create();
         gpu.catch(() => gpu = null);

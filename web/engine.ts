@@ -75,6 +75,8 @@ export interface RegistryEntry {
   path: string;
   /** `sparse`: sparse + quantized attention with the plan stored in the file (default dense). */
   attention?: "dense" | "sparse";
+  /** Activation dtype (default f16 where the device has shader-f16); f32 matches a browser's f32 path. */
+  dtype?: "f16" | "f32";
 }
 
 /** Ids requests may name: lower-case letters, digits, `.`, `_`, `-`; no slashes. */
@@ -193,6 +195,7 @@ export class PipelineEngine implements Engine {
         return await Pipeline.load(gpu, entry.path, {
           images: 1,
           attention: entry.attention ?? "dense",
+          dtype: entry.dtype,
         });
       })();
       this.#loaded.set(id, p);

@@ -211,7 +211,11 @@ export function mountModelFiles(
           }),
           {
             status: 416,
-            headers: { ...base, "Content-Type": "application/json", "Content-Range": `bytes */${f.size}` },
+            headers: {
+              ...base,
+              "Content-Type": "application/json",
+              "Content-Range": `bytes */${f.size}`,
+            },
           },
         );
       }

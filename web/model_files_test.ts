@@ -13,7 +13,11 @@ const SIZE = Deno.statSync(INT4).size;
 
 async function setup(token?: string) {
   const engine = new FakeEngine();
-  const registry = [{ id: "tiny-int4", path: INT4 }, { id: "tiny-float", path: INT4, attention: "sparse" as const }];
+  const registry = [{ id: "tiny-int4", path: INT4 }, {
+    id: "tiny-float",
+    path: INT4,
+    attention: "sparse" as const,
+  }];
   const files = await ModelFiles.create(registry, engine.models());
   return createApp({ engine, token, modelFiles: { files, deviceJs: "export {};" } });
 }
