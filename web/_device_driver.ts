@@ -82,6 +82,7 @@ async function deviceRun(page: Page, nSteps: string) {
       await page.$eval("#device", (e) => (e as HTMLElement).dataset.timings ?? "null"),
     ),
     timingsText: await page.textContent("#device-timings"),
+    caps: JSON.parse(await page.$eval("#device", (e) => (e as HTMLElement).dataset.caps ?? "null")),
   };
 }
 

@@ -110,6 +110,11 @@ Deno.test({
       assert.equal(first.timings.dtype, "f32");
       assert.equal(first.timings.stepMs.length, STEPS);
       assert.match(first.timingsText, /model downloaded in .* ms\/step/);
+      // Chromium's WGSL takes `enable subgroups;` (Deno's does not) and has dot4I8Packed
+      assert.deepEqual(
+        [first.caps.shaderF16, first.caps.subgroupsEnable, first.caps.packed4x8],
+        [false, true, true],
+      );
       const size = Deno.statSync(INT4).size;
       const marker = log.findIndex((l) => l.path === "/healthz?mark=second-visit");
       assert.ok(marker > 0, "the driver marked the second visit");

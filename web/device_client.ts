@@ -10,7 +10,8 @@
  * Same seed → same noise as the server (Philox), so the same image up to float rounding.
  *
  * The section's `data-state` (unsupported / ready / loading / running / done / cancelled /
- * error) and `data-timings` (JSON) tell a test what happened.
+ * error), `data-timings` and `data-caps` (JSON: what the device layer found) tell a test what
+ * happened.
  *
  * @module
  */
@@ -189,6 +190,14 @@ async function start(): Promise<void> {
           throw e;
         }
         loaded = { key, pipe, fetchMs: got.ms, cached: got.cached, loadMs: performance.now() - t0 };
+        const c = (await gpu).caps;
+        section.dataset.caps = JSON.stringify({
+          adapter: c.adapter,
+          shaderF16: c.shaderF16,
+          subgroups: c.subgroups,
+          subgroupsEnable: c.subgroupsEnable,
+          packed4x8: c.packed4x8,
+        });
       }
       const l = loaded;
       const size = entry.info.size;
