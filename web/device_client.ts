@@ -35,6 +35,13 @@ export interface DeviceTimings {
   cached: boolean;
   /** Device creation (first run) + checksum + upload + pipeline creation. */
   loadMs: number;
+  /** The part of `loadMs` spent creating the device (adapter, device, self-test). */
+  deviceMs: number;
+  /**
+   * Milliseconds from the device's creation to each layer's upload (the first includes opening
+   * the file: validation and checksum; each includes creating that layer's pipelines).
+   */
+  layerMs: number[];
   /** Per denoising step. */
   stepMs: number[];
   /** The whole denoising loop. */
@@ -140,6 +147,8 @@ async function start(): Promise<void> {
   precisionSelect?.addEventListener("change", check);
 
   let gpu: Promise<Gpu> | null = null;
+  let deviceMs = 0;
+  let marks: number[] = [];
   let loaded: Loaded | null = null;
   let running: AbortController | null = null;
 
@@ -179,11 +188,17 @@ async function start(): Promise<void> {
         const t0 = performance.now();
         gpu ??= Gpu.create();
         gpu.catch(() => gpu = null);
+        const device = await gpu;
+        deviceMs = performance.now() - t0;
+        marks = [deviceMs];
         let pipe: Pipeline;
         try {
-          pipe = await Pipeline.load(await gpu, new BlobSource(got.blob, entry.url), {
+          pipe = await Pipeline.load(device, new BlobSource(got.blob, entry.url), {
             images: 1,
-            onProgress: (done, all) => progress.value = all ? done / all : 1,
+            onProgress: (done, all) => {
+              progress.value = all ? done / all : 1;
+              marks.push(performance.now() - t0);
+            },
           });
         } catch (e) {
           if ((e as Error).name === "FormatError") await forgetModel(entry.url);
@@ -240,6 +255,8 @@ async function start(): Promise<void> {
         fetchMs: Math.round(l.fetchMs),
         cached: l.cached,
         loadMs: Math.round(l.loadMs),
+        deviceMs: Math.round(deviceMs),
+        layerMs: marks.slice(1).map((m, i) => Math.round(m - marks[i])),
         stepMs: r.stepMs.map((x) => Math.round(x)),
         totalMs: Math.round(r.totalMs),
         dtype: gpuNow.caps.shaderF16 ? "f16" : "f32",
