@@ -8,14 +8,14 @@
  */
 
 const cache = new Map<string, Promise<string>>();
-/** Sources a bundle carries, by file name (web/build.ts registers every kernel's WGSL). */
+/** Sources a bundle carries, by file name (web/build_device.ts registers every kernel's WGSL). */
 const bundled = new Map<string, string>();
 
 /**
  * Register WGSL sources by file name (e.g. `gemm_f16.wgsl`); {@linkcode loadWgsl} then returns
- * them without a fetch. The browser bundle calls this with every kernel's shader (esbuild loads
- * `.wgsl` files as text, web/build.ts); in Deno nothing is registered and shaders are read from
- * their files.
+ * them without a fetch. The browser bundle calls this with every kernel's shader (esbuild
+ * loads `.wgsl` files as text, web/build_device.ts); in Deno nothing is registered and shaders
+ * are read from their files.
  */
 export function registerWgsl(sources: Record<string, string>): void {
   for (const [name, text] of Object.entries(sources)) bundled.set(name, text);
