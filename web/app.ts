@@ -15,6 +15,7 @@ import { type GenerateParams, HttpError, idempotencyKey, parseParams } from "./p
 import { JobQueue, type QueueOptions } from "./queue.ts";
 import { OPENAPI } from "./openapi.ts";
 import { plural } from "./plural.ts";
+import { type ModelRoutes, mountModelFiles } from "./model_files.ts";
 
 /** Options of {@linkcode createApp}. */
 export interface AppOptions {
@@ -44,6 +45,11 @@ export interface AppOptions {
   previewEveryMs?: number;
   /** Where errors are logged (default console.error). */
   log?: (line: string) => void;
+  /**
+   * Model files for on-device generation (`GET /models`, `/models/<id>` with Range and ETag,
+   * `/static/device.js`; web/model_files.ts); absent: the page generates on the server only.
+   */
+  modelFiles?: ModelRoutes;
 }
 
 /** The app plus its queue (for tests and `/healthz`). */
@@ -200,9 +206,12 @@ export function createApp(opts: AppOptions): App {
     gallery.length = Math.min(gallery.length, gallerySize);
   };
 
+  if (opts.modelFiles) mountModelFiles(app, opts.modelFiles, signedIn);
+
   app.get("/", async (c) =>
     c.html(
       renderPage({
+        deviceScript: opts.modelFiles?.deviceJs ? "/static/device.js" : undefined,
         models: engine.models(),
         gallery,
         login: !(await signedIn((n) => c.req.header(n))),
@@ -222,6 +231,7 @@ export function createApp(opts: AppOptions): App {
           values,
           publicGallery: opts.publicGallery,
           script: opts.clientJs ? "/static/client.js" : undefined,
+          deviceScript: opts.modelFiles?.deviceJs ? "/static/device.js" : undefined,
           ...extra,
         }),
         status as 200,

@@ -105,6 +105,8 @@ export interface RegistryEntry {
   vae?: string;
   /** Latent models: a TAESD-family decoder for the live previews (default: the `vae`). */
   preview?: string;
+  /** Activation dtype (default f16 where the device has shader-f16); f32 matches a browser's f32 path. */
+  dtype?: "f16" | "f32";
 }
 
 /** A loaded model: a FLUX model, or a DiT pipeline and for a latent model its decoders. */
@@ -292,6 +294,7 @@ export class PipelineEngine implements Engine {
         const pipe = await Pipeline.load(gpu, entry.path, {
           images: 1,
           attention: entry.attention ?? "dense",
+          dtype: entry.dtype,
         });
         if (!entry.vae) return { pipe };
         try {

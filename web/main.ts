@@ -15,6 +15,7 @@ import { PipelineEngine, type RegistryEntry } from "./engine.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { hasParoPlan } from "../quant/paro_store.ts";
 import { serveGuarded } from "./guard.ts";
+import { ModelFiles } from "./model_files.ts";
 
 const USAGE = `Usage: deno task serve [options]
 
@@ -164,6 +165,11 @@ async function main(args: string[]): Promise<void> {
       return undefined;
     },
   );
+  // on-device generation: the registry's files at /models/<id>, the generator at /static/device.js
+  const deviceJs = await Deno.readTextFile(new URL("./dist/device.js", import.meta.url)).catch(
+    () => undefined,
+  );
+  const modelFiles = { files: await ModelFiles.create(registry, engine.models()), deviceJs };
   const cors = Deno.env.get("W4_CORS")?.split(",").map((s) => s.trim()).filter((s) => s);
   const app = createApp({
     engine,
@@ -172,6 +178,7 @@ async function main(args: string[]): Promise<void> {
     cors,
     queue,
     publicGallery: values["public-gallery"],
+    modelFiles,
   });
   const h = engine.health();
   console.log(

@@ -98,6 +98,27 @@ export const OPENAPI = {
         responses: { "200": { description: "models" } },
       },
     },
+    "/models": {
+      get: {
+        summary: "Model files for on-device generation: id, url, bytes, checksum, ETag, model " +
+          "info, what a WebGPU adapter needs (when the server serves them)",
+        responses: { "200": { description: "model files" } },
+      },
+    },
+    "/models/{id}": {
+      get: {
+        summary: "One registry model file (ids only); Range → 206, bad range → 416, ETag, " +
+          "If-Range, If-None-Match → 304",
+        parameters: [{ name: "id", in: "path", required: true, schema: { type: "string" } }],
+        responses: {
+          "200": { description: "the file" },
+          "206": { description: "a range" },
+          "304": { description: "not modified" },
+          "404": { description: "no such id" },
+          "416": { description: "bad range" },
+        },
+      },
+    },
     "/healthz": {
       get: {
         summary: "ready, device, model, queue",
