@@ -80,6 +80,13 @@
  * const e = await text.encode("a red fox under a golden tree, oil painting");
  * console.log(e.t5.length / e.t5Dim, e.pooled.length, e.truncated); // 256 768 { clip: false, t5: false }
  * text.offload(); // --offload-text: free T5-XXL's GPU memory before the transformer runs
+ * @example Run in a browser: read the model over HTTP Range requests, check the adapter first
+ * ```ts ignore
+ * import { Gpu, HttpRangeSource, Pipeline, requirementsOf, unmetRequirements } from "./mod.ts";
+ * const src = await HttpRangeSource.open("/models/dit-emoji-int4"); // HEAD: size + ETag
+ * const pipe = await Pipeline.load(await Gpu.create(), src); // checksum verified
+ * console.log(unmetRequirements((await navigator.gpu.requestAdapter())!,
+ *   navigator.gpu.wgslLanguageFeatures, requirementsOf(pipe.file))); // []
  * ```
  *
  * @module
@@ -361,3 +368,8 @@ export { QkNormRope } from "./kernels/qk_norm_rope/qk_norm_rope.ts";
 export type { QkNormRopeBuffers, QkNormRopeShape } from "./kernels/qk_norm_rope/qk_norm_rope.ts";
 export { CopyRows } from "./kernels/copy_rows/copy_rows.ts";
 export type { CopyRowsBuffers, CopyRowsShape } from "./kernels/copy_rows/copy_rows.ts";
+// byte sources (local file, HTTP Range, Blob, memory) and adapter requirements (browser use)
+export { BlobSource, BytesSource, HttpRangeSource, isByteSource } from "./runtime/source.ts";
+export type { ByteSource, HttpRangeOptions } from "./runtime/source.ts";
+export { requirementsOf, unmetRequirements } from "./runtime/requirements.ts";
+export type { AdapterLike, DeviceRequirements, RequirementsInput } from "./runtime/requirements.ts";

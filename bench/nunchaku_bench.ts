@@ -30,7 +30,7 @@ const dir = await Deno.makeTempDir({ prefix: "w4_nunchaku_bench_" });
 try {
   for (const precision of ["int4", "nvfp4"] as const) {
     const src = `${dir}/src.safetensors`;
-    await writeTinyNunchakuFlux(src, precision, 1, undefined, heads);
+    await writeTinyNunchakuFlux(src, precision, 1, undefined, { num_attention_heads: heads });
     const bytes = (await Deno.stat(src)).size;
     const t0 = performance.now();
     const r = await importNunchakuFlux(src, `${dir}/out.safetensors`);

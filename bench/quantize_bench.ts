@@ -6,7 +6,7 @@
  * extrapolated from the blocks measured (labelled as such).
  *
  * ```sh
- * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S]
+ * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S] [--no-gptq]
  * ```
  *
  * @module
@@ -27,6 +27,7 @@ const { values } = parseArgs({
     blocks: { type: "string", default: "1" },
     "alpha-step": { type: "string" },
     "skip-large": { type: "boolean", default: false },
+    "no-gptq": { type: "boolean", default: false },
   },
 });
 const format = values.format as WeightFormat;
@@ -46,7 +47,7 @@ if (values.gpu) {
 console.log(
   `quantizer benchmark: svdquant ${format}, R=32, α ${
     alphas ? `grid step ${step} (${alphas.length} values)` : "coarse-to-fine (0.25, then 0.05)"
-  }, ` +
+  }, GPTQ residual ${values["no-gptq"] ? "off" : "on (K ≤ 2048)"}, ` +
     `products on ${where}; ${new Date().toISOString()}`,
 );
 
@@ -69,6 +70,7 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
     postGelu,
     alphas,
     matmul,
+    gptq: !values["no-gptq"],
   });
   const s = (performance.now() - t0) / 1000, c = process.cpuUsage(c0);
   const cpu = (c.user + c.system) / 1e6;

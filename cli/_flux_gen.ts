@@ -18,6 +18,7 @@ import { FluxWeights } from "../runtime/flux/weights.ts";
 import { FLUX_T5_LENGTH, TextEncoders, truncationWarning } from "../runtime/text/encoders.ts";
 import { TEXT_WEIGHT_FORMATS, type TextWeightFormat } from "../runtime/text/_linears.ts";
 import { checkOutputFile, fail } from "./_cli.ts";
+import { resolveModel } from "./_resolve.ts";
 import { loadDecoder } from "./_decoder.ts";
 
 /** Usage of the FLUX mode of `deno task gen`. */
@@ -28,7 +29,8 @@ export const FLUX_USAGE = `Usage: deno task gen "<prompt>" --model <FLUX.1 folde
                          flux1-*.safetensors + ae.safetensors beside the encoder folders), or a
                          transformer file inside such a folder
   --transformer FILE     a pre-quantized transformer (deno task quantize) used instead of the
-                         folder's float one
+                         folder's float one; a Nunchaku svdq-*.safetensors checkpoint, or its hub
+                         id <owner>/<name>/<file>, is imported once (models/.cache/nunchaku/)
   --width N, --height N  image size in pixels, multiples of 16 up to 2048 (default 1024, or the
                          folder's model_index.json "_default_size")
   --steps N              denoising steps (default 4 for schnell, 28 for dev)
@@ -111,7 +113,11 @@ export async function genFlux(args: string[]): Promise<void> {
   await checkOutputFile(values.out);
 
   const t0 = performance.now();
-  const parts = await resolveFluxModel(values.model!, { transformer: values.transformer });
+  // --transformer may be a Nunchaku checkpoint or a hub id: imported (once) into the cache
+  const transformer = values.transformer === undefined
+    ? undefined
+    : await resolveModel(values.transformer, (line) => console.log(line));
+  const parts = await resolveFluxModel(values.model!, { transformer });
   const w = await FluxWeights.open(parts.transformer);
   try {
     const cfg = w.config, variant = cfg.guidance_embed ? "dev" : "schnell";
@@ -248,8 +254,10 @@ export async function isFluxModelArg(args: string[]): Promise<boolean> {
   if (i < 0) return false;
   const path = args[i].startsWith("--model=") ? args[i].slice(8) : args[i + 1];
   if (!path) return false;
+  // with --transformer the folder needs no transformer of its own (its encoders suffice)
+  const own = !args.some((a) => a === "--transformer" || a.startsWith("--transformer="));
   try {
-    await resolveFluxModel(path, { need: ["transformer"] });
+    await resolveFluxModel(path, { need: own ? ["transformer"] : ["clip"] });
     return true;
   } catch {
     return false;

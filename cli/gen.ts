@@ -122,10 +122,11 @@ async function main(args: string[]): Promise<void> {
       names.forEach((name, i) => console.log(`${String(i).padStart(3)}  ${name}`));
       return;
     }
-    // Latent models (any input other than RGB) need an autoencoder to make pixels.
+    // Latent models (model_config.latent, e.g. public DiT checkpoints) need an autoencoder to
+    // make pixels; --vae also decodes the output of any other model whose channels it takes.
     const C = pipe.model.config.in_channels;
     let decoder: LatentDecoder | undefined;
-    if (C !== 3) {
+    if (pipe.file.config.latent === true || values.vae !== undefined) {
       if (!values.vae) {
         fail(
           `${path} makes ${C}-channel latents, not pixels: give the autoencoder with --vae ` +

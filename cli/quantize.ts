@@ -19,7 +19,7 @@ import type { WeightFormat } from "../quant/packing.ts";
 import { paroTensors } from "../quant/paro_store.ts";
 import { SPARSE_ATTENTION_TILES } from "../kernels/sparse_attention/sparse_attention.ts";
 import { checkOutputFile, fail, formatBytes, runCli } from "./_cli.ts";
-import { paroPlan } from "./_models.ts";
+import { calibration, paroPlan } from "./_models.ts";
 
 const USAGE = `Usage: deno task quantize <in.safetensors> --out <out.safetensors> [options]
 
@@ -36,6 +36,8 @@ Options:
                            --calib-size PX, default the folder's image size)
   --calib FILE             calibration statistics (safetensors written by the runtime's calibration mode);
                            without it, synthetic heavy-tailed activations stand in
+  --calibrate              record them now: run the float model (pixel or latent, e.g. a converted
+                           DiT-XL/2) over every class on the GPU; cached under models/.cache/
   --policy FILE            JSON layer rules, tried before the DiT defaults
   --alpha-step S           search alpha on a full grid of this step (default: coarse-to-fine, 0.25
                            then 0.05 around the best; the reference's full grid is 0.05)
@@ -68,6 +70,7 @@ async function main(args: string[]): Promise<void> {
       "calib-prompts": { type: "string" },
       "calib-steps": { type: "string", default: "4" },
       "calib-size": { type: "string" },
+      calibrate: { type: "boolean", default: false },
       policy: { type: "string" },
       "alpha-step": { type: "string" },
       budget: { type: "string" },
@@ -174,7 +177,12 @@ async function main(args: string[]): Promise<void> {
   const policy = values.policy
     ? [...parsePolicy(await Deno.readTextFile(values.policy), values.policy), ...DEFAULT_DIT_POLICY]
     : undefined;
-  const calib = values.calib ? await readCalibStats(values.calib) : undefined;
+  if (values.calib && values.calibrate) fail("give --calib FILE or --calibrate, not both");
+  const calib = values.calibrate
+    ? await calibration(input, (line) => console.log(line))
+    : values.calib
+    ? await readCalibStats(values.calib)
+    : undefined;
   let matmul;
   let closeGpu = () => {};
   if (values.gpu) {

@@ -1,12 +1,25 @@
 /**
  * Loading WGSL sources: each kernel's `.wgsl` file is fetched as text next to its launcher
- * (works for `file:` URLs in Deno and `http(s):` URLs in a browser), cached, and specialised
- * for the activation dtype by replacing its `alias ACT = f32;` line.
+ * (works for `file:` URLs in Deno and `http(s):` URLs in a browser) or, in a bundle, taken from
+ * the sources the bundler registered ({@linkcode registerWgsl}), cached, and specialised for the
+ * activation dtype by replacing its `alias ACT = f32;` line.
  *
  * @module
  */
 
 const cache = new Map<string, Promise<string>>();
+/** Sources a bundle carries, by file name (web/build_device.ts registers every kernel's WGSL). */
+const bundled = new Map<string, string>();
+
+/**
+ * Register WGSL sources by file name (e.g. `gemm_f16.wgsl`); {@linkcode loadWgsl} then returns
+ * them without a fetch. The browser bundle calls this with every kernel's shader (esbuild
+ * loads `.wgsl` files as text, web/build_device.ts); in Deno nothing is registered and shaders
+ * are read from their files.
+ */
+export function registerWgsl(sources: Record<string, string>): void {
+  for (const [name, text] of Object.entries(sources)) bundled.set(name, text);
+}
 
 /** Activation storage dtype: f16 needs the `shader-f16` feature; f32 works everywhere. */
 export type ActDtype = "f16" | "f32";
@@ -14,6 +27,8 @@ export type ActDtype = "f16" | "f32";
 /** Fetch a WGSL file (relative to `base`, usually `import.meta.url`) once. */
 export function loadWgsl(file: string, base: string | URL): Promise<string> {
   const url = new URL(file, base).href;
+  const text = bundled.get(url.slice(url.lastIndexOf("/") + 1));
+  if (text !== undefined) return Promise.resolve(text);
   let p = cache.get(url);
   if (!p) {
     p = fetch(url).then(async (r) => {

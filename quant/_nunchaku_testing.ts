@@ -5,7 +5,10 @@
  * @module
  */
 import { fromFloat32, SafetensorsReader, SafetensorsWriter, toFloat32 } from "./safetensors.ts";
+import { type LayerPolicyEntry, type QuantTensor, writeQuantFile } from "./format.ts";
+import { fluxParams, planFluxImport } from "./nunchaku_flux.ts";
 import {
+  canonicalW4A16,
   canonicalW4A4,
   type NunchakuW4A16,
   type NunchakuW4A4,
@@ -89,6 +92,10 @@ export interface TinyNunchakuFlux {
   w4a16: Map<string, NunchakuW4A16>;
   /** 16-bit tensors by Nunchaku name, bf16 values. */
   float: Map<string, Float32Array>;
+  /** Their shapes. */
+  floatShapes: Map<string, number[]>;
+  /** The diffusers config written in the metadata. */
+  config: typeof TINY_FLUX_CONFIG;
 }
 
 const QUANT_CONFIGS = {
@@ -110,20 +117,28 @@ const QUANT_CONFIGS = {
  * Write a random tiny FLUX checkpoint in Nunchaku's layout (v0 names, metadata `config`,
  * `quantization_config`, `model_class`) to `path`; every value is representable in the stored
  * dtypes, so the import is exact. `edit` may change the tensor table before writing (tests of
- * bad files). `heads` (default 2, head dim 64) scales the width (benchmarks). Returns the
- * natural-order values.
+ * bad files). `config` changes {@linkcode TINY_FLUX_CONFIG} (the width D = heads · head dim
+ * must stay a multiple of 128; benchmarks scale it, the gen test matches a model folder's
+ * encoders). Returns the natural-order values.
  */
 export async function writeTinyNunchakuFlux(
   path: string,
   precision: WeightFormat,
   seed: number,
   edit?: (tensors: Map<string, PackedTensor>, metadata: Record<string, string>) => void,
-  heads = 2,
+  config: Partial<typeof TINY_FLUX_CONFIG> = {},
 ): Promise<TinyNunchakuFlux> {
+  const cfg = { ...TINY_FLUX_CONFIG, ...config };
   const rng = new Rng(seed);
   const b16 = (a: Float32Array) => a.map(roundBf16);
-  const D = 64 * heads, MLP = 4 * D, R = 16;
-  const out: TinyNunchakuFlux = { w4a4: new Map(), w4a16: new Map(), float: new Map() };
+  const hd = cfg.attention_head_dim, D = cfg.num_attention_heads * hd, MLP = 4 * D, R = 16;
+  const out: TinyNunchakuFlux = {
+    w4a4: new Map(),
+    w4a16: new Map(),
+    float: new Map(),
+    floatShapes: new Map(),
+    config: cfg,
+  };
   const tensors = new Map<string, PackedTensor>();
   const put = (prefix: string, t: Map<string, PackedTensor>) => {
     for (const [s, v] of t) tensors.set(`${prefix}.${s}`, v);
@@ -174,6 +189,7 @@ export async function writeTinyNunchakuFlux(
   const float = (name: string, shape: number[], scale: number, offset = 0) => {
     const v = b16(rng.normals(shape.reduce((a, b) => a * b, 1), scale).map((x) => x + offset));
     out.float.set(name, v);
+    out.floatShapes.set(name, shape);
     tensors.set(name, { dtype: "BF16", shape, data: fromFloat32("BF16", v) });
   };
   const tb = "transformer_blocks.0", db = "double_blocks.0";
@@ -188,7 +204,7 @@ export async function writeTinyNunchakuFlux(
   w4a4(`${tb}.mlp_context_fc1`, `${db}.txt_mlp.0`, MLP, D, true);
   w4a4(`${tb}.mlp_context_fc2`, `${db}.txt_mlp.2`, D, MLP, true);
   for (const q of ["norm_q", "norm_k", "norm_added_q", "norm_added_k"]) {
-    float(`${tb}.${q}.weight`, [64], 0.1, 1);
+    float(`${tb}.${q}.weight`, [hd], 0.1, 1);
   }
   const sb = "single_transformer_blocks.0", sd = "single_blocks.0";
   awq(`${sb}.norm.linear`, `${sd}.modulation.lin`, 3 * D, D, 3);
@@ -196,22 +212,26 @@ export async function writeTinyNunchakuFlux(
   w4a4(`${sb}.mlp_fc1`, `${sd}.linear1_mlp`, MLP, D, true);
   w4a4(`${sb}.out_proj`, `${sd}.linear2_attn`, D, D, false);
   w4a4(`${sb}.mlp_fc2`, `${sd}.linear2_mlp`, D, MLP, true);
-  float(`${sb}.norm_q.weight`, [64], 0.1, 1);
-  float(`${sb}.norm_k.weight`, [64], 0.1, 1);
+  float(`${sb}.norm_q.weight`, [hd], 0.1, 1);
+  float(`${sb}.norm_k.weight`, [hd], 0.1, 1);
   const lin = (name: string, n: number, k: number) => {
     float(`${name}.weight`, [n, k], 1 / Math.sqrt(k));
     float(`${name}.bias`, [n], 0.05);
   };
-  lin("x_embedder", D, 64);
-  lin("context_embedder", D, 64);
+  lin("x_embedder", D, cfg.in_channels);
+  lin("context_embedder", D, cfg.joint_attention_dim);
   lin("time_text_embed.timestep_embedder.linear_1", D, 256);
   lin("time_text_embed.timestep_embedder.linear_2", D, D);
-  lin("time_text_embed.text_embedder.linear_1", D, 32);
+  lin("time_text_embed.text_embedder.linear_1", D, cfg.pooled_projection_dim);
   lin("time_text_embed.text_embedder.linear_2", D, D);
+  if (cfg.guidance_embeds) {
+    lin("time_text_embed.guidance_embedder.linear_1", D, 256);
+    lin("time_text_embed.guidance_embedder.linear_2", D, D);
+  }
   lin("norm_out.linear", 2 * D, D);
-  lin("proj_out", 64, D);
+  lin("proj_out", cfg.in_channels, D);
   const metadata: Record<string, string> = {
-    config: JSON.stringify({ ...TINY_FLUX_CONFIG, num_attention_heads: heads }),
+    config: JSON.stringify(cfg),
     quantization_config: JSON.stringify(QUANT_CONFIGS[precision]),
     model_class: "NunchakuFluxTransformer2dModel",
   };
@@ -228,4 +248,65 @@ export async function writeTinyNunchakuFlux(
   for (const [name, t] of tensors) await w.write(name, t.data);
   await w.commit();
   return out;
+}
+
+/**
+ * The same quantized model as {@linkcode writeTinyNunchakuFlux} wrote, in our own format written
+ * directly from the natural values (canonical tensors, BFL names, the importer's policy), with no
+ * Nunchaku layout in between: what the import must reproduce.
+ */
+export async function writeTinyOursFlux(
+  path: string,
+  t: TinyNunchakuFlux,
+  precision: WeightFormat,
+): Promise<void> {
+  const names = [
+    ...t.float.keys(),
+    ...[...t.w4a4.values(), ...t.w4a16.values()].map((l) => `${l.name}.qweight`),
+  ];
+  const bySrc = new Map<string, NunchakuW4A4 | NunchakuW4A16>();
+  for (const l of [...t.w4a4.values(), ...t.w4a16.values()]) bySrc.set(l.name, l);
+  const tensors: QuantTensor[] = [];
+  const policy: Record<string, LayerPolicyEntry> = {};
+  for (const item of planFluxImport(path, names)) {
+    if (item.kind === "copy" || item.kind === "swap") {
+      let v = t.float.get(item.src)!;
+      if (item.kind === "swap") {
+        const h = v.length / 2;
+        v = Float32Array.from([...v.subarray(h), ...v.subarray(0, h)]);
+      }
+      const shape = t.floatShapes.get(item.src)!;
+      tensors.push({ name: item.dst, dtype: "BF16", shape, data: fromFloat32("BF16", v) });
+      continue;
+    }
+    const l = bySrc.get(item.src)!;
+    const c = item.kind === "w4a4"
+      ? canonicalW4A4(l as NunchakuW4A4)
+      : canonicalW4A16(l as NunchakuW4A16);
+    for (const [suffix, e] of c.tensors) {
+      tensors.push({ name: `${item.dst}.${suffix}`, dtype: e.dtype, shape: e.shape, data: e.data });
+    }
+    policy[item.dst] = item.kind === "w4a4"
+      ? {
+        method: "svdquant",
+        format: precision,
+        r: (l as NunchakuW4A4).r,
+        actMode: precision === "nvfp4" ? "nvfp4" : item.postGelu ? "int4_unsigned" : "int4",
+        convention: "nunchaku",
+      }
+      : { method: "w4a16", format: "uint4", r: 0 };
+  }
+  await writeQuantFile(path, {
+    quantConfig: {
+      method: "svdquant",
+      weightFormat: precision,
+      groupSize: precision === "int4" ? 64 : 16,
+      rank: 16,
+      actFormat: precision,
+      scaling: "smooth",
+    },
+    modelConfig: fluxParams(path, t.config),
+    family: "flux",
+    policy,
+  }, tensors);
 }

@@ -23,7 +23,7 @@ import { cpuMatMul, type MatMul } from "./linalg.ts";
 import type { LowRank } from "./svd.ts";
 import { quantizeWeightClipped } from "./clip.ts";
 import { lowRankQuantize } from "./lowrank.ts";
-import { gptqInt4 } from "./gptq.ts";
+import { GPTQ_MAX_K, gptqFactor, gptqInt4 } from "./gptq.ts";
 import {
   actCodes,
   actGroupScales,
@@ -366,6 +366,11 @@ export interface BuildW4A4Options {
   scaleSearch?: boolean;
   /** Clip ratios of the residual's clipping search (default quant/clip.ts DEFAULT_CLIP_RATIOS). */
   clipRatios?: readonly number[];
+  /**
+   * Also quantize each candidate's residual by GPTQ on the smoothed samples `x/λ` (needs `x` and
+   * `scoreOn`; skipped for K > quant/gptq.ts `GPTQ_MAX_K`), keeping whichever scores lower.
+   */
+  gptq?: boolean;
   /** Warm start of the first SVD (topRSvd `start`) and its power iterations. */
   svd?: { start?: Float32Array; iters?: number };
   matmul?: MatMul;
@@ -487,6 +492,7 @@ export async function buildW4A4(
     svd: opts.svd,
     scaleSearch: opts.scaleSearch,
     clipRatios: opts.clipRatios,
+    ...(opts.gptq && xHat && scorer && k <= GPTQ_MAX_K ? { gptq: gptqFactor(xHat, s, k) } : {}),
     ...(scorer
       ? {
         score: async (lowRank: LowRank, residual: PackedWeight) => {

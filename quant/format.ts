@@ -34,6 +34,7 @@
  */
 
 import { FormatError } from "../runtime/errors.ts";
+import type { ByteSource } from "../runtime/source.ts";
 import { Checksum, CHECKSUM_ALGORITHM } from "./checksum.ts";
 import {
   type Dtype,
@@ -401,12 +402,17 @@ export class QuantFile {
   }
 
   /**
-   * Opens `path`, checks the safetensors structure and the metadata, and (unless
+   * Opens `path` (a local file or a ByteSource), checks the safetensors structure and the
+   * metadata, and (unless
    * `verify: false`) verifies the checksum by streaming the data once. Throws
    * {@link FormatError} for a malformed, unsupported, corrupt or modified file.
    */
-  static async open(path: string, opts: { verify?: boolean } = {}): Promise<QuantFile> {
+  static async open(
+    path: string | ByteSource,
+    opts: { verify?: boolean } = {},
+  ): Promise<QuantFile> {
     const reader = await SafetensorsReader.open(path);
+    path = reader.path;
     try {
       const meta = decodeMeta(path, reader.metadata);
       if (opts.verify ?? true) {

@@ -1,5 +1,6 @@
 /**
- * Activation-aware INT4 weight rounding for W4A16 (GPTQ's error feedback): the columns of W are
+ * Activation-aware 4-bit weight rounding (GPTQ's error feedback), for W4A16 and for the W4A4
+ * residual: the columns of W are
  * quantized in order, and each column's rounding error is spread over the columns not yet
  * quantized through the inverse Hessian of the layer's output error on calibration inputs,
  * `H = XᵀX/S + δ·I` — so later columns compensate what earlier ones lost, along the directions
@@ -15,11 +16,19 @@
 import { DEFAULT_CLIP_RATIOS } from "./clip.ts";
 import { cpuMatMul } from "./linalg.ts";
 import {
+  E2M1_VALUES,
+  encodeE4M3,
   GROUP_SIZE_INT4,
+  groupFactor,
+  groupSize,
   type Int4Weight,
+  nvfp4TensorScale,
+  type PackedWeight,
   packNibblesInto,
+  quantizeGroupNvfp4Code,
   roundF16,
   roundHalfEven,
+  type WeightFormat,
 } from "./packing.ts";
 
 /** Relative damping δ of the Hessian's diagonal (GPTQ's default: 1% of its mean). */
@@ -86,28 +95,16 @@ function groupScale(wk: Float64Array, o: number, G: number): number {
   return bestS;
 }
 
+/** Largest K for which the quantizer runs GPTQ on a W4A4 residual (its K×K factorisations are O(K³) in scalar code). */
+export const GPTQ_MAX_K = 2048;
+
 /**
- * INT4 g64 weight of W [N, K] by GPTQ on sample inputs `x` [S, K] (see the module docs).
- *
- * @example
- * ```ts ignore
- * import { gptqInt4 } from "./gptq.ts";
- * const packed = await gptqInt4(w, n, k, x, s); // an Int4Weight for the W4A16 GEMM
- * ```
+ * GPTQ's factor for samples `x` [S, K]: the upper U with `Uᵀ·U = H⁻¹`, `H = XᵀX/S + δ·I`
+ * (δ = {@linkcode GPTQ_DAMP} × the mean of the diagonal; a dead input channel gets H_ii = 1).
  */
-export async function gptqInt4(
-  w: Float32Array,
-  n: number,
-  k: number,
-  x: Float32Array,
-  s: number,
-): Promise<Int4Weight> {
-  const G = GROUP_SIZE_INT4;
-  if (k % G !== 0 || w.length !== n * k || x.length !== s * k || s < 1) {
-    throw new RangeError(
-      `Cannot run GPTQ: W [${n}, ${k}] (${w.length} values) with samples [${s}, ${k}] ` +
-        `(${x.length}); K must be a multiple of ${G} and S ≥ 1`,
-    );
+export function gptqFactor(x: Float32Array, s: number, k: number): Float64Array {
+  if (x.length !== s * k || s < 1) {
+    throw new RangeError(`Cannot run GPTQ: samples have ${x.length} values, expected [${s}, ${k}]`);
   }
   const h = new Float64Array(k * k);
   for (let r = 0; r < s; r++) {
@@ -130,42 +127,140 @@ export async function gptqInt4(
     h[i * k + i] += damp;
     if (h[i * k + i] <= damp) h[i * k + i] = 1; // a dead input channel: plain rounding there
   }
-  const u = inverseCholeskyUpper(h, k);
-  // Blocked (GPTQ's lazy batch): inside a block of G columns the error feedback is applied
+  return inverseCholeskyUpper(h, k);
+}
+
+/** NVFP4 E4M3 scale code of one group (current values at wk[o..o+G)) with the least weight error. */
+function nvfp4GroupCode(wk: Float64Array, o: number, G: number, ts: number, scratch: Float32Array) {
+  let amax = 0;
+  for (let t = 0; t < G; t++) {
+    scratch[t] = wk[o + t];
+    amax = Math.max(amax, Math.abs(scratch[t]));
+  }
+  const c0 = encodeE4M3(amax / 6 / ts), res = new Float64Array(G), codes = new Uint8Array(G);
+  let best = Infinity, bestCode = c0;
+  for (let d = 1; d >= -6; d--) {
+    const code = Math.max(0, Math.min(126, c0 + d));
+    quantizeGroupNvfp4Code(scratch, 0, G, code, ts, codes, 0, res);
+    let e = 0;
+    for (let t = 0; t < G; t++) e += res[t] * res[t];
+    if (e < best) [best, bestCode] = [e, code];
+  }
+  return bestCode;
+}
+
+/**
+ * W [N, K] in `format` by GPTQ with the factor `u` of {@linkcode gptqFactor} (see the module
+ * docs): INT4 g64 with f16 scales, or NVFP4 g16 with E4M3 scales (searched among the codes
+ * around the amax-nearest one) and the amax-based per-tensor scale of W.
+ *
+ * @example
+ * ```ts ignore
+ * import { gptqFactor, gptqQuantize } from "./gptq.ts";
+ * const packed = await gptqQuantize(w, n, k, "nvfp4", gptqFactor(x, s, k));
+ * ```
+ */
+export async function gptqQuantize(
+  w: Float32Array,
+  n: number,
+  k: number,
+  format: WeightFormat,
+  u: Float64Array,
+): Promise<PackedWeight> {
+  const G = groupSize(format), B = GROUP_SIZE_INT4, groups = k / G;
+  if (k % B !== 0 || w.length !== n * k || u.length !== k * k) {
+    throw new RangeError(
+      `Cannot run GPTQ: W [${n}, ${k}] has ${w.length} values and the factor ${u.length}; ` +
+        `K must be a multiple of ${B}`,
+    );
+  }
+  const nv = format === "nvfp4";
+  const ts = nv ? nvfp4TensorScale(w) : 1;
+  // Blocked (GPTQ's lazy batch): inside a block of 64 columns the error feedback is applied
   // column by column; the block's errors reach the later columns in one product.
   const wk = Float64Array.from(w);
-  const codes = new Int8Array(n * k), scales = new Float32Array(n * (k / G));
-  const errs = new Float32Array(n * G);
-  for (let b0 = 0; b0 < k; b0 += G) {
-    const g = b0 / G;
-    for (let row = 0; row < n; row++) scales[row * (k / G) + g] = groupScale(wk, row * k + b0, G);
-    for (let i = b0; i < b0 + G; i++) {
-      const uii = u[i * k + i];
+  const codes = new Int8Array(n * k);
+  const scales = new Float32Array(n * groups), e4m3 = new Uint8Array(nv ? n * groups : 0);
+  const factor = new Float64Array(n * groups);
+  const errs = new Float32Array(n * B), scratch = new Float32Array(G);
+  for (let b0 = 0; b0 < k; b0 += B) {
+    for (let i = b0; i < b0 + B; i++) {
+      if (i % G === 0) {
+        const g = i / G;
+        for (let row = 0; row < n; row++) {
+          if (nv) {
+            const code = nvfp4GroupCode(wk, row * k + i, G, ts, scratch);
+            e4m3[row * groups + g] = code;
+            factor[row * groups + g] = groupFactor("nvfp4", code, ts);
+          } else {
+            const sc = groupScale(wk, row * k + i, G);
+            scales[row * groups + g] = sc;
+            factor[row * groups + g] = sc;
+          }
+        }
+      }
+      const uii = u[i * k + i], g = Math.floor(i / G);
       for (let row = 0; row < n; row++) {
-        const sc = scales[row * (k / G) + g], o = row * k;
-        const v = wk[o + i];
-        const q = sc > 0 ? Math.max(-8, Math.min(7, roundHalfEven(v / sc))) : 0;
+        const o = row * k, f = factor[row * groups + g], v = wk[o + i];
+        let q: number, dq: number;
+        if (nv) {
+          const S = 2 * f, a = Math.abs(v);
+          q = S > 0
+            ? +(a > 0.25 * S) + +(a >= 0.75 * S) + +(a > 1.25 * S) + +(a >= 1.75 * S) +
+              +(a > 2.5 * S) + +(a >= 3.5 * S) + +(a > 5 * S) + (v < 0 ? 8 : 0)
+            : 0;
+          dq = Math.fround(E2M1_VALUES[q] * 2 * f);
+        } else {
+          q = f > 0 ? Math.max(-8, Math.min(7, roundHalfEven(v / f))) : 0;
+          dq = Math.fround(q * f);
+        }
         codes[o + i] = q;
-        const e = (v - Math.fround(q * sc)) / uii;
-        errs[row * G + (i - b0)] = e;
+        const e = (v - dq) / uii;
+        errs[row * B + (i - b0)] = e;
         if (e === 0) continue;
-        for (let j = i + 1; j < b0 + G; j++) wk[o + j] -= e * u[i * k + j];
+        for (let j = i + 1; j < b0 + B; j++) wk[o + j] -= e * u[i * k + j];
       }
     }
-    const rest = k - b0 - G;
+    const rest = k - b0 - B;
     if (rest > 0) {
-      const ub = new Float32Array(G * rest);
-      for (let t = 0; t < G; t++) {
-        for (let j = 0; j < rest; j++) ub[t * rest + j] = u[(b0 + t) * k + b0 + G + j];
+      const ub = new Float32Array(B * rest);
+      for (let t = 0; t < B; t++) {
+        for (let j = 0; j < rest; j++) ub[t * rest + j] = u[(b0 + t) * k + b0 + B + j];
       }
-      const upd = await cpuMatMul(errs, ub, n, G, rest, false);
+      const upd = await cpuMatMul(errs, ub, n, B, rest, false);
       for (let row = 0; row < n; row++) {
-        const o = row * k + b0 + G;
+        const o = row * k + b0 + B;
         for (let j = 0; j < rest; j++) wk[o + j] -= upd[row * rest + j];
       }
     }
   }
   const qweight = new Uint32Array((n * k) >> 3);
-  for (let gi = 0; gi < n * (k / G); gi++) packNibblesInto(codes, gi * G, G, qweight, gi * G >> 3);
-  return { format: "int4", n, k, qweight, wscales: scales };
+  for (let gi = 0; gi < n * groups; gi++) packNibblesInto(codes, gi * G, G, qweight, gi * G >> 3);
+  return nv
+    ? { format: "nvfp4", n, k, qweight, wscales: e4m3, tensorScale: ts }
+    : { format: "int4", n, k, qweight, wscales: scales };
+}
+
+/**
+ * INT4 g64 weight of W [N, K] by GPTQ on sample inputs `x` [S, K] (the W4A16 path).
+ *
+ * @example
+ * ```ts ignore
+ * import { gptqInt4 } from "./gptq.ts";
+ * const packed = await gptqInt4(w, n, k, x, s); // an Int4Weight for the W4A16 GEMM
+ * ```
+ */
+export async function gptqInt4(
+  w: Float32Array,
+  n: number,
+  k: number,
+  x: Float32Array,
+  s: number,
+): Promise<Int4Weight> {
+  if (k % GROUP_SIZE_INT4 !== 0 || w.length !== n * k) {
+    throw new RangeError(
+      `Cannot run GPTQ: W [${n}, ${k}] has ${w.length} values; K must be a multiple of 64`,
+    );
+  }
+  return await gptqQuantize(w, n, k, "int4", gptqFactor(x, s, k)) as Int4Weight;
 }

@@ -123,6 +123,12 @@ export interface QuantizeLinearOptions {
   floor?: QuantizedLinear;
   /** Calibration rows the smoothing search scores candidates on (default {@linkcode SEARCH_ROWS}). */
   searchRows?: number;
+  /**
+   * GPTQ for the W4A4 residual in the final fit (default true; layers with K ≤ quant/gptq.ts
+   * `GPTQ_MAX_K`): each refinement round keeps the lower-scoring of the clipped and the GPTQ
+   * residual.
+   */
+  gptq?: boolean;
   /** NVFP4 residual scale search (default true; quant/clip.ts `scaleSearch`). */
   scaleSearch?: boolean;
   /** lowRankQuantize rounds per search candidate (default 0). */
@@ -311,6 +317,7 @@ export async function quantizeLinear(
       s,
       scoreOn: scorer,
       scaleSearch,
+      gptq: opts.gptq ?? true,
       svd: found.layer?.basis ? { start: found.layer.basis, iters: 1 } : {},
       matmul,
       name,
@@ -330,6 +337,7 @@ export async function quantizeLinear(
       s,
       scoreOn: scorer,
       scaleSearch: method === "rtn" ? false : scaleSearch,
+      gptq: method === "rtn" ? false : opts.gptq ?? true,
       matmul,
       name,
     });

@@ -6,6 +6,7 @@
  * @module
  */
 import { quantizeWeightClipped } from "./clip.ts";
+import { gptqQuantize } from "./gptq.ts";
 import { cpuMatMul, frobeniusNorm, type MatMul } from "./linalg.ts";
 import { dequantizeWeight, type PackedWeight, type WeightFormat } from "./packing.ts";
 import { type LowRank, topRSvd } from "./svd.ts";
@@ -55,6 +56,11 @@ export interface LowRankOptions {
   scaleSearch?: boolean;
   /** Clip ratios (quantizeWeightClipped `ratios`). */
   clipRatios?: readonly number[];
+  /**
+   * GPTQ factor of the (smoothed) samples (quant/gptq.ts `gptqFactor`): with `score`, each
+   * candidate's residual is also quantized by GPTQ, and the lower-scoring of the two is kept.
+   */
+  gptq?: Float64Array;
   /** Tensor name for error messages. */
   name?: string;
 }
@@ -122,11 +128,17 @@ export async function lowRankQuantize(
   };
 
   if (r === 0) {
-    const residual = quantizeWeightClipped(wHat, n, k, format, clip);
+    let residual = quantizeWeightClipped(wHat, n, k, format, clip);
     const lowRank = { r: 0, up: new Float32Array(0), down: new Float32Array(0) };
     let error: number;
-    if (opts.score) error = await opts.score(lowRank, residual);
-    else {
+    if (opts.score) {
+      error = await opts.score(lowRank, residual);
+      if (opts.gptq) {
+        const g = await gptqQuantize(wHat, n, k, format, opts.gptq);
+        const e = await opts.score(lowRank, g);
+        if (e < error) [residual, error] = [g, e];
+      }
+    } else {
       const dq = dequantizeWeight(residual);
       for (let i = 0; i < dq.length; i++) dq[i] = wHat[i] - dq[i];
       error = await score(dq);
@@ -143,15 +155,20 @@ export async function lowRankQuantize(
     start = lowRank.basis;
     const res = await mm(lowRank.up, lowRank.down, n, r, k, false); // L, then Ŵ − L in place
     for (let i = 0; i < res.length; i++) res[i] = wHat[i] - res[i];
-    const residual = quantizeWeightClipped(res, n, k, format, clip);
+    let residual = quantizeWeightClipped(res, n, k, format, clip);
     let error: number;
     if (opts.score) {
+      error = await opts.score(lowRank, residual);
+      if (opts.gptq) {
+        const g = await gptqQuantize(res, n, k, format, opts.gptq);
+        const e = await opts.score(lowRank, g);
+        if (e < error) [residual, error] = [g, e];
+      }
       if (round < rounds) {
         const dq = dequantizeWeight(residual);
         if (target === wHat) target = new Float32Array(n * k);
         for (let i = 0; i < dq.length; i++) target[i] = wHat[i] - dq[i];
       }
-      error = await opts.score(lowRank, residual);
     } else {
       const dq = dequantizeWeight(residual);
       if (round < rounds) {

@@ -29,6 +29,8 @@
  */
 
 import { FormatError } from "../runtime/errors.ts";
+import { type ByteSource, isByteSource } from "../runtime/source.ts";
+import { openFileSource } from "../runtime/file_source.ts";
 
 /** Element types this module reads and writes (safetensors names). */
 export type Dtype =
@@ -333,24 +335,18 @@ class Lock {
   }
 }
 
-async function readFully(file: Deno.FsFile, buf: Uint8Array): Promise<number> {
-  let got = 0;
-  while (got < buf.length) {
-    const n = await file.read(buf.subarray(got, Math.min(buf.length, got + (1 << 30))));
-    if (n === null) break;
-    got += n;
-  }
-  return got;
-}
-
 async function writeFully(file: Deno.FsFile, data: Uint8Array): Promise<void> {
   let done = 0;
   while (done < data.length) done += await file.write(data.subarray(done));
 }
 
-/** Reads a safetensors file tensor by tensor; see the module doc for what it validates. */
+/**
+ * Reads a safetensors file tensor by tensor; see the module doc for what it validates. The bytes
+ * come from a {@link ByteSource}: a local file (a path, in Deno) or any other source (HTTP Range
+ * requests, a Blob in a browser).
+ */
 export class SafetensorsReader {
-  /** The file this reader reads. */
+  /** The file this reader reads (the source's name). */
   readonly path: string;
   /** The header's `__metadata__` (empty when absent). */
   readonly metadata: Record<string, string>;
@@ -360,61 +356,67 @@ export class SafetensorsReader {
   readonly dataStart: number;
   /** Total file size in bytes. */
   readonly fileSize: number;
-  #file: Deno.FsFile | null;
-  #lock = new Lock();
+  #source: ByteSource | null;
 
   private constructor(
-    path: string,
-    file: Deno.FsFile,
+    source: ByteSource,
     header: { metadata: Record<string, string>; tensors: Map<string, TensorInfo> },
     dataStart: number,
-    fileSize: number,
   ) {
-    this.path = path;
-    this.#file = file;
+    this.path = source.name;
+    this.#source = source;
     this.metadata = header.metadata;
     this.tensors = header.tensors;
     this.dataStart = dataStart;
-    this.fileSize = fileSize;
+    this.fileSize = source.size;
   }
 
-  /** Opens and validates `path`; throws {@link FormatError} for a malformed file. */
-  static async open(path: string): Promise<SafetensorsReader> {
-    const file = await Deno.open(path, { read: true });
+  /**
+   * Opens and validates `path` (a local file) or a {@link ByteSource}; throws
+   * {@link FormatError} for a malformed file. The reader owns the source: `close` closes it, and
+   * so does a failed open.
+   */
+  static async open(path: string | ByteSource): Promise<SafetensorsReader> {
+    const source = isByteSource(path) ? path : await openFileSource(path);
+    const name = source.name;
     try {
-      const size = (await file.stat()).size;
+      const size = source.size;
       if (size < 8) {
         throw new FormatError(
-          path,
+          name,
           `the file is truncated: ${size} bytes, shorter than the 8-byte header length`,
         );
       }
-      const lenBytes = new Uint8Array(8);
-      await readFully(file, lenBytes);
-      const headerLen = Number(new DataView(lenBytes.buffer).getBigUint64(0, true));
+      const lenBytes = await source.read(0, 8);
+      if (lenBytes.byteLength !== 8) {
+        throw new FormatError(name, "the file is truncated: it ended inside the header length");
+      }
+      const headerLen = Number(
+        new DataView(lenBytes.buffer, lenBytes.byteOffset, 8).getBigUint64(0, true),
+      );
       if (headerLen > MAX_HEADER_BYTES) {
         throw new FormatError(
-          path,
+          name,
           `the header length ${headerLen} exceeds the ${MAX_HEADER_BYTES}-byte limit; ` +
             "the file is corrupt or not safetensors",
         );
       }
       if (8 + headerLen > size) {
         throw new FormatError(
-          path,
+          name,
           `the header length ${headerLen} goes beyond the end of the file (${size} bytes); ` +
             "the file is truncated",
         );
       }
-      const headerBytes = new Uint8Array(headerLen);
-      if (await readFully(file, headerBytes) !== headerLen) {
-        throw new FormatError(path, "the file is truncated: it ended inside the header");
+      const headerBytes = await source.read(8, headerLen);
+      if (headerBytes.byteLength !== headerLen) {
+        throw new FormatError(name, "the file is truncated: it ended inside the header");
       }
       const dataStart = 8 + headerLen;
-      const header = parseHeader(path, headerBytes, dataStart, size - dataStart);
-      return new SafetensorsReader(path, file, header, dataStart, size);
+      const header = parseHeader(name, headerBytes, dataStart, size - dataStart);
+      return new SafetensorsReader(source, header, dataStart);
     } catch (e) {
-      file.close();
+      source.close();
       throw e;
     }
   }
@@ -433,21 +435,18 @@ export class SafetensorsReader {
   }
 
   /** Reads `length` bytes at absolute offset `begin` into a new array. */
-  readBytes(begin: number, length: number): Promise<Uint8Array> {
-    return this.#lock.run(async () => {
-      if (!this.#file) throw new TypeError(`Cannot read ${this.path}: the reader is closed`);
-      if (begin < 0 || length < 0 || begin + length > this.fileSize) {
-        throw new RangeError(
-          `Cannot read ${this.path}: bytes [${begin}, ${begin + length}) are outside the file`,
-        );
-      }
-      const buf = new Uint8Array(length);
-      await this.#file.seek(begin, Deno.SeekMode.Start);
-      if (await readFully(this.#file, buf) !== length) {
-        throw new FormatError(this.path, "the file ended early; was it truncated after opening?");
-      }
-      return buf;
-    });
+  async readBytes(begin: number, length: number): Promise<Uint8Array> {
+    if (!this.#source) throw new TypeError(`Cannot read ${this.path}: the reader is closed`);
+    if (begin < 0 || length < 0 || begin + length > this.fileSize) {
+      throw new RangeError(
+        `Cannot read ${this.path}: bytes [${begin}, ${begin + length}) are outside the file`,
+      );
+    }
+    const buf = await this.#source.read(begin, length);
+    if (buf.byteLength !== length) {
+      throw new FormatError(this.path, "the file ended early; was it truncated after opening?");
+    }
+    return buf;
   }
 
   /** Yields the bytes in `[begin, end)` in chunks of at most `chunkBytes` (default 8 MiB). */
@@ -476,10 +475,10 @@ export class SafetensorsReader {
     return decodeFloat32(t.dtype, await this.readRaw(name));
   }
 
-  /** Closes the file; later reads throw. */
+  /** Closes the file (its source); later reads throw. */
   close(): void {
-    this.#file?.close();
-    this.#file = null;
+    this.#source?.close();
+    this.#source = null;
   }
 }
 

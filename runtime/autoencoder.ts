@@ -188,6 +188,7 @@ export class Autoencoder {
     const unscaled = new Float32Array(latent.length);
     for (let i = 0; i < latent.length; i++) unscaled[i] = latent[i] / scale + shift;
     const { out, maps } = await this.#run("decoder", unscaled, [b, z, h, w], capture);
+    this.#checkFinite("decode", out);
     return { image: out, maps };
   }
 
@@ -207,6 +208,7 @@ export class Autoencoder {
       );
     }
     const { out } = await this.#run("encoder", image, [b, inChannels, hh, ww], []);
+    this.#checkFinite("encode", out);
     const h = hh / this.factor, w = ww / this.factor;
     const lat = new Float32Array(b * z * h * w);
     for (let n = 0; n < b; n++) {
@@ -225,6 +227,20 @@ export class Autoencoder {
     for (const g of this.#graphs.values()) g.destroy();
     this.#graphs.clear();
     this.#weights.destroy();
+  }
+
+  // A non-finite output is an activation overflow (f16 tops out at 65504; the original SDXL VAE
+  // is known to exceed it) or a broken input: say which and what to do, never return NaN pixels.
+  #checkFinite(verb: string, out: Float32Array): void {
+    const bad = out.findIndex((v) => !Number.isFinite(v));
+    if (bad < 0) return;
+    throw new RangeError(
+      this.dtype === "f16"
+        ? `Cannot ${verb}: the output has non-finite values (first at ${bad}); the activations ` +
+          'overflowed f16: load the autoencoder with dtype "f32" (or an fp16-fixed VAE)'
+        : `Cannot ${verb}: the output has non-finite values (first at ${bad}); check the input ` +
+          "for NaN or infinite values",
+    );
   }
 
   #check(part: AePart, data: Float32Array, shape: Nchw, c: number): void {

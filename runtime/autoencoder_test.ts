@@ -513,3 +513,61 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "autoencoder: an f16 activation overflow is a clear error, not NaN pixels",
+  ignore,
+  async fn() {
+    const gpu = (await testGpu())!;
+    if (!gpu.caps.shaderF16) return; // no f16 path on this device
+    const dir = await Deno.makeTempDir();
+    try {
+      // The fixture with conv_in's weights ×1e5: its output (|x| ~ 1e5) exceeds f16's 65504.
+      const r = await SafetensorsReader.open(AE);
+      const all = [...r.tensors.values()];
+      const w = await SafetensorsWriter.create(`${dir}/ae.safetensors`, {
+        tensors: all.map((t) => ({
+          name: t.name,
+          dtype: t.dtype,
+          shape: [...t.shape],
+          byteLength: t.end - t.begin,
+        })),
+        metadata: r.metadata,
+      });
+      for (const t of all) {
+        const raw = await r.readRaw(t.name);
+        if (t.name === "decoder.conv_in.weight") {
+          const v = new Float32Array(raw.slice().buffer).map((x) => x * 1e5);
+          await w.write(t.name, new Uint8Array(v.buffer));
+        } else await w.write(t.name, raw);
+      }
+      await w.commit();
+      r.close();
+      const g = await golden();
+      const z = g.get("decode.z")!;
+      const ae = await Autoencoder.load(gpu, `${dir}/ae.safetensors`, {
+        dtype: "f16",
+        parts: ["decoder"],
+      });
+      try {
+        await assert.rejects(() => ae.decode(z.data, z.shape as never), {
+          name: "RangeError",
+          message: /overflowed f16: load the autoencoder with dtype "f32"/,
+        });
+      } finally {
+        ae.destroy();
+      }
+      const ae32 = await Autoencoder.load(gpu, `${dir}/ae.safetensors`, {
+        dtype: "f32",
+        parts: ["decoder"],
+      });
+      try {
+        assert.ok((await ae32.decode(z.data, z.shape as never)).every(Number.isFinite));
+      } finally {
+        ae32.destroy();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -43,6 +43,18 @@ export interface GpuCapabilities {
   maxComputeWorkgroupsPerDimension: number;
   /** Most storage buffers bound to one compute shader. */
   maxStorageBuffersPerShaderStage: number;
+  /**
+   * The WGSL compiler accepts `enable subgroups;` (Chrome requires it before subgroup builtins;
+   * Deno's wgpu rejects it): found by compiling a probe shader, not by the engine's name.
+   * {@linkcode Gpu.pipeline} adds the line to shaders that use subgroup builtins when true.
+   */
+  subgroupsEnable: boolean;
+  /**
+   * WGSL has `dot4I8Packed` (language feature `packed_4x8_integer_dot_product`, listed in
+   * `navigator.gpu.wgslLanguageFeatures`; assumed present where that set is missing). The W4A4
+   * kernels need it.
+   */
+  packed4x8: boolean;
 }
 
 /** Options for {@linkcode Gpu.create}. */
@@ -55,6 +67,11 @@ export interface GpuOptions {
   disableF16?: boolean;
   /** Run the start-up self-test (a tiny GEMM checked on the CPU). Default true. */
   selfTest?: boolean;
+  /**
+   * Request these limits instead of the adapter's own (each capped at the adapter's): shows that
+   * a model runs within the limits it declares (runtime/requirements.ts).
+   */
+  limits?: Record<string, number>;
 }
 
 /** One compute dispatch: a pipeline, its bindings (group 0, in binding order) and its grid. */
@@ -146,6 +163,12 @@ export class Gpu {
       maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
       maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
     };
+    if (options.limits) {
+      for (const k of Object.keys(requiredLimits)) delete requiredLimits[k];
+      for (const [k, v] of Object.entries(options.limits)) {
+        requiredLimits[k] = Math.min(v, (l as unknown as Record<string, number>)[k] ?? v);
+      }
+    }
     let device: GPUDevice;
     try {
       device = await requestDevice(adapter, wanted, requiredLimits);
@@ -170,6 +193,8 @@ export class Gpu {
       maxComputeWorkgroupSizeX: device.limits.maxComputeWorkgroupSizeX,
       maxComputeWorkgroupsPerDimension: device.limits.maxComputeWorkgroupsPerDimension,
       maxStorageBuffersPerShaderStage: device.limits.maxStorageBuffersPerShaderStage,
+      subgroupsEnable: device.features.has("subgroups") && await acceptsEnableSubgroups(device),
+      packed4x8: hasWgslFeature("packed_4x8_integer_dot_product"),
     };
     const gpu = new Gpu(adapter, device, caps);
     if (options.selfTest ?? true) {
@@ -325,6 +350,7 @@ export class Gpu {
     const key = name + JSON.stringify(Object.entries(constants).sort());
     let p = this.#pipelines.get(key);
     if (!p) {
+      if (this.caps.subgroupsEnable && usesSubgroups(wgsl)) wgsl = "enable subgroups;\n" + wgsl;
       p = this.scoped(`pipeline ${name}`, async () => {
         const module = this.device.createShaderModule({ label: name, code: wgsl });
         const info = await module.getCompilationInfo();
@@ -435,6 +461,7 @@ let runtimeDirChecked = false;
 export function ensureRuntimeDir(): void {
   if (runtimeDirChecked) return;
   runtimeDirChecked = true;
+  if (typeof Deno === "undefined") return; // a browser: no environment to fix
   try {
     const dir = Deno.env.get("XDG_RUNTIME_DIR");
     if (dir?.startsWith("/")) {
@@ -493,4 +520,32 @@ async function requestDevice(
       requiredLimits,
     });
   }
+}
+
+/**
+ * Whether `wgsl` calls subgroup builtins (`subgroupAdd`, `subgroupShuffle`, …) or reads the
+ * `subgroup_size` / `subgroup_invocation_id` builtins, and has no `enable subgroups;` yet.
+ */
+export function usesSubgroups(wgsl: string): boolean {
+  return /\bsubgroup[A-Z]\w*\s*\(|\bsubgroup_(size|invocation_id)\b/.test(wgsl) &&
+    !/^\s*enable\s+[^;]*\bsubgroups\b/m.test(wgsl);
+}
+
+/** Whether the WGSL compiler accepts `enable subgroups;` (a probe shader, compiled once). */
+async function acceptsEnableSubgroups(device: GPUDevice): Promise<boolean> {
+  device.pushErrorScope("validation");
+  const module = device.createShaderModule({
+    label: "probe enable subgroups",
+    code: "enable subgroups;\n@compute @workgroup_size(1) fn probe() {}",
+  });
+  const info = await module.getCompilationInfo();
+  const scoped = await device.popErrorScope();
+  return scoped === null && !info.messages.some((m) => m.type === "error");
+}
+
+/** Whether `navigator.gpu.wgslLanguageFeatures` lists `name` (true when the set is missing). */
+function hasWgslFeature(name: string): boolean {
+  const set = (navigator.gpu as { wgslLanguageFeatures?: ReadonlySet<string> })
+    .wgslLanguageFeatures;
+  return set ? set.has(name) : true;
 }

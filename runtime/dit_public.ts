@@ -28,7 +28,8 @@ export function isPublicDit(tensors: ReadonlyMap<string, TensorInfo>): boolean {
  * `x_embedder.proj.weight` [D, C, p, p], input size from `pos_embed` [1, (S/p)², D], depth from
  * the `blocks.N` count, classes from the class table (one extra row: the null class), learned
  * sigma from the final layer's p²·2C outputs, MLP ratio, timestep-embedding width, and heads by
- * the published sizes (384 → 6, 768 → 12, 1024 and 1152 → 16; else D/64).
+ * the published sizes (384 → 6, 768 → 12, 1024 and 1152 → 16; else D/64). The config says
+ * `latent: true`: its output is a latent for an autoencoder, not pixels.
  */
 export function inferDitConfig(
   path: string,
@@ -88,6 +89,7 @@ export function inferDitConfig(
     mlp_ratio: shape("blocks.0.mlp.fc1.weight", 2)[0] / D,
     learn_sigma: outDim === p * p * 2 * C,
     frequency_embedding_size: shape("t_embedder.mlp.0.weight", 2)[1],
+    latent: true, // public DiTs denoise SD-VAE latents: an image needs the autoencoder
     ...(numClasses === IMAGENET_CLASSES.length ? { class_names: [...IMAGENET_CLASSES] } : {}),
   };
 }

@@ -13,6 +13,7 @@ import { assertFinite, checkDitFile } from "./model_check.ts";
 import { SafetensorsReader } from "../quant/safetensors.ts";
 import type { StoredTensor } from "./linear.ts";
 import { inferDitConfig, isPublicDit } from "./dit_public.ts";
+import type { ByteSource } from "./source.ts";
 
 /**
  * What the DiT graph reads from a model: config, layer policy and tensors. {@linkcode ModelFile}
@@ -75,8 +76,10 @@ export class ModelFile implements ModelSource {
   /**
    * Open `path` and validate it as a whole (FormatError naming the key or tensor at fault); a
    * pre-quantized file has its checksum verified, a float checkpoint too when it has one.
+   * `path` is a local file, or a {@linkcode ByteSource} (a file read over HTTP, a Blob in a
+   * browser); the model file owns the source and closes it.
    */
-  static async open(path: string): Promise<ModelFile> {
+  static async open(path: string | ByteSource): Promise<ModelFile> {
     const f = await ModelFile.#open(path);
     try {
       checkDitFile({ ...f, tensors: f.reader.tensors });
@@ -87,14 +90,16 @@ export class ModelFile implements ModelSource {
     return f;
   }
 
-  static async #open(path: string): Promise<ModelFile> {
-    const probe = await SafetensorsReader.open(path);
+  static async #open(source: string | ByteSource): Promise<ModelFile> {
+    const probe = await SafetensorsReader.open(source);
+    const path = probe.path;
     // `format: "pt"` (and "np", "tf", "flax") is what Hugging Face's savers write: not ours.
     const isQuant = probe.metadata.format !== undefined &&
       !["pt", "np", "tf", "flax"].includes(probe.metadata.format);
     if (isQuant) {
-      probe.close();
-      const q = await QuantFile.open(path);
+      // a path is opened again; a source is kept open (the probe does not close it)
+      if (typeof source === "string") probe.close();
+      const q = await QuantFile.open(typeof source === "string" ? path : source);
       const precision = q.meta.quantConfig.method === "w4a16"
         ? "w4a16"
         : String(q.meta.quantConfig.weightFormat);
@@ -201,7 +206,18 @@ export class ModelFile implements ModelSource {
       return out;
     }
     for (
-      const s of ["qweight", "wscales", "tensor_scale", "smooth", "lora_down", "lora_up", "bias"]
+      const s of [
+        "qweight",
+        "wscales",
+        "tensor_scale",
+        "smooth",
+        "lora_down",
+        "lora_up",
+        "bias",
+        // layers imported from Nunchaku: AWQ zero points (W4A16 "uint4"), NVFP4 wcscales
+        "wzeros",
+        "channel_scale",
+      ]
     ) {
       if (this.has(`${base}.${s}`)) out.set(s, await this.stored(`${base}.${s}`));
     }

@@ -15,6 +15,7 @@ import { DiT } from "./dit.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import { ModelFile } from "./model_file.ts";
 import { checkSeed, type DenoiseJob, runDenoise } from "./family.ts";
+import type { ByteSource } from "./source.ts";
 import { ddim, ddpm, ddpmSchedule, dpmSolver2M, type Sampler } from "./schedulers.ts";
 
 /**
@@ -103,8 +104,15 @@ export class Pipeline {
     this.images = images;
   }
 
-  /** Open `path` (float or pre-quantized) and upload it. */
-  static async load(gpu: Gpu, path: string, opts: PipelineOptions = {}): Promise<Pipeline> {
+  /**
+   * Open `path` (float or pre-quantized; a local file or a {@linkcode ByteSource}, e.g. a Blob
+   * in a browser) and upload it.
+   */
+  static async load(
+    gpu: Gpu,
+    path: string | ByteSource,
+    opts: PipelineOptions = {},
+  ): Promise<Pipeline> {
     const images = opts.images ?? 1;
     if (!Number.isInteger(images) || images < 1 || images > 64) {
       throw new RangeError(`Cannot load for ${images} images per call: use 1..64`);

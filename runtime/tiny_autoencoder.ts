@@ -1,5 +1,6 @@
 /**
- * `TinyDecoder`: the TAESD family's decoder (taesd, taesdxl, taesd3, taef1 — madebyollin/taesd)
+ * `TinyDecoder`: the TAESD family's decoder (taesd, taesdxl, taesd3, taef1 — madebyollin/taesd;
+ * not taef2, whose architecture differs)
  * on the GPU, a fast approximate decoder for live previews and `--decoder tiny`. Architecture:
  * `tanh(z/3)·3` clamp, 3×3 conv + ReLU, then stages of Blocks (`relu(conv(relu(conv(relu(conv(x)))))
  * + skip(x))`, skip a bias-free 1×1 conv when widths differ, else identity) separated by nearest
@@ -104,7 +105,12 @@ export async function readTinyDecoder(
       } else if (r.tensors.has(`${p}weight`)) {
         const w = await get(`${p}weight`);
         if (w.shape.length !== 4 || w.shape[2] !== 3 || w.shape[3] !== 3) {
-          throw new FormatError(path, `expected a 3×3 conv weight, got [${w.shape}]`, `${p}weight`);
+          throw new FormatError(
+            path,
+            `expected a 3×3 conv weight, got [${w.shape}]: not a taesd/taesdxl/taesd3/taef1 ` +
+              "decoder (taef2 has another architecture and is not supported)",
+            `${p}weight`,
+          );
         }
         const bias = r.tensors.has(`${p}bias`) ? (await get(`${p}bias`)).data : undefined;
         const role = i === convIdx[0] ? "in" : i === convIdx.at(-1) ? "out" : "up";

@@ -59,6 +59,7 @@ Deno.test("a public DiT checkpoint without metadata gets its config from the sha
       );
       assert.deepEqual([c.num_classes, c.learn_sigma, c.mlp_ratio], [1000, true, 4]);
       assert.equal(c.class_names?.[207], "golden retriever");
+      assert.equal(f.config.latent, true);
     } finally {
       f.close();
     }

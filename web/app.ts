@@ -11,10 +11,11 @@ import { encodePng, toRgbGrid } from "../runtime/png.ts";
 import type { Engine, EngineResult, ModelInfo } from "./engine.ts";
 import { toHttp } from "./errors.ts";
 import { renderPage, type Shot } from "./page.tsx";
-import { type GenerateParams, HttpError, parseParams } from "./params.ts";
+import { type GenerateParams, HttpError, idempotencyKey, parseParams } from "./params.ts";
 import { JobQueue, type QueueOptions } from "./queue.ts";
 import { OPENAPI } from "./openapi.ts";
 import { plural } from "./plural.ts";
+import { type ModelRoutes, mountModelFiles } from "./model_files.ts";
 
 /** Options of {@linkcode createApp}. */
 export interface AppOptions {
@@ -44,6 +45,11 @@ export interface AppOptions {
   previewEveryMs?: number;
   /** Where errors are logged (default console.error). */
   log?: (line: string) => void;
+  /**
+   * Model files for on-device generation (`GET /models`, `/models/<id>` with Range and ETag,
+   * `/static/device.js`; web/model_files.ts); absent: the page generates on the server only.
+   */
+  modelFiles?: ModelRoutes;
 }
 
 /** The app plus its queue (for tests and `/healthz`). */
@@ -88,7 +94,7 @@ export function createApp(opts: AppOptions): App {
       "/api/*",
       cors({
         origin: opts.cors.includes("*") ? "*" : opts.cors,
-        allowHeaders: ["Content-Type", "Authorization"],
+        allowHeaders: ["Content-Type", "Authorization", "Idempotency-Key"],
         exposeHeaders: [
           "X-Seed",
           "X-Steps",
@@ -170,8 +176,14 @@ export function createApp(opts: AppOptions): App {
       total: number,
       preview: () => Float32Array | Promise<Float32Array>,
     ) => void;
-  } = {}) =>
-    queue.run((s) =>
+    onRetry?: (attempt: number) => void;
+    headers?: Headers;
+    /** The client's address (Deno.serve's info), the caller when no Authorization is sent. */
+    remote?: string;
+  } = {}) => {
+    const key = p.key ?? idempotencyKey(hooks.headers?.get("Idempotency-Key"), "Idempotency-Key");
+    const caller = hooks.headers?.get("Authorization") ?? hooks.remote;
+    return queue.run((s) =>
       engine.generate({
         model: p.model.id,
         classId: p.classId,
@@ -182,7 +194,11 @@ export function createApp(opts: AppOptions): App {
         sampler: p.sampler,
         signal: s,
         onStep: hooks.onStep,
+        ...(key ? { key } : {}),
+        ...(caller ? { caller } : {}),
+        ...(hooks.onRetry ? { onRetry: hooks.onRetry } : {}),
       }), { signal, onQueued: hooks.onQueued });
+  };
 
   const remember = (shot: Shot) => {
     if (!opts.publicGallery) return;
@@ -190,9 +206,12 @@ export function createApp(opts: AppOptions): App {
     gallery.length = Math.min(gallery.length, gallerySize);
   };
 
+  if (opts.modelFiles) mountModelFiles(app, opts.modelFiles, signedIn);
+
   app.get("/", async (c) =>
     c.html(
       renderPage({
+        deviceScript: opts.modelFiles?.deviceJs ? "/static/device.js" : undefined,
         models: engine.models(),
         gallery,
         login: !(await signedIn((n) => c.req.header(n))),
@@ -212,14 +231,18 @@ export function createApp(opts: AppOptions): App {
           values,
           publicGallery: opts.publicGallery,
           script: opts.clientJs ? "/static/client.js" : undefined,
+          deviceScript: opts.modelFiles?.deviceJs ? "/static/device.js" : undefined,
           ...extra,
         }),
         status as 200,
       );
     try {
       const p = parseParams(values, engine.models());
-      const r = await run(p, c.req.raw.signal);
-      const shot = { src: await dataUrl(r.image, p.model), caption: caption(p, r) };
+      const r = await run(p, c.req.raw.signal, {
+        headers: c.req.raw.headers,
+        remote: remoteOf(c.env),
+      });
+      const shot = { src: await imageUrl(r, p.model), caption: caption(p, r) };
       remember(shot);
       return page(200, { result: shot });
     } catch (e) {
@@ -257,9 +280,11 @@ export function createApp(opts: AppOptions): App {
       }
     }
     const p = parseParams(raw, engine.models());
-    const r = await run(p, c.req.raw.signal);
-    const { rgb, width, height } = toRgbGrid(r.image, 1, p.model.size);
-    const png = await encodePng(rgb, width, height);
+    const r = await run(p, c.req.raw.signal, {
+      headers: c.req.raw.headers,
+      remote: remoteOf(c.env),
+    });
+    const png = r.png ?? await encodePng(...grid(r.image, p.model.size));
     remember({ src: pngDataUrl(png), caption: caption(p, r) });
     return new Response(png as Uint8Array<ArrayBuffer>, {
       headers: { "Content-Type": "image/png", ...resultHeaders(p, r) },
@@ -289,6 +314,9 @@ export function createApp(opts: AppOptions): App {
         (async () => {
           try {
             const r = await run(p, ac.signal, {
+              headers: c.req.raw.headers,
+              remote: remoteOf(c.env),
+              onRetry: (attempt) => send("retry", { attempt }),
               onQueued: (position) => send("queued", { position }),
               onStep: (i, n, preview) => {
                 const now = performance.now();
@@ -304,7 +332,7 @@ export function createApp(opts: AppOptions): App {
               },
             });
             await Promise.all(pending);
-            const src = await dataUrl(r.image, p.model);
+            const src = await imageUrl(r, p.model);
             remember({ src, caption: caption(p, r) });
             send("done", { image: src, ...meta(p, r) });
           } catch (e) {
@@ -331,7 +359,12 @@ export function createApp(opts: AppOptions): App {
 
   app.get(
     "/api/models",
-    (c) => c.json({ default: engine.models()[0].id, models: engine.models() }),
+    (c) =>
+      c.json({
+        default: engine.models()[0].id,
+        models: engine.models(),
+        ...(engine.status ? { fleet: engine.status() } : {}),
+      }),
   );
   app.get("/api/openapi.json", (c) => c.json(OPENAPI));
   app.get("/healthz", (c) => {
@@ -342,6 +375,7 @@ export function createApp(opts: AppOptions): App {
         device: h.device,
         model: engine.models()[0].id,
         queue: { running: queue.running, waiting: queue.waiting, limit: queue.limit },
+        ...(engine.status ? { fleet: engine.status() } : {}),
       },
       h.ready ? 200 : 503,
     );
@@ -355,7 +389,7 @@ function meta(p: GenerateParams, r: EngineResult) {
     precision: p.model.precision,
     class: p.classId,
     className: p.prompt ?? p.model.classes[p.classId],
-    seed: p.seed,
+    seed: r.seed ?? p.seed,
     steps: p.steps,
     cfg: p.cfg,
     sampler: p.sampler,
@@ -380,9 +414,25 @@ function resultHeaders(p: GenerateParams, r: EngineResult): Record<string, strin
 }
 
 function caption(p: GenerateParams, r: EngineResult): string {
-  return `${p.prompt ?? p.model.classes[p.classId]} · seed ${p.seed} · ${
+  return `${p.prompt ?? p.model.classes[p.classId]} · seed ${r.seed ?? p.seed} · ${
     plural(p.steps, "step")
   } · ${p.model.precision} · ${(r.totalMs / 1000).toFixed(1)} s`;
+}
+
+/** The client's IP when the app runs under `Deno.serve` (its handler info is Hono's env). */
+function remoteOf(env: unknown): string | undefined {
+  const a = (env as { remoteAddr?: { hostname?: unknown } } | undefined)?.remoteAddr;
+  return typeof a?.hostname === "string" ? a.hostname : undefined;
+}
+
+/** A result's image as a data URL: its PNG when the engine made one (a fleet worker). */
+async function imageUrl(r: EngineResult, m: ModelInfo): Promise<string> {
+  return r.png ? pngDataUrl(r.png) : await dataUrl(r.image, m);
+}
+
+function grid(image: Float32Array, size: number): [Uint8Array, number, number] {
+  const { rgb, width, height } = toRgbGrid(image, 1, size);
+  return [rgb, width, height];
 }
 
 async function dataUrl(image: Float32Array, m: ModelInfo): Promise<string> {

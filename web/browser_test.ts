@@ -27,6 +27,8 @@ const NO_CHROMIUM_REASON =
 if (!HAS_CHROMIUM) console.warn(`skipping the browser test: ${NO_CHROMIUM_REASON}`);
 
 const FIXTURE = new URL("../tests/fixtures/tiny_dit.safetensors", import.meta.url).pathname;
+// the tiny DiT makes 4-channel latents: the tiny autoencoder turns them into pixels
+const AE = new URL("../tests/fixtures/ae_tiny.safetensors", import.meta.url).pathname;
 const DRIVER = new URL("./_browser_driver.ts", import.meta.url).pathname;
 const ARTIFACT = new URL("../out/web_browser_test.png", import.meta.url).pathname;
 
@@ -37,7 +39,7 @@ Deno.test({
   fn: async () => {
     // the real pipeline on the tiny fixture where WebGPU works; a fake engine otherwise
     const engine: Engine & { destroy?: () => void } = HAS_GPU
-      ? await PipelineEngine.create([{ id: "tiny", path: FIXTURE }])
+      ? await PipelineEngine.create([{ id: "tiny", path: FIXTURE, vae: AE }])
       : new FakeEngine(50);
     const app = createApp({
       engine,

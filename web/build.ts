@@ -1,6 +1,8 @@
 /**
  * `deno task build`: bundle the page's client script (web/client.ts) with esbuild into
- * web/dist/client.js, which `deno task serve` and the edge entry serve at /static/client.js.
+ * web/dist/client.js, which `deno task serve` and the edge entry serve at /static/client.js, and
+ * the on-device generator (web/device_client.ts + the runtime + every kernel's WGSL) into
+ * web/dist/device.js, served at /static/device.js.
  *
  * @module
  */
@@ -43,4 +45,7 @@ export async function buildClient(out: string | null = CLIENT_JS): Promise<strin
 if (import.meta.main) {
   const js = await buildClient();
   console.log(`wrote ${CLIENT_JS} (${js.length} bytes)`);
+  const { buildDevice, DEVICE_JS } = await import("./build_device.ts");
+  const dev = await buildDevice();
+  console.log(`wrote ${DEVICE_JS} (${dev.length} bytes)`);
 }

@@ -59,6 +59,12 @@ export interface EngineRequest {
     total: number,
     preview: () => Float32Array | Promise<Float32Array>,
   ) => void;
+  /** Idempotency key of the request (a fleet front end returns the same image for it). */
+  key?: string;
+  /** Who asks (the Authorization header), for per-caller limits; engines may ignore it. */
+  caller?: string;
+  /** A new delivery of the job began (a fleet worker died or failed): attempt 2, 3, … */
+  onRetry?: (attempt: number) => void;
 }
 
 /** A finished generation. */
@@ -69,6 +75,10 @@ export interface EngineResult {
   stepMs: number[];
   /** Milliseconds of the loop. */
   totalMs: number;
+  /** The image already encoded (a fleet worker's PNG); then `image` may be empty. */
+  png?: Uint8Array;
+  /** The seed the image was made with, when it differs from the request's (a reused key). */
+  seed?: number;
 }
 
 /** The GPU side of the app. */
@@ -79,6 +89,8 @@ export interface Engine {
   health(): { ready: boolean; device: string };
   /** Generate one image. */
   generate(req: EngineRequest): Promise<EngineResult>;
+  /** Extra state for `/healthz` and `/api/models` (a fleet: workers, queue depth). */
+  status?(): unknown;
 }
 
 /** One registry entry: an id (`[a-z0-9][a-z0-9._-]*`) and the file it names. */
@@ -93,6 +105,8 @@ export interface RegistryEntry {
   vae?: string;
   /** Latent models: a TAESD-family decoder for the live previews (default: the `vae`). */
   preview?: string;
+  /** Activation dtype (default f16 where the device has shader-f16); f32 matches a browser's f32 path. */
+  dtype?: "f16" | "f32";
 }
 
 /** A loaded model: a FLUX model, or a DiT pipeline and for a latent model its decoders. */
@@ -164,7 +178,7 @@ export class PipelineEngine implements Engine {
         const c = f.config as Record<string, unknown>;
         const n = c.num_classes as number;
         let size = c.input_size as number, channels = c.in_channels as number;
-        if (channels !== 3) { // a latent model: the image comes from the autoencoder
+        if (c.latent === true || e.vae) { // a latent model: the image comes from the autoencoder
           if (!e.vae) {
             throw new RangeError(
               `Cannot register model "${e.id}": ${e.path} makes ${channels}-channel latents; ` +
@@ -280,6 +294,7 @@ export class PipelineEngine implements Engine {
         const pipe = await Pipeline.load(gpu, entry.path, {
           images: 1,
           attention: entry.attention ?? "dense",
+          dtype: entry.dtype,
         });
         if (!entry.vae) return { pipe };
         try {

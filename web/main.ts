@@ -15,6 +15,7 @@ import { PipelineEngine, type RegistryEntry } from "./engine.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { hasParoPlan } from "../quant/paro_store.ts";
 import { serveGuarded } from "./guard.ts";
+import { ModelFiles } from "./model_files.ts";
 
 const USAGE = `Usage: deno task serve [options]
 
@@ -35,6 +36,7 @@ const USAGE = `Usage: deno task serve [options]
   --body-timeout S   time to receive a request's body after its headers (default 30)
   --per-client N     concurrent connections per client address (default 16)
   --public-gallery   show every visitor's recent images to all (default: each browser its own)
+  --nats URL         serve as the GPU-less front end of a NATS fleet (--nats URL -h: its options)
   -h, --help         this text
 
 Environment: PORT; W4_API_TOKEN (require Authorization: Bearer <token> on /api/*);
@@ -47,7 +49,7 @@ export function idFor(path: string): string {
 }
 
 /** The default registry: the bundled int4 model (built once if needed), then other built ones. */
-async function defaultRegistry(): Promise<RegistryEntry[]> {
+export async function defaultRegistry(): Promise<RegistryEntry[]> {
   const int4 = await modelFor("int4", (l) => console.log(l));
   const out: RegistryEntry[] = [{ id: "dit-emoji-int4", path: int4 }];
   const f = await ModelFile.open(int4);
@@ -71,6 +73,9 @@ async function defaultRegistry(): Promise<RegistryEntry[]> {
 }
 
 async function main(args: string[]): Promise<void> {
+  if (args.some((a) => a === "--nats" || a.startsWith("--nats="))) {
+    return await (await import("./fleet/serve.ts")).serveFleet(args);
+  }
   const { values } = parseArgs({
     args,
     options: {
@@ -160,6 +165,11 @@ async function main(args: string[]): Promise<void> {
       return undefined;
     },
   );
+  // on-device generation: the registry's files at /models/<id>, the generator at /static/device.js
+  const deviceJs = await Deno.readTextFile(new URL("./dist/device.js", import.meta.url)).catch(
+    () => undefined,
+  );
+  const modelFiles = { files: await ModelFiles.create(registry, engine.models()), deviceJs };
   const cors = Deno.env.get("W4_CORS")?.split(",").map((s) => s.trim()).filter((s) => s);
   const app = createApp({
     engine,
@@ -168,6 +178,7 @@ async function main(args: string[]): Promise<void> {
     cors,
     queue,
     publicGallery: values["public-gallery"],
+    modelFiles,
   });
   const h = engine.health();
   console.log(

@@ -26,6 +26,12 @@ const params = {
       description:
         "an id from /api/models (e.g. dit-emoji-int4-sparse: the int4 model with sparse + INT8 attention)",
     },
+    key: {
+      type: "string",
+      pattern: "^[\\x21-\\x7e]{1,128}$",
+      description:
+        "idempotency key (as the Idempotency-Key header; for the SSE route): with serve --nats, the same key (per caller) returns the same image",
+    },
   },
 };
 const error = {
@@ -48,6 +54,12 @@ export const OPENAPI = {
     "/api/generate": {
       post: {
         summary: "Generate one image",
+        parameters: [{
+          name: "Idempotency-Key",
+          in: "header",
+          required: false,
+          description: "with serve --nats: the same key (per caller) returns the same image",
+        }],
         requestBody: { content: { "application/json": { schema: params } } },
         responses: {
           "200": {
@@ -58,6 +70,7 @@ export const OPENAPI = {
           "400": error,
           "401": error,
           "413": error,
+          "422": { ...error, description: "Idempotency-Key reused for another request" },
           "429": { ...error, description: "queue full; see Retry-After" },
           "503": error,
           "504": error,
@@ -67,7 +80,7 @@ export const OPENAPI = {
     "/api/generate/stream": {
       get: {
         summary:
-          "Generate with progress as Server-Sent Events: queued {position}, step {i, n, preview?}, done {image, ...}, error {message, status}",
+          "Generate with progress as Server-Sent Events: queued {position}, step {i, n, preview?}, done {image, ...}, error {message, status}; with serve --nats also retry {attempt} (the job was redelivered)",
         parameters: Object.keys(params.properties).concat("preview").map((name) => ({
           name,
           in: "query",
@@ -83,6 +96,27 @@ export const OPENAPI = {
       get: {
         summary: "Served models: id, precision, attention (dense or sparse), classes, size",
         responses: { "200": { description: "models" } },
+      },
+    },
+    "/models": {
+      get: {
+        summary: "Model files for on-device generation: id, url, bytes, checksum, ETag, model " +
+          "info, what a WebGPU adapter needs (when the server serves them)",
+        responses: { "200": { description: "model files" } },
+      },
+    },
+    "/models/{id}": {
+      get: {
+        summary: "One registry model file (ids only); Range → 206, bad range → 416, ETag, " +
+          "If-Range, If-None-Match → 304",
+        parameters: [{ name: "id", in: "path", required: true, schema: { type: "string" } }],
+        responses: {
+          "200": { description: "the file" },
+          "206": { description: "a range" },
+          "304": { description: "not modified" },
+          "404": { description: "no such id" },
+          "416": { description: "bad range" },
+        },
       },
     },
     "/healthz": {

@@ -8,6 +8,7 @@
 import { renderToString } from "preact-render-to-string";
 import type { ModelInfo } from "./engine.ts";
 import { DEFAULTS, LIMITS, SAMPLERS } from "./params.ts";
+import { DEVICE_CSS, DeviceSection } from "./device_page.tsx";
 
 /** One gallery or result image. */
 export interface Shot {
@@ -35,6 +36,8 @@ export interface PageProps {
   login?: boolean;
   /** The gallery is the server's, shared by all visitors (else each browser keeps its own). */
   publicGallery?: boolean;
+  /** URL of the on-device generator (web/device_client.ts); none = server generation only. */
+  deviceScript?: string;
 }
 
 const CSS = `
@@ -54,7 +57,7 @@ function Page(p: PageProps) {
         <meta charset="utf-8" />
         <meta name="viewport" content="width=device-width, initial-scale=1" />
         <title>w4 diffusion</title>
-        <style dangerouslySetInnerHTML={{ __html: CSS }} />
+        <style dangerouslySetInnerHTML={{ __html: CSS + (p.deviceScript ? DEVICE_CSS : "") }} />
       </head>
       <body>
         <h1>w4 diffusion</h1>
@@ -74,6 +77,7 @@ function Page(p: PageProps) {
           ))}
         </div>
         {p.script && !p.login ? <script type="module" src={p.script} /> : null}
+        {p.deviceScript && !p.login ? <script type="module" src={p.deviceScript} /> : null}
       </body>
     </html>
   );
@@ -172,6 +176,7 @@ function Generate(p: PageProps) {
         </div>
         <p id="caption">{p.result?.caption ?? ""}</p>
       </section>
+      {p.deviceScript ? <DeviceSection /> : null}
     </>
   );
 }

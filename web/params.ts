@@ -50,6 +50,7 @@ const FIELDS = [
   "sampler",
   "model",
   "preview",
+  "key",
 ];
 
 /** A validated generation request. */
@@ -70,6 +71,23 @@ export interface GenerateParams {
   sampler: SamplerName;
   /** Send previews while denoising (stream route only). */
   preview: boolean;
+  /** Idempotency key given as the `key` field (the SSE route, where headers cannot be set). */
+  key?: string;
+}
+
+/** Idempotency keys: 1 to 128 printable ASCII characters, no spaces. */
+export const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,128}$/;
+
+/**
+ * Validate an idempotency key (the `Idempotency-Key` header or the `key` field): undefined when
+ * absent, else the key or a 400.
+ */
+export function idempotencyKey(v: unknown, field = "key"): string | undefined {
+  if (v === undefined || v === null || v === "") return undefined;
+  if (typeof v !== "string" || !IDEMPOTENCY_KEY.test(v)) {
+    throw bad(field, "must be 1 to 128 printable ASCII characters without spaces");
+  }
+  return v;
 }
 
 const bad = (field: string, msg: string) =>
@@ -211,5 +229,16 @@ export function parseParams(raw: unknown, models: ModelInfo[]): GenerateParams {
   }
   const pv = r.preview;
   const preview = pv === true || pv === "1" || pv === "true" || pv === "on";
-  return { model, classId, prompt: textPrompt, seed, steps, cfg, sampler, preview };
+  const key = idempotencyKey(r.key);
+  return {
+    model,
+    classId,
+    prompt: textPrompt,
+    seed,
+    steps,
+    cfg,
+    sampler,
+    preview,
+    ...(key ? { key } : {}),
+  };
 }

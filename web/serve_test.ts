@@ -8,6 +8,8 @@ import { PipelineEngine } from "./engine.ts";
 import edge from "./edge.ts";
 
 const FIXTURE = new URL("../tests/fixtures/tiny_dit.safetensors", import.meta.url).pathname;
+// the tiny DiT makes 4-channel latents: the tiny autoencoder turns them into pixels
+const AE = new URL("../tests/fixtures/ae_tiny.safetensors", import.meta.url).pathname;
 const PNG_SIG = [137, 80, 78, 71, 13, 10, 26, 10];
 
 function listen(handler: (req: Request) => Response | Promise<Response>) {
@@ -110,12 +112,12 @@ Deno.test({
   ignore: !HAS_GPU,
   sanitizeResources: false,
   fn: async () => {
-    const engine = await PipelineEngine.create([{ id: "tiny", path: FIXTURE }]);
+    const engine = await PipelineEngine.create([{ id: "tiny", path: FIXTURE, vae: AE }]);
     const app = createApp({ engine, previewEveryMs: 0, log: () => {} });
     const { server, url } = listen(app.fetch);
     try {
       const m = await (await fetch(`${url}/api/models`)).json();
-      assert.equal(m.models[0].size, 16);
+      assert.equal(m.models[0].size, 32); // 16×16 latents, decoded 2× by the tiny autoencoder
       assert.equal(m.models[0].classes[3], "class 3");
       const gen = async () => {
         const res = await fetch(`${url}/api/generate`, {

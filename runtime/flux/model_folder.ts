@@ -67,11 +67,8 @@ export async function resolveFluxModel(
   }
   let root = path, transformer = opts.transformer;
   if (!await isDir(path)) {
-    if (!transformer && !await isTransformerFile(path)) {
-      throw new FormatError(
-        path,
-        "not a FLUX transformer file (no img_in.weight, no family flux in the metadata)",
-      );
+    if (!opts.transformer && !await isTransformerFile(path)) {
+      throw new FormatError(path, "this file is not a FLUX.1 transformer (no img_in.weight)");
     }
     transformer ??= path;
     root = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";

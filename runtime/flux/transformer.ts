@@ -23,7 +23,7 @@ import { GateResidual } from "../../kernels/gate_residual/gate_residual.ts";
 import { LayernormModulate } from "../../kernels/layernorm_modulate/layernorm_modulate.ts";
 import { QkNormRope } from "../../kernels/qk_norm_rope/qk_norm_rope.ts";
 import { type ActDtype, fromActBytes, toActArray } from "../../kernels/_wgsl.ts";
-import type { ActMode, WeightFormat } from "../../quant/packing.ts";
+import type { ActConvention, ActMode, WeightFormat } from "../../quant/packing.ts";
 import { silu } from "../activations.ts";
 import type { Dispatch, Gpu } from "../device.ts";
 import { createLinear, type LinearOp } from "../linears.ts";
@@ -189,6 +189,8 @@ export class FluxTransformer {
         method: pol.method,
         format: pol.format as WeightFormat,
         actMode: pol.actMode as ActMode | undefined,
+        // "nunchaku" on layers imported from Nunchaku checkpoints (quant/nunchaku_flux.ts)
+        convention: pol.convention as ActConvention | undefined,
         scratch,
       }, await w.linearTensors(base));
       ops.push(op);

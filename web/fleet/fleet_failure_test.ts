@@ -1,0 +1,228 @@
+// The fleet under failures, against a real nats-server: a worker SIGKILLed mid-job, the server
+// restarted mid-run, a client that disconnects, jobs out of deliveries (fake-engine workers as
+// subprocesses); and real workers on the tiny model fixture (WebGPU, llvmpipe in CI).
+import assert from "node:assert/strict";
+import { HAS_GPU } from "../../kernels/_testing.ts";
+import { encodePng, toRgbGrid } from "../../runtime/png.ts";
+import { PipelineEngine } from "../engine.ts";
+import { connectNats } from "./connect.ts";
+import { FleetEngine } from "./front.ts";
+import { fakeWorkers, NatsServer, NO_NATS_REASON } from "./_nats_testing.ts";
+import { fakePng, fleet, opts, PNG_SIG, postGen, sse, status, sum } from "./_fleet_testing.ts";
+// opts.ignore is set only without nats-server (NO_NATS_REASON in _nats_testing.ts says why).
+
+Deno.test({
+  ...opts,
+  name:
+    "fleet: a worker SIGKILLed mid-job → the job is redelivered elsewhere, the stream shows retry",
+  fn: async () => {
+    const f = await fleet({ workers: 1, stepMs: 40, ackWaitS: 1 });
+    try {
+      const res = await fetch(`${f.url}/api/generate/stream?class=1&seed=77&steps=25`);
+      const s = sse(res);
+      let ev = await s.next();
+      while (ev && ev.event !== "step") ev = await s.next();
+      assert.ok(ev, "a step arrived from the first worker");
+      const [spare] = await fakeWorkers(f.server.url, 1, { stepMs: 40, ackWaitS: 1 }, "spare");
+      f.workers.push(spare);
+      await f.workers[0].kill("SIGKILL");
+      const t0 = performance.now();
+      const seen: string[] = [];
+      let done: any = null;
+      while ((ev = await s.next())) {
+        seen.push(ev.event);
+        if (ev.event === "retry") assert.equal(ev.data.attempt, 2);
+        if (ev.event === "done") done = ev.data;
+        if (ev.event === "error") assert.fail(`error event: ${JSON.stringify(ev.data)}`);
+      }
+      assert.ok(seen.includes("retry"), `a retry event in ${seen.join(",")}`);
+      assert.ok(done, "the client got its image");
+      const png = Uint8Array.from(atob(done.image.split(",")[1]), (c) => c.charCodeAt(0));
+      assert.deepEqual(png, await fakePng(77, 1));
+      const recoveryMs = performance.now() - t0;
+      assert.ok(recoveryMs < 10_000, `finished ${recoveryMs.toFixed(0)} ms after the kill`);
+      const st = await status(f);
+      assert.equal(st.workers.find((w) => w.id === "spare1")?.finished, 1);
+      assert.equal(st.pending, 0);
+    } finally {
+      await f.close();
+    }
+  },
+});
+
+Deno.test({
+  ...opts,
+  name:
+    "fleet: restarting nats-server mid-run → front end and workers reconnect, every job finishes",
+  fn: async () => {
+    const f = await fleet({ workers: 2, stepMs: 30, ackWaitS: 2 });
+    try {
+      const pending = Array.from({ length: 6 }, async (_, i) => {
+        const res = await postGen(f.url, { class: 0, seed: 500 + i, steps: 12 });
+        const body = new Uint8Array(await res.arrayBuffer());
+        assert.equal(res.status, 200, `request ${i}: ${new TextDecoder().decode(body)}`);
+        assert.deepEqual(body, await fakePng(500 + i, 0));
+      });
+      await new Promise((r) => setTimeout(r, 400)); // all published, two running
+      await f.server.restart();
+      await Promise.all(pending);
+      const s = await status(f);
+      assert.equal(s.workers.length, 2, "both workers are back");
+      assert.ok(sum(s, "finished") >= 6, "every job finished (a job cut off may run again)");
+      assert.equal(s.pending, 0);
+    } finally {
+      await f.close();
+    }
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "fleet: a client that disconnects stops the denoising loop on the worker",
+  fn: async () => {
+    const f = await fleet({ workers: 1, stepMs: 20 });
+    try {
+      const res = await fetch(`${f.url}/api/generate/stream?class=0&steps=100`);
+      const s = sse(res);
+      let ev = await s.next();
+      while (ev && ev.event !== "step") ev = await s.next();
+      await s.cancel();
+      let st = await status(f);
+      for (let i = 0; i < 20 && sum(st, "cancelled") < 1; i++) st = await status(f);
+      assert.equal(sum(st, "cancelled"), 1, "the worker stopped the loop");
+      assert.equal(sum(st, "finished"), 0);
+      assert.equal(st.pending, 0, "the job left the stream");
+    } finally {
+      await f.close();
+    }
+  },
+});
+
+Deno.test({
+  ...opts,
+  name:
+    "fleet: out of deliveries → a clear 503 (failing worker, and a worker killed on the last try)",
+  fn: async () => {
+    const f = await fleet({ workers: 1, fail: true, maxDeliver: 2 });
+    try {
+      const res = await postGen(f.url, { class: 0, seed: 1, steps: 3 });
+      assert.equal(res.status, 503);
+      assert.match((await res.json()).error, /failed on 2 deliveries/);
+      const s = await status(f);
+      assert.equal(sum(s, "failed"), 2);
+      assert.equal(s.pending, 0);
+    } finally {
+      await f.close();
+    }
+    const g = await fleet({ workers: 1, stepMs: 50, ackWaitS: 1, maxDeliver: 1 });
+    try {
+      const res = await fetch(`${g.url}/api/generate/stream?class=0&steps=40`);
+      const s = sse(res);
+      let ev = await s.next();
+      while (ev && ev.event !== "step") ev = await s.next();
+      // a live worker keeps pulling: the server looks at the dead job's deliveries then
+      g.workers.push(...await fakeWorkers(g.server.url, 1, { ackWaitS: 1, maxDeliver: 1 }, "x"));
+      await g.workers[0].kill("SIGKILL");
+      while (ev && ev.event !== "error" && ev.event !== "done") ev = await s.next();
+      assert.equal(ev?.event, "error");
+      assert.equal(ev.data.status, 503);
+      assert.match(ev.data.message, /delivered 1 times and no worker finished it/);
+      await g.engine.refresh();
+      assert.equal(g.engine.status().pending, 0, "the dead job left the stream");
+    } finally {
+      await g.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "fleet: real workers (tiny model fixture, WebGPU) → PNGs, same seed → same bytes on either",
+  ignore: NO_NATS_REASON !== null || !HAS_GPU, // needs nats-server and a WebGPU adapter
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const server = await NatsServer.start();
+    const nc = await connectNats({ servers: [server.url] });
+    const procs: Deno.ChildProcess[] = [];
+    const engine = await FleetEngine.create(nc, {
+      maxPending: 8,
+      perCaller: 8,
+      pollMs: 200,
+      log: () => {},
+    });
+    try {
+      const fixture = new URL("../../tests/fixtures/tiny_dit.safetensors", import.meta.url)
+        .pathname;
+      for (const id of ["gpu1", "gpu2"]) {
+        procs.push(
+          new Deno.Command(Deno.execPath(), {
+            args: [
+              "run",
+              "-A",
+              new URL("./worker_main.ts", import.meta.url).pathname,
+              "--nats",
+              server.url,
+              "--model",
+              fixture,
+              "--id",
+              id,
+            ],
+            stdout: "null",
+            stderr: "null",
+          }).spawn(),
+        );
+      }
+      await engine.waitForWorkers(60_000);
+      for (let i = 0; i < 100 && engine.status().workers.length < 2; i++) {
+        await new Promise((r) => setTimeout(r, 300));
+        await engine.refresh();
+      }
+      assert.equal(engine.status().workers.length, 2, "both workers advertise");
+      const gen = async (k: string) => {
+        const r = await engine.generate({
+          model: "tiny_dit",
+          classId: 3,
+          seed: 11,
+          steps: 2,
+          cfg: 2,
+          sampler: "dpm",
+          signal: AbortSignal.timeout(60_000),
+          key: k,
+        });
+        return r.png!;
+      };
+      const pngs = await Promise.all(["a", "b", "c", "d"].map(gen));
+      // the in-process path on the same request
+      const local = await PipelineEngine.create([{ id: "tiny_dit", path: fixture }]);
+      const r = await local.generate({
+        model: "tiny_dit",
+        classId: 3,
+        seed: 11,
+        steps: 2,
+        cfg: 2,
+        sampler: "dpm",
+        signal: AbortSignal.timeout(60_000),
+      });
+      local.destroy();
+      const { rgb, width, height } = toRgbGrid(r.image, 1, 16);
+      const want = await encodePng(rgb, width, height);
+      for (const p of pngs) {
+        assert.deepEqual([...p.subarray(0, 8)], PNG_SIG);
+        assert.deepEqual(p, pngs[0], "same image, whichever worker");
+        assert.deepEqual(p, want, "the fleet's image is the in-process one, whichever worker");
+      }
+      await new Promise((r) => setTimeout(r, 2500));
+      await engine.refresh();
+      const s = engine.status();
+      assert.equal(sum(s, "finished"), 4);
+    } finally {
+      engine.close();
+      for (const p of procs) {
+        p.kill("SIGKILL");
+        await p.status;
+      }
+      await nc.close();
+      await server.dispose();
+    }
+  },
+});
