@@ -166,3 +166,11 @@ Deno.test("deno task quantize takes a FLUX model folder (diffusers transformer/)
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("FLUX folder: a DiT file is not taken for a FLUX transformer", async () => {
+  const dit = new URL("./fixtures/tiny_dit.safetensors", import.meta.url).pathname;
+  await assert.rejects(() => resolveFluxModel(dit, { need: ["transformer"] }), {
+    name: "FormatError",
+    message: /not a FLUX\.1 transformer/,
+  });
+});
