@@ -238,7 +238,9 @@ export type {
   QuantAct,
   WeightFormat,
 } from "./quant/packing.ts";
-export { quantizeLinear } from "./quant/layer.ts";
+export { quantizeLinear, quantizeLinearRanks } from "./quant/layer.ts";
+export { parseBudget, planBudget } from "./quant/budget.ts";
+export type { Budget, BudgetChoice, BudgetLayer, BudgetPlan } from "./quant/budget.ts";
 export type { Method, QuantizedLinear, QuantizeLinearOptions, TensorEntry } from "./quant/layer.ts";
 export type { TensorDtype } from "./quant/baselines.ts";
 export type { MatMul } from "./quant/linalg.ts";

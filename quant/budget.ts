@@ -23,6 +23,7 @@ export const BUDGET_FORMATS: readonly WeightFormat[] = ["int4", "nvfp4"];
 
 /** One way to store a layer. */
 export interface BudgetChoice {
+  /** 4-bit format of the layer. */
   format: WeightFormat;
   /** Rank asked for (the stored rank may be smaller: see quant/layer.ts `floor`). */
   r: number;
@@ -34,13 +35,17 @@ export interface BudgetChoice {
 
 /** A layer and its choices. */
 export interface BudgetLayer {
+  /** Layer base name. */
   name: string;
+  /** The measured ways to store it. */
   choices: BudgetChoice[];
 }
 
 /** The assignment: `pick[i]` indexes `layers[i].choices`. */
 export interface BudgetPlan {
+  /** Index into each layer's choices. */
   pick: number[];
+  /** Total bytes of the picks. */
   bytes: number;
   /** `Σ err²` of the picks. */
   cost: number;

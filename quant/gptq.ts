@@ -34,46 +34,35 @@ import {
 /** Relative damping δ of the Hessian's diagonal (GPTQ's default: 1% of its mean). */
 export const GPTQ_DAMP = 0.01;
 
-/** Upper Cholesky factor U of the inverse of SPD `h` [K, K] (`h⁻¹ = Uᵀ·U`). */
-function inverseCholeskyUpper(h: Float64Array, k: number): Float64Array {
-  // L·Lᵀ = H (lower), then H⁻¹ = L⁻ᵀ·L⁻¹, then its upper Cholesky factor.
-  const l = new Float64Array(k * k);
+/**
+ * Upper Cholesky factor U of the inverse of SPD `h` [K, K] (`h⁻¹ = Uᵀ·U`), with one Cholesky
+ * and one triangular inverse: for the index reversal P, `P·h·P = L·Lᵀ` gives
+ * `h⁻¹ = (P·L⁻ᵀ·P)(P·L⁻¹·P)`, so `U = P·L⁻¹·P` (upper, positive diagonal).
+ */
+export function inverseCholeskyUpper(h: Float64Array, k: number): Float64Array {
+  const l = new Float64Array(k * k); // Cholesky of P·h·P (lower)
   for (let i = 0; i < k; i++) {
+    const hi = (k - 1 - i) * k + k - 1;
     for (let j = 0; j <= i; j++) {
-      let s = h[i * k + j];
+      let s = h[hi - j];
       for (let p = 0; p < j; p++) s -= l[i * k + p] * l[j * k + p];
       l[i * k + j] = i === j ? Math.sqrt(Math.max(s, 1e-300)) : s / l[j * k + j];
     }
   }
-  const li = new Float64Array(k * k); // L⁻¹, lower
-  for (let j = 0; j < k; j++) {
-    li[j * k + j] = 1 / l[j * k + j];
-    for (let i = j + 1; i < k; i++) {
-      let s = 0;
-      for (let p = j; p < i; p++) s += l[i * k + p] * li[p * k + j];
-      li[i * k + j] = -s / l[i * k + i];
-    }
-  }
-  const inv = new Float64Array(k * k); // L⁻ᵀ·L⁻¹
+  const m = new Float64Array(k * k); // L⁻¹ (lower), row by row: m[i, j] for j ≤ i
   for (let i = 0; i < k; i++) {
-    for (let j = i; j < k; j++) {
+    const inv = 1 / l[i * k + i];
+    m[i * k + i] = inv;
+    for (let j = 0; j < i; j++) {
       let s = 0;
-      for (let p = j; p < k; p++) s += li[p * k + i] * li[p * k + j];
-      inv[i * k + j] = s;
-      inv[j * k + i] = s;
-    }
-  }
-  // GPTQ's factor: U upper with Uᵀ·U = inv, i.e. U = Cᵀ for the lower Cholesky C of inv.
-  const c = new Float64Array(k * k);
-  for (let i = 0; i < k; i++) {
-    for (let j = 0; j <= i; j++) {
-      let s = inv[i * k + j];
-      for (let p = 0; p < j; p++) s -= c[i * k + p] * c[j * k + p];
-      c[i * k + j] = i === j ? Math.sqrt(Math.max(s, 1e-300)) : s / c[j * k + j];
+      for (let p = j; p < i; p++) s += l[i * k + p] * m[p * k + j];
+      m[i * k + j] = -s * inv;
     }
   }
   const u = new Float64Array(k * k);
-  for (let i = 0; i < k; i++) for (let j = i; j < k; j++) u[i * k + j] = c[j * k + i];
+  for (let i = 0; i < k; i++) {
+    for (let j = i; j < k; j++) u[i * k + j] = m[(k - 1 - i) * k + (k - 1 - j)];
+  }
   return u;
 }
 
