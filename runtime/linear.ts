@@ -176,8 +176,8 @@ export class W4A4Linear {
       smooth: await up_("smooth", smooth),
       lora_down: await up_("lora_down", down),
       lora_up: await up_("lora_up", up),
-      bias: await up_("bias", bias),
-      channel_scale: await up_("channel_scale", channelScale),
+      // the GEMM's per-channel buffer: the bias, then the channel scale (one binding)
+      bias: await up_("bias", channelScale ? concatBytes(bias, channelScale) : bias),
       qact: scratch ? undefined : await gpu.createBuffer(`buffer ${name}.qact`, sizes.qact),
       ascales: scratch
         ? undefined
@@ -231,14 +231,13 @@ export class W4A4Linear {
         lora_up: b.lora_up,
         bias: b.bias,
         y: io.y,
-        channel_scale: b.channel_scale,
       }),
     ];
   }
 
   /** Bytes of the layer's weights resident on the GPU. */
   get weightBytes(): number {
-    return ["qweight", "wscales", "smooth", "lora_down", "lora_up", "bias", "channel_scale"]
+    return ["qweight", "wscales", "smooth", "lora_down", "lora_up", "bias"]
       .reduce((s, key) => s + (this.#bufs[key]?.size ?? 0), 0);
   }
 
@@ -248,4 +247,12 @@ export class W4A4Linear {
     this.#gemm.destroy();
     this.#gpu.destroy(...Object.values(this.#bufs));
   }
+}
+
+/** The f32 bytes of `a` (when given) followed by those of `b`, as one tensor. */
+function concatBytes(a: StoredTensor | undefined, b: StoredTensor): StoredTensor {
+  const data = new Uint8Array((a?.data.length ?? 0) + b.data.length);
+  if (a) data.set(a.data);
+  data.set(b.data, a?.data.length ?? 0);
+  return { dtype: b.dtype, shape: [data.length / 4], data };
 }

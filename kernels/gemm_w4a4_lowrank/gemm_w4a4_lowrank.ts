@@ -69,12 +69,13 @@ export interface GemmW4A4LowrankBuffers {
   lora_act?: GPUBuffer;
   /** f16 bits [N, R], two per u32 (required when R > 0). */
   lora_up?: GPUBuffer;
-  /** f32 [N] (required when the shape has bias). */
+  /**
+   * f32 per-channel vectors: the bias [N] (when the shape has bias), then the per-channel weight
+   * scale [N] (when it has `channelScale`); required when either is set.
+   */
   bias?: GPUBuffer;
   /** ACT [M, N] output. */
   y: GPUBuffer;
-  /** f32 [N] per-channel weight scale (required when the shape has `channelScale`). */
-  channel_scale?: GPUBuffer;
 }
 
 // 128×128 outputs per workgroup: the fastest tile measured on an H100 (M=4096, K=3072).
@@ -208,9 +209,12 @@ export function bufferSizes(s: GemmW4A4LowrankShape): BufferRow<BufferName>[] {
     ],
     ["lora_act", r > 0 ? m * r * 4 : 0, `[M=${m}, R=${r}] f32`],
     ["lora_up", r > 0 ? 4 * Math.ceil((n * r) / 2) : 0, `[N=${n}, R=${r}] f16, 2 per u32`],
-    ["bias", s.bias ? n * 4 : 0, `[N=${n}] f32`],
+    [
+      "bias",
+      ((s.bias ? 1 : 0) + (s.channelScale ? 1 : 0)) * n * 4,
+      `[${s.bias ? "bias " : ""}${s.channelScale ? "channel scale " : ""}× N=${n}] f32`,
+    ],
     ["y", m * n * actBytes(s.dtype), `[M=${m}, N=${n}] ${s.dtype}`],
-    ["channel_scale", s.channelScale ? n * 4 : 0, `[N=${n}] f32`],
   ];
 }
 

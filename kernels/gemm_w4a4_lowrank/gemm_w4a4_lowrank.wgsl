@@ -1,7 +1,7 @@
 // gemm_w4a4_lowrank: the W4A4 GEMM with the fused low-rank epilogue (ARCHITECTURE.md
 // "4-bit arithmetic with dot4I8Packed", "Fusion boundaries").
 //
-//   Y[m,n] = Σ_g sa[m,g]·sw[n,g]·(Σ_{k∈g} qx[m,k]·qw[n,k])   (sw times channel_scale[n] if set)
+//   Y[m,n] = Σ_g sa[m,g]·sw[n,g]·(Σ_{k∈g} qx[m,k]·qw[n,k])   (sw times the channel scale of row n if set)
 //            + Σ_r lora_act[m,r]·lora_up[n,r] + bias[n],
 //   then optional GELU (tanh form), one store in ACT.
 //
@@ -73,12 +73,12 @@ override FACTOR: f32 = select(select(1.0 / 256.0, 1.0 / 16.0, MODE == 1u), 0.25,
 @group(0) @binding(4) var<storage, read> wscales: array<u32>; // INT4 f16 pairs / NVFP4 E4M3 ×4
 @group(0) @binding(5) var<storage, read> lora_act: array<f32>; // [M, R]
 @group(0) @binding(6) var<storage, read> lora_up: array<u32>; // [N, R] f16 pairs
-@group(0) @binding(7) var<storage, read> bias: array<f32>; // [N]
+// Per-channel f32 vectors: the bias [N] (when has_bias), then, with CHANNEL_SCALE, a per-output-
+// channel weight scale [N] (NVFP4 `wcscales` of imported Nunchaku layers) that multiplies every
+// group scale of row n, so it scales the 4-bit product only, not the low-rank term or the bias.
+// One binding for both keeps the kernel at 8 storage buffers, WebGPU's default limit.
+@group(0) @binding(7) var<storage, read> bias: array<f32>;
 @group(0) @binding(8) var<storage, read_write> y: array<ACT>; // [M, N]
-// Per-output-channel weight scale [N] f32 (NVFP4 `wcscales` of imported Nunchaku layers): it
-// multiplies every group scale of row n, so it scales the 4-bit product only, not the low-rank
-// term or the bias.
-@group(0) @binding(9) var<storage, read> channel_scale: array<f32>;
 override CHANNEL_SCALE: bool = false;
 
 var<workgroup> xa: array<vec4<u32>, BM * ROW>; // int8 act codes; f32 lora_act in the epilogue
@@ -141,7 +141,7 @@ fn weight_scale(n: u32, g: u32, groups: u32) -> f32 {
     v = unpack2x16float(wscales[e >> 1u])[e & 1u];
   }
   if (CHANNEL_SCALE) {
-    v *= channel_scale[n];
+    v *= bias[select(0u, params.n, params.has_bias == 1u) + n];
   }
   return v * FACTOR;
 }

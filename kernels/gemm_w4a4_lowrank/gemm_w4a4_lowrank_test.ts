@@ -144,11 +144,17 @@ async function runGpu(gpu: Gpu, shape: GemmW4A4LowrankShape, inp: Inputs): Promi
     wscales: await gpu.upload("buffer wscales", weightScaleWords(inp.weight)),
     lora_act: shape.r > 0 ? await gpu.upload("buffer lora_act", inp.loraAct) : undefined,
     lora_up: shape.r > 0 ? await gpu.upload("buffer lora_up", packF16(inp.loraUp)) : undefined,
-    bias: shape.bias ? await gpu.upload("buffer bias", inp.bias) : undefined,
-    y: await gpu.upload("buffer y", poison(shape.m * shape.n * (shape.dtype === "f16" ? 2 : 4))),
-    channel_scale: shape.channelScale
-      ? await gpu.upload("buffer channel_scale", inp.channelScale!)
+    // the bias buffer holds the bias, then the channel scale
+    bias: shape.bias || shape.channelScale
+      ? await gpu.upload(
+        "buffer bias",
+        Float32Array.from([
+          ...(shape.bias ? inp.bias : []),
+          ...(shape.channelScale ? inp.channelScale! : []),
+        ]),
+      )
       : undefined,
+    y: await gpu.upload("buffer y", poison(shape.m * shape.n * (shape.dtype === "f16" ? 2 : 4))),
   };
   try {
     await gemmW4A4Lowrank(gpu, shape, bufs);
