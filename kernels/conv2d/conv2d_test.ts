@@ -194,11 +194,12 @@ for (const c of CASES) {
       const int8 = c.weights === "int8"
         ? quantizeConvWeightInt8(packConvWeight(w, c.cout, c.cin, ks), c.cout)
         : undefined;
-      if (int8) { // the reference sees the dequantized weights (same per-row scale in any layout)
-        const k = c.cin * ks * ks;
-        w = w.map((v, i) =>
-          Math.round(v / int8.scales[Math.floor(i / k)]) * int8.scales[Math.floor(i / k)]
-        );
+      if (int8) { // the reference sees the stored codes times their scales, in its own layout
+        const codes = new Int8Array(int8.codes.buffer), taps = ks * ks;
+        w = w.map((_, i) => {
+          const o = Math.floor(i / (c.cin * taps)), ci = Math.floor(i / taps) % c.cin;
+          return codes[(o * taps + (i % taps)) * c.cin + ci] * int8.scales[o];
+        });
       }
       const bias = c.bias ? rng.normals(c.cout, 0.1) : undefined;
       const residual = c.residual ? round(rng.normals(c.b * ho * wo * c.cout)) : undefined;
