@@ -6,8 +6,8 @@
  *
  * Rank: 8 on this 64-wide model (R/D = 1/8; FLUX.1 uses 32/3072 — a larger share here would make
  * the low-rank branch absorb most of each weight and the comparison with RTN meaningless).
- * Bounds are the measured values (printed) rounded down by a margin: SVDQuant INT4 ≥ 37 dB (measured 41.3), NVFP4
- * ≥ 37 dB (measured 41.6), and each beats RTN W4A4 (measured 36.2 dB; figures with issue 18's quantizer).
+ * Bounds are the measured values (printed) rounded down by a margin: SVDQuant INT4 ≥ 37 dB (measured 42.2), NVFP4
+ * ≥ 37 dB (measured 43.0), and each beats RTN W4A4 (measured 36.2 dB; figures with issue 18's quantizer).
  *
  * @module
  */
