@@ -23,7 +23,7 @@ import { cpuMatMul, type MatMul } from "./linalg.ts";
 import type { LowRank } from "./svd.ts";
 import { quantizeWeightClipped } from "./clip.ts";
 import { lowRankQuantize } from "./lowrank.ts";
-import { GPTQ_MAX_K, gptqFactor, gptqInt4 } from "./gptq.ts";
+import { GPTQ_MAX_K, gptqApplies, gptqFactor, gptqInt4 } from "./gptq.ts";
 import {
   actCodes,
   actGroupScales,
@@ -257,7 +257,7 @@ export async function quantizeW4A16(inp: BaselineInput): Promise<BaselineResult>
       inp.yRef,
     );
   let relError = await error(p);
-  if (s > 0) {
+  if (s > 0 && gptqApplies(s, k)) {
     // GPTQ's activation-aware rounding; kept when it scores lower (it nearly always does: on
     // the bundled model's held-out calibration rows it cuts the layer error by 20–75%).
     const g = await gptqInt4(w, n, k, x, s);
@@ -492,7 +492,9 @@ export async function buildW4A4(
     svd: opts.svd,
     scaleSearch: opts.scaleSearch,
     clipRatios: opts.clipRatios,
-    ...(opts.gptq && xHat && scorer && k <= GPTQ_MAX_K ? { gptq: gptqFactor(xHat, s, k) } : {}),
+    ...(opts.gptq && xHat && scorer && k <= GPTQ_MAX_K && gptqApplies(s, k)
+      ? { gptq: gptqFactor(xHat, s, k) }
+      : {}),
     ...(scorer
       ? {
         score: async (lowRank: LowRank, residual: PackedWeight) => {
