@@ -19,7 +19,7 @@ import { type Engine, PipelineEngine } from "../web/engine.ts";
 import { idFor } from "../web/main.ts";
 import { connectNats } from "../web/fleet/connect.ts";
 import { FleetEngine } from "../web/fleet/front.ts";
-import { FakeWorkerProcess, NatsServer } from "../web/fleet/_nats_testing.ts";
+import { NatsServer, WorkerProcess } from "../web/fleet/_nats_testing.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -49,7 +49,7 @@ function spawnWorker(
   ms = stepMs,
 ): { ready: Promise<void>; kill(): Promise<void> } {
   if (!model) {
-    const w = new FakeWorkerProcess(url, id, { stepMs: ms, ackWaitS });
+    const w = new WorkerProcess(url, id, { stepMs: ms, ackWaitS });
     return { ready: w.ready(), kill: () => w.kill() };
   }
   const p = new Deno.Command(Deno.execPath(), {

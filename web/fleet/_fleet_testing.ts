@@ -7,14 +7,11 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { encodePng, toRgbGrid } from "../../runtime/png.ts";
 import { createApp } from "../app.ts";
+import { PipelineEngine } from "../engine.ts";
+import { idFor } from "../main.ts";
 import { connectNats } from "./connect.ts";
 import { FleetEngine, type FleetStatus } from "./front.ts";
-import {
-  type FakeWorkerProcess,
-  fakeWorkers,
-  NatsServer,
-  NO_NATS_REASON,
-} from "./_nats_testing.ts";
+import { NatsServer, NO_NATS_REASON, startWorkers, type WorkerProcess } from "./_nats_testing.ts";
 
 export const PNG_SIG = [137, 80, 78, 71, 13, 10, 26, 10];
 export const HEARTBEAT_MS = 300; // the fake workers' period (web/fleet/_fake_worker.ts)
@@ -26,9 +23,94 @@ export async function fakePng(seed: number, classId: number): Promise<Uint8Array
   return await encodePng(rgb, width, height);
 }
 
+/** The bundled INT4 model that the real workers of the tests serve, and its id there. */
+export const BUNDLED = new URL("../../models/dit_emoji.int4.safetensors", import.meta.url).pathname;
+export const BUNDLED_ID = idFor(BUNDLED);
+
+/** A request of the real-model tests (cfg and sampler sent explicitly). */
+export interface RealRequest {
+  classId: number;
+  seed: number;
+  steps: number;
+}
+export const CFG = 4, SAMPLER = "dpm";
+
+/**
+ * The in-process engine's PNG for each request on `model` (what `deno task serve` alone returns),
+ * keyed by {@linkcode reqKey}.
+ */
+export async function localPngs(
+  model: string,
+  reqs: RealRequest[],
+): Promise<Map<string, Uint8Array>> {
+  const engine = await PipelineEngine.create([{ id: idFor(model), path: model }]);
+  const out = new Map<string, Uint8Array>();
+  try {
+    const size = engine.models()[0].size;
+    for (const q of reqs) {
+      const r = await engine.generate({
+        model: idFor(model),
+        classId: q.classId,
+        seed: q.seed,
+        steps: q.steps,
+        cfg: CFG,
+        sampler: SAMPLER,
+        signal: AbortSignal.timeout(120_000),
+      });
+      const { rgb, width, height } = toRgbGrid(r.image, 1, size);
+      out.set(reqKey(q), await encodePng(rgb, width, height));
+    }
+  } finally {
+    engine.destroy();
+  }
+  return out;
+}
+
+export const reqKey = (q: RealRequest) => `${q.classId}/${q.seed}/${q.steps}`;
+
+/**
+ * Decode a PNG as `encodePng` writes it (8-bit RGB, one IDAT or more): its size and pixels;
+ * throws on a bad signature, chunk, filter type or data length.
+ */
+export async function readPng(
+  png: Uint8Array,
+): Promise<{ width: number; height: number; rgb: Uint8Array }> {
+  if (PNG_SIG.some((b, i) => png[i] !== b)) throw new Error("not a PNG: bad signature");
+  const v = new DataView(png.buffer, png.byteOffset, png.byteLength);
+  let at = 8, width = 0, height = 0, end = false;
+  const idat: Uint8Array<ArrayBuffer>[] = [];
+  while (at + 12 <= png.length && !end) {
+    const len = v.getUint32(at), type = new TextDecoder().decode(png.subarray(at + 4, at + 8));
+    const data = png.subarray(at + 8, at + 8 + len);
+    if (data.length !== len) throw new Error(`PNG chunk ${type} is cut off`);
+    if (type === "IHDR") {
+      width = v.getUint32(at + 8);
+      height = v.getUint32(at + 12);
+      if (data[8] !== 8 || data[9] !== 2) throw new Error("PNG is not 8-bit RGB");
+    } else if (type === "IDAT") idat.push(data.slice());
+    else if (type === "IEND") end = true;
+    at += 12 + len;
+  }
+  if (!end || width === 0 || idat.length === 0) throw new Error("PNG lacks IHDR, IDAT or IEND");
+  const raw = new Uint8Array(
+    await new Response(new Blob(idat).stream().pipeThrough(new DecompressionStream("deflate")))
+      .arrayBuffer(),
+  );
+  const row = 1 + width * 3;
+  if (raw.length !== height * row) {
+    throw new Error(`PNG data: ${raw.length} B, not ${height * row}`);
+  }
+  const rgb = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    if (raw[y * row] !== 0) throw new Error(`PNG row ${y}: filter ${raw[y * row]} (expected 0)`);
+    rgb.set(raw.subarray(y * row + 1, (y + 1) * row), y * width * 3);
+  }
+  return { width, height, rgb };
+}
+
 export interface Fleet {
   server: NatsServer;
-  workers: FakeWorkerProcess[];
+  workers: WorkerProcess[];
   nc: NatsConnection;
   engine: FleetEngine;
   url: string;
@@ -44,6 +126,8 @@ export async function fleet(
     fail?: boolean;
     maxPending?: number;
     perCaller?: number;
+    /** Real workers (web/fleet/worker_main.ts) on this model file instead of fake ones. */
+    model?: string;
   },
 ): Promise<Fleet> {
   const server = await NatsServer.start();
@@ -55,8 +139,20 @@ export async function fleet(
     pollMs: 200,
     log: () => {},
   });
-  const workers = await fakeWorkers(server.url, o.workers, o);
-  await engine.waitForWorkers(10_000);
+  let workers: WorkerProcess[];
+  try {
+    workers = await startWorkers(server.url, o.workers, o, "w", o.model);
+    await engine.waitForWorkers(10_000);
+    for (let i = 0; i < 50 && engine.status().workers.length < o.workers; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      await engine.refresh();
+    }
+  } catch (e) {
+    engine.close();
+    await nc.close();
+    await server.dispose();
+    throw e;
+  }
   const app = createApp({
     engine,
     queue: engine.queueOptions(60_000),

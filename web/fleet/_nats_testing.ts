@@ -1,7 +1,7 @@
 /**
  * Test and benchmark helpers of the fleet: a real `nats-server` with JetStream on a free loopback
- * port and a temporary store (restartable on the same port and store), and fake workers as
- * subprocesses that can be SIGKILLed.
+ * port and a temporary store (restartable on the same port and store), and workers (fake, or real
+ * on a model file) as subprocesses that can be SIGKILLed.
  *
  * @module
  */
@@ -104,61 +104,87 @@ export class NatsServer {
   }
 }
 
-/** A fake worker subprocess (web/fleet/_fake_worker.ts). */
-export class FakeWorkerProcess {
+/** Options of a worker subprocess (fake or real). */
+export interface WorkerProcessOptions {
+  /** Fake engine: milliseconds per step (default 10). */
+  stepMs?: number;
+  /** Seconds without a heartbeat before a job is redelivered (default 2). */
+  ackWaitS?: number;
+  /** Fake engine: every generation throws. */
+  fail?: boolean;
+  /** Deliveries of one job before it fails with 503 (default 3). */
+  maxDeliver?: number;
+}
+
+/**
+ * A fleet worker subprocess that can be SIGKILLed: the fake one (web/fleet/_fake_worker.ts), or,
+ * with a model file, the real one (web/fleet/worker_main.ts, `deno task worker`) on this
+ * machine's WebGPU adapter.
+ */
+export class WorkerProcess {
   /** Worker id. */
   readonly id: string;
   readonly #proc: Deno.ChildProcess;
-  /** Everything it printed on stderr (its log). */
+  /** Everything it printed (stderr, and stdout after it was ready). */
   log = "";
   readonly #ready: Promise<void>;
   readonly #drained: Promise<void>;
 
-  constructor(
-    url: string,
-    id: string,
-    opts: { stepMs?: number; ackWaitS?: number; fail?: boolean; maxDeliver?: number } = {},
-  ) {
+  constructor(url: string, id: string, opts: WorkerProcessOptions = {}, model?: string) {
     this.id = id;
-    const args = [
-      "run",
-      "-A",
-      new URL("./_fake_worker.ts", import.meta.url).pathname,
+    const common = [
       "--nats",
       url,
       "--id",
       id,
-      "--step-ms",
-      String(opts.stepMs ?? 10),
       "--ack-wait",
       String(opts.ackWaitS ?? 2),
       "--max-deliver",
       String(opts.maxDeliver ?? 3),
     ];
-    if (opts.fail) args.push("--fail");
+    const args = model
+      ? ["run", "-A", new URL("./worker_main.ts", import.meta.url).pathname, ...common]
+        .concat(["--model", model])
+      : ["run", "-A", new URL("./_fake_worker.ts", import.meta.url).pathname, ...common]
+        .concat(["--step-ms", String(opts.stepMs ?? 10)], opts.fail ? ["--fail"] : []);
+    // the fake worker prints "ready ID", worker_main.ts "worker ID: models…" once it pulls jobs
+    const marker = model ? `worker ${id}: ` : `ready ${id}`;
     const proc = new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" })
       .spawn();
     this.#proc = proc;
     const dec = new TextDecoder();
-    this.#ready = (async () => {
-      const r = proc.stdout.getReader();
-      let out = "";
-      while (!out.includes("ready")) {
-        const { value, done } = await r.read();
-        if (done) throw new Error(`worker ${id} exited before it was ready: ${this.log}`);
-        out += dec.decode(value);
+    let ready = () => {};
+    let exited = (_e: Error) => {};
+    this.#ready = new Promise((res, rej) => {
+      ready = res;
+      exited = rej;
+    });
+    this.#ready.catch(() => {}); // handled by ready(); an exit after it changes nothing
+    const out = (async () => {
+      let text = "";
+      for await (const b of proc.stdout) {
+        text += dec.decode(b, { stream: true });
+        if (text.includes(marker)) ready();
       }
-      r.releaseLock();
-      proc.stdout.cancel().catch(() => {});
+      this.log += text;
+      exited(new Error(`worker ${id} exited before it was ready: ${this.log}`));
     })();
-    this.#drained = (async () => {
-      for await (const b of proc.stderr) this.log += dec.decode(b);
+    const err = (async () => {
+      for await (const b of proc.stderr) this.log += dec.decode(b, { stream: true });
     })();
+    this.#drained = Promise.all([out, err]).then(() => {});
   }
 
-  /** Resolves when it has joined the fleet. */
-  ready(): Promise<void> {
-    return this.#ready;
+  /** Resolves when it has joined the fleet; rejects when it exits first or after `timeoutMs`. */
+  ready(timeoutMs = 120_000): Promise<void> {
+    let t: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, rej) => {
+      t = setTimeout(
+        () => rej(new Error(`worker ${this.id} not ready after ${timeoutMs} ms: ${this.log}`)),
+        timeoutMs,
+      );
+    });
+    return Promise.race([this.#ready, late]).finally(() => clearTimeout(t));
   }
 
   /** Send a signal and wait for the exit. */
@@ -171,17 +197,23 @@ export class FakeWorkerProcess {
   }
 }
 
-/** `n` fake workers, ready. */
-export async function fakeWorkers(
+/** `n` fake workers (or real ones on `model`), ready. */
+export async function startWorkers(
   url: string,
   n: number,
-  opts: { stepMs?: number; ackWaitS?: number; fail?: boolean; maxDeliver?: number } = {},
+  opts: WorkerProcessOptions = {},
   prefix = "w",
-): Promise<FakeWorkerProcess[]> {
+  model?: string,
+): Promise<WorkerProcess[]> {
   const ws = Array.from(
     { length: n },
-    (_, i) => new FakeWorkerProcess(url, `${prefix}${i + 1}`, opts),
+    (_, i) => new WorkerProcess(url, `${prefix}${i + 1}`, opts, model),
   );
-  await Promise.all(ws.map((w) => w.ready()));
+  try {
+    await Promise.all(ws.map((w) => w.ready()));
+  } catch (e) {
+    await Promise.all(ws.map((w) => w.kill()));
+    throw e;
+  }
   return ws;
 }

@@ -1,20 +1,15 @@
 // The fleet under failures, against a real nats-server: a worker SIGKILLed mid-job, the server
 // restarted mid-run, a client that disconnects, jobs out of deliveries (fake-engine workers as
-// subprocesses); and real workers on the tiny model fixture (WebGPU, llvmpipe in CI).
+// subprocesses, so job times are known). Real workers on the bundled model: fleet_real_test.ts.
 import assert from "node:assert/strict";
-import { HAS_GPU } from "../../kernels/_testing.ts";
-import { encodePng, toRgbGrid } from "../../runtime/png.ts";
-import { PipelineEngine } from "../engine.ts";
-import { connectNats } from "./connect.ts";
-import { FleetEngine } from "./front.ts";
-import { fakeWorkers, NatsServer, NO_NATS_REASON } from "./_nats_testing.ts";
-import { fakePng, fleet, opts, PNG_SIG, postGen, sse, status, sum } from "./_fleet_testing.ts";
+import { startWorkers } from "./_nats_testing.ts";
+import { fakePng, fleet, opts, postGen, sse, status, sum } from "./_fleet_testing.ts";
 // opts.ignore is set only without nats-server (NO_NATS_REASON in _nats_testing.ts says why).
 
 Deno.test({
   ...opts,
   name:
-    "fleet: a worker SIGKILLed mid-job → the job is redelivered elsewhere, the stream shows retry",
+    "fleet (fake engine): a worker SIGKILLed mid-job → redelivered elsewhere, the stream shows retry",
   fn: async () => {
     const f = await fleet({ workers: 1, stepMs: 40, ackWaitS: 1 });
     try {
@@ -23,7 +18,7 @@ Deno.test({
       let ev = await s.next();
       while (ev && ev.event !== "step") ev = await s.next();
       assert.ok(ev, "a step arrived from the first worker");
-      const [spare] = await fakeWorkers(f.server.url, 1, { stepMs: 40, ackWaitS: 1 }, "spare");
+      const [spare] = await startWorkers(f.server.url, 1, { stepMs: 40, ackWaitS: 1 }, "spare");
       f.workers.push(spare);
       await f.workers[0].kill("SIGKILL");
       const t0 = performance.now();
@@ -121,7 +116,7 @@ Deno.test({
       let ev = await s.next();
       while (ev && ev.event !== "step") ev = await s.next();
       // a live worker keeps pulling: the server looks at the dead job's deliveries then
-      g.workers.push(...await fakeWorkers(g.server.url, 1, { ackWaitS: 1, maxDeliver: 1 }, "x"));
+      g.workers.push(...await startWorkers(g.server.url, 1, { ackWaitS: 1, maxDeliver: 1 }, "x"));
       await g.workers[0].kill("SIGKILL");
       while (ev && ev.event !== "error" && ev.event !== "done") ev = await s.next();
       assert.equal(ev?.event, "error");
@@ -131,98 +126,6 @@ Deno.test({
       assert.equal(g.engine.status().pending, 0, "the dead job left the stream");
     } finally {
       await g.close();
-    }
-  },
-});
-
-Deno.test({
-  name: "fleet: real workers (tiny model fixture, WebGPU) → PNGs, same seed → same bytes on either",
-  ignore: NO_NATS_REASON !== null || !HAS_GPU, // needs nats-server and a WebGPU adapter
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    const server = await NatsServer.start();
-    const nc = await connectNats({ servers: [server.url] });
-    const procs: Deno.ChildProcess[] = [];
-    const engine = await FleetEngine.create(nc, {
-      maxPending: 8,
-      perCaller: 8,
-      pollMs: 200,
-      log: () => {},
-    });
-    try {
-      const fixture = new URL("../../tests/fixtures/tiny_dit.safetensors", import.meta.url)
-        .pathname;
-      for (const id of ["gpu1", "gpu2"]) {
-        procs.push(
-          new Deno.Command(Deno.execPath(), {
-            args: [
-              "run",
-              "-A",
-              new URL("./worker_main.ts", import.meta.url).pathname,
-              "--nats",
-              server.url,
-              "--model",
-              fixture,
-              "--id",
-              id,
-            ],
-            stdout: "null",
-            stderr: "null",
-          }).spawn(),
-        );
-      }
-      await engine.waitForWorkers(60_000);
-      for (let i = 0; i < 100 && engine.status().workers.length < 2; i++) {
-        await new Promise((r) => setTimeout(r, 300));
-        await engine.refresh();
-      }
-      assert.equal(engine.status().workers.length, 2, "both workers advertise");
-      const gen = async (k: string) => {
-        const r = await engine.generate({
-          model: "tiny_dit",
-          classId: 3,
-          seed: 11,
-          steps: 2,
-          cfg: 2,
-          sampler: "dpm",
-          signal: AbortSignal.timeout(60_000),
-          key: k,
-        });
-        return r.png!;
-      };
-      const pngs = await Promise.all(["a", "b", "c", "d"].map(gen));
-      // the in-process path on the same request
-      const local = await PipelineEngine.create([{ id: "tiny_dit", path: fixture }]);
-      const r = await local.generate({
-        model: "tiny_dit",
-        classId: 3,
-        seed: 11,
-        steps: 2,
-        cfg: 2,
-        sampler: "dpm",
-        signal: AbortSignal.timeout(60_000),
-      });
-      local.destroy();
-      const { rgb, width, height } = toRgbGrid(r.image, 1, 16);
-      const want = await encodePng(rgb, width, height);
-      for (const p of pngs) {
-        assert.deepEqual([...p.subarray(0, 8)], PNG_SIG);
-        assert.deepEqual(p, pngs[0], "same image, whichever worker");
-        assert.deepEqual(p, want, "the fleet's image is the in-process one, whichever worker");
-      }
-      await new Promise((r) => setTimeout(r, 2500));
-      await engine.refresh();
-      const s = engine.status();
-      assert.equal(sum(s, "finished"), 4);
-    } finally {
-      engine.close();
-      for (const p of procs) {
-        p.kill("SIGKILL");
-        await p.status;
-      }
-      await nc.close();
-      await server.dispose();
     }
   },
 });

@@ -1,7 +1,8 @@
 // The fleet's semantics against a real nats-server (JetStream, loopback, temporary store): the
 // front end (FleetEngine behind the unchanged app, real sockets) and workers as subprocesses over
 // the fake engine (web/_fake.ts) so that job times are known and short. Failures (kills, server
-// restart, cancellation, max deliveries) and real-model workers: fleet_failure_test.ts.
+// restart, cancellation, max deliveries): fleet_failure_test.ts; real workers on the bundled
+// model (30 concurrent requests, a SIGKILL mid-job): fleet_real_test.ts.
 import assert from "node:assert/strict";
 import { jetstream } from "@nats-io/jetstream";
 import { createApp } from "../app.ts";
@@ -24,7 +25,7 @@ import {
 Deno.test({
   ...opts,
   name:
-    "fleet: 30 concurrent requests on 3 workers → each its own PNG or a 429; none lost, none run twice",
+    "fleet (fake engine): 30 concurrent requests on 3 workers → each its own PNG or a 429; none lost, none run twice",
   fn: async () => {
     const f = await fleet({ workers: 3, stepMs: 15, maxPending: 12 });
     try {
