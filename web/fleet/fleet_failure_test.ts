@@ -2,7 +2,7 @@
 // restarted mid-run, a client that disconnects, jobs out of deliveries (fake-engine workers as
 // subprocesses); and real workers on the tiny model fixture (WebGPU, llvmpipe in CI).
 import assert from "node:assert/strict";
-import { HAS_GPU } from "../../kernels/_testing.ts";
+import { HAS_GPU } from "../../gpu/_testing.ts";
 import { encodePng, toRgbGrid } from "../../runtime/png.ts";
 import { PipelineEngine } from "../engine.ts";
 import { connectNats } from "./connect.ts";
