@@ -93,8 +93,8 @@
  */
 
 // device layer and errors
-export { getGpu, Gpu } from "./runtime/device.ts";
-export type { Dispatch, GpuCapabilities, GpuOptions, OptionalFeature } from "./runtime/device.ts";
+export { getGpu, Gpu } from "./gpu/device.ts";
+export type { Dispatch, GpuCapabilities, GpuOptions, OptionalFeature } from "./gpu/device.ts";
 export {
   FormatError,
   GpuDeviceLostError,
@@ -103,7 +103,7 @@ export {
   GpuUnavailableError,
   GpuValidationError,
   NumericError,
-} from "./runtime/errors.ts";
+} from "./gpu/errors.ts";
 export { W4A4Linear } from "./runtime/linear.ts";
 export type { StoredTensor, W4A4LinearSpec } from "./runtime/linear.ts";
 export { gpuMatMul } from "./runtime/gpu_matmul.ts";
@@ -228,7 +228,7 @@ export {
   quantizeAct,
   quantizeWeight,
   unpackF16,
-} from "./quant/packing.ts";
+} from "./formats/packing.ts";
 export type {
   ActConvention,
   ActMode,
@@ -237,27 +237,27 @@ export type {
   PackedWeight,
   QuantAct,
   WeightFormat,
-} from "./quant/packing.ts";
+} from "./formats/packing.ts";
 export { quantizeLinear, quantizeLinearRanks } from "./quant/layer.ts";
 export { parseBudget, planBudget } from "./quant/budget.ts";
 export type { Budget, BudgetChoice, BudgetLayer, BudgetPlan } from "./quant/budget.ts";
 export type { Method, QuantizedLinear, QuantizeLinearOptions, TensorEntry } from "./quant/layer.ts";
 export type { TensorDtype } from "./quant/baselines.ts";
 export type { MatMul } from "./quant/linalg.ts";
-export { quantizeCheckpoint } from "./quant/model.ts";
+export { quantizeCheckpoint } from "./convert/model.ts";
 export { importNunchakuFlux } from "./quant/nunchaku_flux.ts";
 export type { ImportOptions, ImportReport, PlanItem } from "./quant/nunchaku_flux.ts";
-export type { LayerReport, ModelMethod, QuantizeModelOptions } from "./quant/model.ts";
-export { FORMAT_VERSION, QuantFile, writeQuantFile } from "./quant/format.ts";
+export type { LayerReport, ModelMethod, QuantizeModelOptions } from "./convert/model.ts";
+export { FORMAT_VERSION, QuantFile, writeQuantFile } from "./formats/format.ts";
 export type {
   LayerPolicyEntry,
   QuantConfig,
   QuantFileMeta,
   QuantFileMetaInput,
   QuantTensor,
-} from "./quant/format.ts";
-export { SafetensorsReader, SafetensorsWriter } from "./quant/safetensors.ts";
-export type { Dtype, TensorInfo, TensorSpec } from "./quant/safetensors.ts";
+} from "./formats/format.ts";
+export { SafetensorsReader, SafetensorsWriter } from "./formats/safetensors.ts";
+export type { Dtype, TensorInfo, TensorSpec } from "./formats/safetensors.ts";
 export { CalibRecorder, readCalibStats, writeCalibStats } from "./quant/calib.ts";
 export type { CalibStats, LayerStats } from "./quant/calib.ts";
 export { DEFAULT_DIT_POLICY, parsePolicy } from "./quant/policy.ts";
@@ -302,8 +302,8 @@ export type {
   TokenizedBatch,
 } from "./runtime/text/tokenizer.ts";
 export type { TextWeightFormat } from "./runtime/text/_linears.ts";
-export { quantizeTextEncoder, TEXT_QUANT_METHODS } from "./quant/text_encoder.ts";
-export type { TextQuantMethod, TextQuantReport } from "./quant/text_encoder.ts";
+export { quantizeTextEncoder, TEXT_QUANT_METHODS } from "./convert/text_encoder.ts";
+export type { TextQuantMethod, TextQuantReport } from "./convert/text_encoder.ts";
 export { AddNorm, addNorm } from "./kernels/add_norm/add_norm.ts";
 export type { AddNormBuffers, AddNormShape } from "./kernels/add_norm/add_norm.ts";
 export { FfnAct, ffnAct } from "./kernels/ffn_act/ffn_act.ts";
@@ -362,8 +362,8 @@ export type { FluxCalibOptions, FluxCalibSample } from "./runtime/flux/calibrate
 export { runDenoise } from "./runtime/family.ts";
 export type { DenoiseJob, DenoiseOptions, DenoiseResult } from "./runtime/family.ts";
 export { fluxShift } from "./runtime/schedulers.ts";
-export { quantizeFlux } from "./quant/flux_model.ts";
-export type { QuantizeFluxOptions } from "./quant/flux_model.ts";
+export { quantizeFlux } from "./convert/flux_model.ts";
+export type { QuantizeFluxOptions } from "./convert/flux_model.ts";
 export { FLUX_POLICY, fluxTensorList } from "./quant/flux_policy.ts";
 export type { FluxLinearName, FluxShapeConfig } from "./quant/flux_policy.ts";
 export { QkNormRope } from "./kernels/qk_norm_rope/qk_norm_rope.ts";
@@ -371,7 +371,7 @@ export type { QkNormRopeBuffers, QkNormRopeShape } from "./kernels/qk_norm_rope/
 export { CopyRows } from "./kernels/copy_rows/copy_rows.ts";
 export type { CopyRowsBuffers, CopyRowsShape } from "./kernels/copy_rows/copy_rows.ts";
 // byte sources (local file, HTTP Range, Blob, memory) and adapter requirements (browser use)
-export { BlobSource, BytesSource, HttpRangeSource, isByteSource } from "./runtime/source.ts";
-export type { ByteSource, HttpRangeOptions } from "./runtime/source.ts";
+export { BlobSource, BytesSource, HttpRangeSource, isByteSource } from "./gpu/source.ts";
+export type { ByteSource, HttpRangeOptions } from "./gpu/source.ts";
 export { requirementsOf, unmetRequirements } from "./runtime/requirements.ts";
 export type { AdapterLike, DeviceRequirements, RequirementsInput } from "./runtime/requirements.ts";

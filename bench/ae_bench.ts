@@ -12,12 +12,12 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu, type Gpu } from "../runtime/device.ts";
+import { getGpu, type Gpu } from "../gpu/device.ts";
 import { Autoencoder } from "../runtime/autoencoder.ts";
 import { AE_PRESETS, type AeConfig } from "../runtime/autoencoder_keys.ts";
 import { layerNames } from "../runtime/autoencoder_weights.ts";
 import { TinyDecoder } from "../runtime/tiny_autoencoder.ts";
-import { fromFloat32, SafetensorsWriter } from "../quant/safetensors.ts";
+import { fromFloat32, SafetensorsWriter } from "../formats/safetensors.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import { runCli } from "../cli/_cli.ts";
 

@@ -18,15 +18,15 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu, type Gpu } from "../runtime/device.ts";
+import { getGpu, type Gpu } from "../gpu/device.ts";
 import { DiT } from "../runtime/dit.ts";
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import type { StoredTensor } from "../runtime/linear.ts";
 import type { ModelSource } from "../runtime/model_file.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
-import type { LayerPolicyEntry } from "../quant/format.ts";
+import type { LayerPolicyEntry } from "../formats/format.ts";
 import { DEFAULT_DIT_POLICY, policyFor } from "../quant/policy.ts";
-import { GROUP_SIZE_INT4, GROUP_SIZE_NVFP4 } from "../quant/packing.ts";
+import { GROUP_SIZE_INT4, GROUP_SIZE_NVFP4 } from "../formats/packing.ts";
 import { fail, runCli } from "../cli/_cli.ts";
 import { benchAutoencoder, SD_VAE, SMALL_AE } from "./ae_bench.ts";
 
@@ -136,7 +136,7 @@ const W4A4_SUFFIXES = ["qweight", "wscales", "smooth", "lora_down", "lora_up", "
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../runtime/device.ts";
+ * import { getGpu } from "../gpu/device.ts";
  * import { DiT } from "../runtime/dit.ts";
  * import { DIT_XL2, RandomDiTSource } from "./dit_bench.ts";
  * const gpu = await getGpu();

@@ -24,17 +24,17 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu, type Gpu } from "../runtime/device.ts";
-import { FormatError } from "../runtime/errors.ts";
+import { getGpu, type Gpu } from "../gpu/device.ts";
+import { FormatError } from "../gpu/errors.ts";
 import type { StoredTensor } from "../runtime/linear.ts";
 import { FLUX1_CONFIG, type FluxConfig, headDim } from "../runtime/flux/config.ts";
 import { FluxTransformer } from "../runtime/flux/transformer.ts";
 import type { FluxSource } from "../runtime/flux/weights.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import { timeKernel } from "../kernels/_gpu_time.ts";
-import type { LayerPolicyEntry } from "../quant/format.ts";
+import type { LayerPolicyEntry } from "../formats/format.ts";
 import { FLUX_POLICY, fluxTensorList } from "../quant/flux_policy.ts";
-import { GROUP_SIZE_INT4, GROUP_SIZE_NVFP4 } from "../quant/packing.ts";
+import { GROUP_SIZE_INT4, GROUP_SIZE_NVFP4 } from "../formats/packing.ts";
 import { policyFor } from "../quant/policy.ts";
 import { fail, runCli } from "../cli/_cli.ts";
 import { type Precision, PRECISIONS, randomWords, smallF16, stream, uniform } from "./dit_bench.ts";

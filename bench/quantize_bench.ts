@@ -16,8 +16,8 @@ import { parseArgs } from "node:util";
 import { syntheticStats } from "../quant/calib.ts";
 import { quantizeLinear } from "../quant/layer.ts";
 import type { MatMul } from "../quant/linalg.ts";
-import type { WeightFormat } from "../quant/packing.ts";
-import { Rng } from "../kernels/_testing.ts";
+import type { WeightFormat } from "../formats/packing.ts";
+import { Rng } from "../gpu/_testing.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -39,7 +39,7 @@ let matmul: MatMul | undefined;
 let where = "CPU (quant/linalg.ts)";
 if (values.gpu) {
   const { gpuMatMul } = await import("../runtime/gpu_matmul.ts");
-  const { getGpu } = await import("../runtime/device.ts");
+  const { getGpu } = await import("../gpu/device.ts");
   const gpu = await getGpu();
   matmul = (await gpuMatMul(gpu)).matmul;
   where = `GPU (${gpu.caps.adapter})`;

@@ -19,7 +19,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu, type Gpu } from "../runtime/device.ts";
+import { getGpu, type Gpu } from "../gpu/device.ts";
 import { T5Encoder } from "../runtime/text/t5.ts";
 import { ClipTextEncoder } from "../runtime/text/clip.ts";
 import { writeRandomClip, writeRandomT5 } from "../runtime/text/_random.ts";

@@ -12,7 +12,7 @@ import {
   GpuUnavailableError,
   GpuValidationError,
   NumericError,
-} from "../runtime/errors.ts";
+} from "../gpu/errors.ts";
 
 /** A command-line usage error (exit code 2). */
 export class UsageError extends Error {

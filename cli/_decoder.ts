@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { Gpu } from "../runtime/device.ts";
+import type { Gpu } from "../gpu/device.ts";
 import { Autoencoder } from "../runtime/autoencoder.ts";
 import { TinyDecoder } from "../runtime/tiny_autoencoder.ts";
 

@@ -7,7 +7,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu } from "../runtime/device.ts";
+import { getGpu } from "../gpu/device.ts";
 import { AeCheckpoint } from "../runtime/autoencoder_keys.ts";
 import { encodePng } from "../runtime/png.ts";
 import { checkFluxPlan, fluxMemoryPlan } from "../runtime/flux/memory.ts";

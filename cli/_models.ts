@@ -5,14 +5,14 @@
  *
  * @module
  */
-import { getGpu } from "../runtime/device.ts";
+import { getGpu } from "../gpu/device.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import { CalibRecorder, readCalibStats, writeCalibStats } from "../quant/calib.ts";
 import type { CalibStats } from "../quant/calib.ts";
-import { quantizeCheckpoint } from "../quant/model.ts";
-import type { WeightFormat } from "../quant/packing.ts";
-import type { ModelMethod } from "../quant/model.ts";
+import { quantizeCheckpoint } from "../convert/model.ts";
+import type { WeightFormat } from "../formats/packing.ts";
+import type { ModelMethod } from "../convert/model.ts";
 import { AttentionRecorder, calibrateParo, describeParo } from "../quant/paro.ts";
 import { paroTensors } from "../quant/paro_store.ts";
 import { SPARSE_ATTENTION_TILES } from "../kernels/sparse_attention/sparse_attention.ts";

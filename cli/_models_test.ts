@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { HAS_GPU } from "../kernels/_testing.ts";
+import { HAS_GPU } from "../gpu/_testing.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import {
   buildQuantized,

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { SafetensorsReader } from "../quant/safetensors.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
 import { CACHE, modelBaseName } from "./_models.ts";
 import { hashFile, type HubOptions, parseRepoRef, pull } from "./_hub.ts";
 import { importFile } from "./import.ts";

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { resolveModel } from "./_resolve.ts";
 import { writeTinyNunchakuFlux } from "../quant/_nunchaku_testing.ts";
-import { QuantFile } from "../quant/format.ts";
+import { QuantFile } from "../formats/format.ts";
 
 Deno.test("--model: a Nunchaku file is imported once, keyed by its content", async () => {
   const dir = await Deno.makeTempDir({ prefix: "w4_resolve_" });

@@ -8,7 +8,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type Dispatch, getGpu, type Gpu } from "../runtime/device.ts";
+import { type Dispatch, getGpu, type Gpu } from "../gpu/device.ts";
 import { fmtTiming, type Timing } from "../kernels/_bench.ts";
 import { timeKernel } from "../kernels/_gpu_time.ts";
 import { actBytes, type ActDtype } from "../kernels/_wgsl.ts";
@@ -21,7 +21,7 @@ import {
   printSparseRows,
   sparseBenchShapes,
 } from "../kernels/sparse_attention/sparse_attention_bench.ts";
-import { groupSize, type WeightFormat } from "../quant/packing.ts";
+import { groupSize, type WeightFormat } from "../formats/packing.ts";
 import { runCli } from "./_cli.ts";
 
 const R = 32;

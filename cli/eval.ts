@@ -9,10 +9,10 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu } from "../runtime/device.ts";
+import { getGpu } from "../gpu/device.ts";
 import { psnr, ssim } from "../runtime/metrics.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
-import type { ModelMethod } from "../quant/model.ts";
+import type { ModelMethod } from "../convert/model.ts";
 import { fail, formatBytes, runCli } from "./_cli.ts";
 import { buildQuantized, cachedPath, FLOAT_MODEL } from "./_models.ts";
 

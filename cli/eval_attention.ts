@@ -13,7 +13,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu } from "../runtime/device.ts";
+import { getGpu } from "../gpu/device.ts";
 import { psnr, ssim } from "../runtime/metrics.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import type { SparseAttentionChoice } from "../runtime/attention.ts";

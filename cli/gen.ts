@@ -6,11 +6,11 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu } from "../runtime/device.ts";
+import { getGpu } from "../gpu/device.ts";
 import { Pipeline, type SamplerName, SAMPLERS } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";
 import { checkOutputFile, fail, runCli } from "./_cli.ts";
-import { plural } from "../web/plural.ts";
+import { plural } from "./plural.ts";
 import { matchClass } from "./_classes.ts";
 import { modelFor, type Precision, PRECISIONS } from "./_models.ts";
 import { type LatentDecoder, loadDecoder } from "./_decoder.ts";

@@ -7,7 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import { importNunchakuFlux, type ImportReport } from "../quant/nunchaku_flux.ts";
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import { fail, formatBytes, runCli } from "./_cli.ts";
 
 const USAGE =

@@ -12,10 +12,10 @@ import {
   type LayerReport,
   type ModelMethod,
   quantizeCheckpoint,
-} from "../quant/model.ts";
+} from "../convert/model.ts";
 import { DEFAULT_DIT_POLICY, parsePolicy } from "../quant/policy.ts";
 import { type Budget, parseBudget } from "../quant/budget.ts";
-import type { WeightFormat } from "../quant/packing.ts";
+import type { WeightFormat } from "../formats/packing.ts";
 import { paroTensors } from "../quant/paro_store.ts";
 import { SPARSE_ATTENTION_TILES } from "../kernels/sparse_attention/sparse_attention.ts";
 import { checkOutputFile, fail, formatBytes, runCli } from "./_cli.ts";
@@ -236,7 +236,7 @@ async function quantizeFluxCli(input: string, out: string, o: {
   calib?: string;
   policy?: string;
 }): Promise<void> {
-  const { quantizeFlux } = await import("../quant/flux_model.ts");
+  const { quantizeFlux } = await import("../convert/flux_model.ts");
   const policy = o.policy ? parsePolicy(await Deno.readTextFile(o.policy), o.policy) : undefined;
   let calib = o.calib ? await readCalibStats(o.calib) : undefined;
   if (o.calibPrompts) {
@@ -249,7 +249,7 @@ async function quantizeFluxCli(input: string, out: string, o: {
     }
     const size = o.calibSize === undefined ? undefined : Number(o.calibSize);
     const { calibrateFluxPrompts } = await import("../runtime/flux/calibrate.ts");
-    const { getGpu } = await import("../runtime/device.ts");
+    const { getGpu } = await import("../gpu/device.ts");
     console.log(`calibrating with ${prompts.length} prompts through the float model …`);
     calib = await calibrateFluxPrompts(await getGpu(), o.model, prompts, {
       steps,

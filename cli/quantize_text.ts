@@ -1,7 +1,7 @@
 /**
  * `deno task quantize:text <t5 file or folder> --out <out.safetensors> --method w4a16|w8a16`:
  * weight-only quantization of a T5 encoder (FLUX.1's `text_encoder_2/`, sharded or not) into one
- * file that `TextEncoders` / `T5Encoder` load like the float checkpoint (quant/text_encoder.ts).
+ * file that `TextEncoders` / `T5Encoder` load like the float checkpoint (convert/text_encoder.ts).
  *
  * @module
  */
@@ -10,7 +10,7 @@ import {
   quantizeTextEncoder,
   TEXT_QUANT_METHODS,
   type TextQuantMethod,
-} from "../quant/text_encoder.ts";
+} from "../convert/text_encoder.ts";
 import { fail, formatBytes, runCli } from "./_cli.ts";
 
 const USAGE = `Usage: deno task quantize:text <t5 file or folder> --out <out.safetensors> [options]

@@ -9,7 +9,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { getGpu } from "../runtime/device.ts";
+import { getGpu } from "../gpu/device.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { Pipeline, type SamplerName, SAMPLERS } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../runtime/device.ts";
+import type { Dispatch, Gpu } from "../gpu/device.ts";
 
 /** One timing: mean milliseconds per iteration, and the derived rates. */
 export interface Timing {

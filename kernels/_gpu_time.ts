@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../runtime/device.ts";
+import type { Dispatch, Gpu } from "../gpu/device.ts";
 import { timeDispatches, type Timing } from "./_bench.ts";
 
 const QUERY_RESOLVE = 0x0200, COPY_SRC = 0x0004;

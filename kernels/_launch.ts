@@ -12,8 +12,8 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../runtime/device.ts";
-import { GpuFeatureError } from "../runtime/errors.ts";
+import type { Dispatch, Gpu } from "../gpu/device.ts";
+import { GpuFeatureError } from "../gpu/errors.ts";
 import { fmtTiming } from "./_bench.ts";
 import { type KernelTimeOptions, type KernelTiming, timeKernel } from "./_gpu_time.ts";
 import type { ActDtype } from "./_wgsl.ts";
@@ -249,7 +249,7 @@ export interface BenchMainOptions<S> {
  * adapter has `shader-f16`, else f32) and print one line per shape.
  */
 export async function benchMain<S>(opts: BenchMainOptions<S>): Promise<void> {
-  const { getGpu } = await import("../runtime/device.ts");
+  const { getGpu } = await import("../gpu/device.ts");
   const gpu = await getGpu();
   const large = Deno.args.includes("--large");
   const dtype: ActDtype = gpu.caps.shaderF16 ? "f16" : "f32";

@@ -4,8 +4,13 @@
  *
  * @module
  */
-import { fromFloat32, SafetensorsReader, SafetensorsWriter, toFloat32 } from "./safetensors.ts";
-import { type LayerPolicyEntry, type QuantTensor, writeQuantFile } from "./format.ts";
+import {
+  fromFloat32,
+  SafetensorsReader,
+  SafetensorsWriter,
+  toFloat32,
+} from "../formats/safetensors.ts";
+import { type LayerPolicyEntry, type QuantTensor, writeQuantFile } from "../formats/format.ts";
 import { fluxParams, planFluxImport } from "./nunchaku_flux.ts";
 import {
   canonicalW4A16,
@@ -16,8 +21,8 @@ import {
   readNunchakuW4A4,
 } from "./nunchaku.ts";
 import { type PackedTensor, packNunchakuW4A16, packNunchakuW4A4 } from "./nunchaku_pack.ts";
-import { type PackedWeight, roundBf16, unpackF16, type WeightFormat } from "./packing.ts";
-import { Rng } from "../kernels/_testing.ts";
+import { type PackedWeight, roundBf16, unpackF16, type WeightFormat } from "../formats/packing.ts";
+import { Rng } from "../gpu/_testing.ts";
 
 /** Folder of the fixture files. */
 export const DIR: string = new URL("../tests/fixtures/nunchaku/", import.meta.url).pathname;

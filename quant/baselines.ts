@@ -3,7 +3,7 @@
  * the baselines that are not W4A4: weight-only INT4 (W4A16), simulated W8A8 and 16-bit float.
  *
  * The W4A4 simulation mirrors `quantize_act_lowrank` + `gemm_w4a4_lowrank` exactly in its codes
- * and scales (through quant/packing.ts): activation codes from {@linkcode quantizeAct}, weight codes
+ * and scales (through formats/packing.ts): activation codes from {@linkcode quantizeAct}, weight codes
  * and group factors from {@linkcode weightCodes}/{@linkcode weightGroupScales}, the low-rank
  * factors rounded to f16 as stored, `lora_act` rounded to f32, plus the stored f32 bias. Only the
  * order and precision of the sums differ from the GPU (they are those of the MatMul: f32 products
@@ -37,7 +37,7 @@ import {
   weightCodes,
   type WeightFormat,
   weightGroupScales,
-} from "./packing.ts";
+} from "../formats/packing.ts";
 
 /** Tensor dtypes the quantizer writes. */
 export type TensorDtype = "U32" | "F16" | "F32" | "F8_E4M3" | "I8" | "U8";

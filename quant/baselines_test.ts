@@ -4,7 +4,7 @@
  * (derivation checked numerically), the stored low-rank factors, and the small helpers. CPU only.
  */
 import assert from "node:assert/strict";
-import { freshRng, type Rng } from "../kernels/_testing.ts";
+import { freshRng, type Rng } from "../gpu/_testing.ts";
 import {
   actCodes,
   actGroupScales,
@@ -16,7 +16,7 @@ import {
   weightCodes,
   type WeightFormat,
   weightGroupScales,
-} from "./packing.ts";
+} from "../formats/packing.ts";
 import {
   buildW4A4,
   floatOutput,

@@ -14,7 +14,7 @@
  *
  * @module
  */
-import type { WeightFormat } from "./packing.ts";
+import type { WeightFormat } from "../formats/packing.ts";
 
 /** Ranks tried per layer by the budget search. */
 export const BUDGET_RANKS: readonly number[] = [0, 16, 32, 64];

@@ -14,9 +14,9 @@
  *
  * @module
  */
-import { geluTanh } from "../runtime/activations.ts";
-import { FormatError } from "../runtime/errors.ts";
-import { SafetensorsReader, SafetensorsWriter } from "./safetensors.ts";
+import { geluTanh } from "../gpu/activations.ts";
+import { FormatError } from "../gpu/errors.ts";
+import { SafetensorsReader, SafetensorsWriter } from "../formats/safetensors.ts";
 
 /** Statistics of one linear layer's input. */
 export interface LayerStats {
@@ -38,7 +38,7 @@ export interface CalibStats {
   layers: Map<string, LayerStats>;
 }
 
-/** GELU, tanh form (one definition: runtime/activations.ts). */
+/** GELU, tanh form (one definition: gpu/activations.ts). */
 export { geluTanh };
 
 /** Default number of reservoir rows kept per layer. */

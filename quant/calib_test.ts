@@ -3,8 +3,8 @@
  * file round trip and its errors, and the synthetic fallback's shape and tails. CPU only.
  */
 import assert from "node:assert/strict";
-import { freshRng } from "../kernels/_testing.ts";
-import { FormatError } from "../runtime/errors.ts";
+import { freshRng } from "../gpu/_testing.ts";
+import { FormatError } from "../gpu/errors.ts";
 import {
   amaxOverBuckets,
   CalibRecorder,
@@ -12,7 +12,7 @@ import {
   syntheticStats,
   writeCalibStats,
 } from "./calib.ts";
-import { SafetensorsWriter } from "./safetensors.ts";
+import { SafetensorsWriter } from "../formats/safetensors.ts";
 
 Deno.test("CalibRecorder keeps the per-bucket amax and a reservoir of real rows", () => {
   const rng = freshRng("calib recorder");

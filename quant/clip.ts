@@ -3,7 +3,7 @@
  * weights (along K) independently picks the clip ratio (a factor on its amax before the scale is
  * computed) that minimises its own reconstruction error, or its output error on sample
  * activations. The result is an ordinary {@link PackedWeight} in the canonical layout of
- * quant/packing.ts, built group by group with its per-group primitives (the ones
+ * formats/packing.ts, built group by group with its per-group primitives (the ones
  * {@link quantizeWeight} is made of), so it is bit-identical to picking per group among
  * whole-matrix `quantizeWeight` candidates, at a fraction of the cost.
  *
@@ -20,7 +20,7 @@ import {
   quantizeGroupNvfp4Code,
   quantizeWeight,
   type WeightFormat,
-} from "./packing.ts";
+} from "../formats/packing.ts";
 import { assembleModule, each4, names4 } from "./wasm.ts";
 
 /** Default clip ratios, tried in this order (ties keep the earlier one, so 1 wins ties). */
@@ -67,7 +67,7 @@ const NVFP4_CODE_OFFSETS: readonly number[] = [1, 0, -1, -2, -3, -4, -5, -6];
  * @example
  * ```ts
  * import { quantizeWeightClipped } from "./clip.ts";
- * import { dequantizeWeight } from "./packing.ts";
+ * import { dequantizeWeight } from "../formats/packing.ts";
  * const w = Float32Array.from({ length: 8 * 128 }, (_, i) => Math.sin(i) ** 3);
  * const packed = quantizeWeightClipped(w, 8, 128, "int4");
  * const approx = dequantizeWeight(packed);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { freshRng, type Rng } from "../kernels/_testing.ts";
+import { freshRng, type Rng } from "../gpu/_testing.ts";
 import { DEFAULT_CLIP_RATIOS, groupErrors, quantizeWeightClipped } from "./clip.ts";
 import {
   dequantizeWeight,
@@ -7,7 +7,7 @@ import {
   type PackedWeight,
   quantizeWeight,
   type WeightFormat,
-} from "./packing.ts";
+} from "../formats/packing.ts";
 
 function throwsWith(fn: () => unknown, cls: ErrorConstructor, text = "") {
   assert.throws(fn, (e) => e instanceof cls && (e as Error).message.includes(text));

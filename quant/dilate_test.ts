@@ -4,7 +4,7 @@
  * CPU only.
  */
 import assert from "node:assert/strict";
-import { freshRng, type Rng } from "../kernels/_testing.ts";
+import { freshRng, type Rng } from "../gpu/_testing.ts";
 import { applyDilation, dilateActivations, DILATION_MAX, dilationFactors } from "./dilate.ts";
 
 function rowRange(w: Float32Array, row: number, k: number): [number, number] {

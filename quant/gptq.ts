@@ -7,7 +7,7 @@
  * the activations actually use. Group scales (INT4 g64, f16) are chosen when a group starts,
  * from the then-updated weights, by the clip ratio with the least weight error.
  *
- * The result is an ordinary INT4 g64 weight (quant/packing.ts layout): the runtime's W4A16 GEMM
+ * The result is an ordinary INT4 g64 weight (formats/packing.ts layout): the runtime's W4A16 GEMM
  * runs it unchanged. Cost: `N·K²/2` multiply-adds (in blocks of 64 columns, the cross-block part
  * through the SIMD GEMM) plus K×K Cholesky factorisations (float64, `O(K³)`).
  *
@@ -29,7 +29,7 @@ import {
   roundF16,
   roundHalfEven,
   type WeightFormat,
-} from "./packing.ts";
+} from "../formats/packing.ts";
 
 /** Relative damping δ of the Hessian's diagonal (GPTQ's default: 1% of its mean). */
 export const GPTQ_DAMP = 0.01;

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { freshRng } from "../kernels/_testing.ts";
+import { freshRng } from "../gpu/_testing.ts";
 import { floatOutput, gemmWeightValues, relativeError } from "./baselines.ts";
 import { quantizeWeightClipped } from "./clip.ts";
 import { gptqFactor, gptqInt4, gptqQuantize, inverseCholeskyUpper } from "./gptq.ts";
 import { matmul } from "./linalg.ts";
-import { dequantizeWeight, type PackedWeight, quantizeWeight } from "./packing.ts";
+import { dequantizeWeight, type PackedWeight, quantizeWeight } from "../formats/packing.ts";
 
 /** Correlated inputs (a random mixing of heavy-tailed sources): where GPTQ's feedback pays. */
 function correlated(rng: ReturnType<typeof freshRng>, m: number, k: number): Float32Array {

@@ -1,6 +1,6 @@
 /**
  * Quantize one linear layer `Y = X·Wᵀ + b` by a named method into the canonical packed tensors of
- * quant/packing.ts, and measure its relative output error on calibration samples by simulating
+ * formats/packing.ts, and measure its relative output error on calibration samples by simulating
  * the runtime's arithmetic (quant/baselines.ts).
  *
  * | method     | scaling              | low-rank | weights          | activations            |
@@ -24,7 +24,12 @@
  */
 import { type LayerStats, syntheticStats } from "./calib.ts";
 import { cpuMatMul, type MatMul } from "./linalg.ts";
-import { type ActMode, groupSize, type PackedWeight, type WeightFormat } from "./packing.ts";
+import {
+  type ActMode,
+  groupSize,
+  type PackedWeight,
+  type WeightFormat,
+} from "../formats/packing.ts";
 import {
   actModeFor,
   type BaselineResult,

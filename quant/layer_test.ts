@@ -4,7 +4,7 @@
  * the argument checks. CPU only; small shapes.
  */
 import assert from "node:assert/strict";
-import { freshRng, type Rng } from "../kernels/_testing.ts";
+import { freshRng, type Rng } from "../gpu/_testing.ts";
 import type { LayerStats } from "./calib.ts";
 import { geluTanh } from "./calib.ts";
 import { floatOutput, relativeError } from "./baselines.ts";

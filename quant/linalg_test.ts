@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { freshRng } from "../kernels/_testing.ts";
+import { freshRng } from "../gpu/_testing.ts";
 import {
   cpuMatMul,
   frobeniusDistance,

@@ -8,7 +8,7 @@
 import { quantizeWeightClipped } from "./clip.ts";
 import { gptqQuantize } from "./gptq.ts";
 import { cpuMatMul, frobeniusNorm, type MatMul } from "./linalg.ts";
-import { dequantizeWeight, type PackedWeight, type WeightFormat } from "./packing.ts";
+import { dequantizeWeight, type PackedWeight, type WeightFormat } from "../formats/packing.ts";
 import { type LowRank, topRSvd } from "./svd.ts";
 
 /** Result of {@link lowRankQuantize}. */

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { freshRng, type Rng } from "../kernels/_testing.ts";
+import { freshRng, type Rng } from "../gpu/_testing.ts";
 import { frobeniusNorm, type MatMul, matmul } from "./linalg.ts";
 import { lowRankQuantize } from "./lowrank.ts";
-import { dequantizeWeight, type WeightFormat } from "./packing.ts";
+import { dequantizeWeight, type WeightFormat } from "../formats/packing.ts";
 
 async function rejectsWith(p: Promise<unknown>, cls: ErrorConstructor, text = "") {
   await assert.rejects(p, (e) => e instanceof cls && (e as Error).message.includes(text));

@@ -1,7 +1,7 @@
 /**
  * Reads Nunchaku SVDQuant layers (the `svdq-{int4|fp4}_r32-*.safetensors` checkpoints, v0 tensor
  * names) into exact natural-order values, and converts them into our canonical tensors
- * (quant/packing.ts layouts, the suffixes of quant/layer.ts). The index transforms are in
+ * (formats/packing.ts layouts, the suffixes of quant/layer.ts). The index transforms are in
  * quant/nunchaku_layout.ts; the checkpoint-level mapping (FLUX names, adaLN, split layers) is in
  * quant/nunchaku_flux.ts.
  *
@@ -14,7 +14,7 @@
  *
  * @module
  */
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import type { TensorEntry } from "./baselines.ts";
 import {
   adanormNaturalRow,
@@ -28,8 +28,8 @@ import {
   unpackLoraUp,
   unpackMicroScales,
 } from "./nunchaku_layout.ts";
-import { packNibbles, unpackNibbles, type WeightFormat } from "./packing.ts";
-import { type Dtype, numel, type SafetensorsReader, toFloat32 } from "./safetensors.ts";
+import { packNibbles, unpackNibbles, type WeightFormat } from "../formats/packing.ts";
+import { type Dtype, numel, type SafetensorsReader, toFloat32 } from "../formats/safetensors.ts";
 
 /** The quantization a Nunchaku checkpoint declares (metadata `quantization_config`). */
 export interface NunchakuQuantConfig {

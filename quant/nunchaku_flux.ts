@@ -1,6 +1,6 @@
 /**
  * Import a Nunchaku FLUX checkpoint (`svdq-{int4|fp4}_r32-flux.1-*.safetensors`) into our
- * self-describing pre-quantized file (quant/format.ts, family `flux`, BFL tensor names), in one
+ * self-describing pre-quantized file (formats/format.ts, family `flux`, BFL tensor names), in one
  * streaming pass: the output's tensor list follows from the source's header, so it is announced
  * up front and each layer is converted as it is written (memory: one layer at a time). The output
  * appears atomically (temp file + rename) or not at all.
@@ -27,13 +27,13 @@
  *
  * @module
  */
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import {
   type LayerPolicyEntry,
   type QuantConfig,
   type QuantTensor,
   writeQuantFile,
-} from "./format.ts";
+} from "../formats/format.ts";
 import {
   canonicalW4A16,
   canonicalW4A4,
@@ -42,8 +42,8 @@ import {
   readNunchakuW4A16,
   readNunchakuW4A4,
 } from "./nunchaku.ts";
-import type { WeightFormat } from "./packing.ts";
-import { type Dtype, SafetensorsReader, type TensorSpec } from "./safetensors.ts";
+import type { WeightFormat } from "../formats/packing.ts";
+import { type Dtype, SafetensorsReader, type TensorSpec } from "../formats/safetensors.ts";
 
 /** One conversion step of the import plan. */
 export type PlanItem =

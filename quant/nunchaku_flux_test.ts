@@ -6,12 +6,12 @@
  * with a FormatError naming the tensor and leave no output behind.
  */
 import assert from "node:assert/strict";
-import { QuantFile } from "./format.ts";
+import { QuantFile } from "../formats/format.ts";
 import { canonicalW4A16, canonicalW4A4 } from "./nunchaku.ts";
 import { importNunchakuFlux } from "./nunchaku_flux.ts";
 import { TINY_FLUX_CONFIG, writeTinyNunchakuFlux } from "./_nunchaku_testing.ts";
-import { FormatError } from "../runtime/errors.ts";
-import { fromFloat32 } from "./safetensors.ts";
+import { FormatError } from "../gpu/errors.ts";
+import { fromFloat32 } from "../formats/safetensors.ts";
 
 async function tmpDir(): Promise<string> {
   return await Deno.makeTempDir({ prefix: "w4_nunchaku_" });

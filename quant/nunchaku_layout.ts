@@ -2,7 +2,7 @@
  * The index transforms of Nunchaku's on-disk SVDQuant layout (packed for NVIDIA MMA fragments),
  * in both directions: unpack a stored tensor into the natural row-major order, or pack natural
  * values into the stored order. Only the permutations live here; what the values mean (INT4 or
- * E2M1 codes, bf16 or E4M3 scales) and our canonical layout are quant/packing.ts's business, and
+ * E2M1 codes, bf16 or E4M3 scales) and our canonical layout are formats/packing.ts's business, and
  * the checkpoint-level conversion is quant/nunchaku.ts's.
  *
  * The formulas (checked element by element against the upstream packer's output in
@@ -115,7 +115,7 @@ function u32View(bytes: Uint8Array): Uint32Array {
 }
 
 /**
- * Stored 4-bit codes → our packed words [N, K/8] (quant/packing.ts nibble order) directly: each
+ * Stored 4-bit codes → our packed words [N, K/8] (formats/packing.ts nibble order) directly: each
  * stored word holds 8 consecutive k of one row with element k0 + j in nibble j, which is exactly
  * one of our words, so this is a permutation of whole words (the importer's fast path).
  */

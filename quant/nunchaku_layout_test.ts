@@ -4,8 +4,8 @@
  * packing the truth reproduces the stored bytes, and the AWQ / adaLN transforms round-trip.
  */
 import assert from "node:assert/strict";
-import { SafetensorsReader } from "./safetensors.ts";
-import { packNibbles } from "./packing.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
+import { packNibbles } from "../formats/packing.ts";
 import {
   adanormNaturalRow,
   awqToWords,
@@ -23,7 +23,7 @@ import {
   unpackLoraUp,
   unpackMicroScales,
 } from "./nunchaku_layout.ts";
-import { freshRng } from "../kernels/_testing.ts";
+import { freshRng } from "../gpu/_testing.ts";
 
 const DIR = new URL("../tests/fixtures/nunchaku/", import.meta.url).pathname;
 const N = 256, K = 128, R = 32;

@@ -17,7 +17,7 @@ import {
   packLoraUp,
   packMicroScales,
 } from "./nunchaku_layout.ts";
-import { type Dtype, fromFloat32 } from "./safetensors.ts";
+import { type Dtype, fromFloat32 } from "../formats/safetensors.ts";
 
 /** A stored tensor: dtype, shape and little-endian bytes. */
 export interface PackedTensor {

@@ -6,7 +6,7 @@
  * imported tensors gives `y_ref` to f32 rounding. Bad files are refused naming the tensor.
  */
 import assert from "node:assert/strict";
-import { SafetensorsReader } from "./safetensors.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
 import {
   canonicalW4A4,
   type NunchakuW4A16,
@@ -15,13 +15,19 @@ import {
   readNunchakuW4A4,
 } from "./nunchaku.ts";
 import { packNunchakuW4A16, packNunchakuW4A4 } from "./nunchaku_pack.ts";
-import { actCodes, dequantizeWeight, packNibbles, quantizeAct, roundBf16 } from "./packing.ts";
-import { freshRng } from "../kernels/_testing.ts";
+import {
+  actCodes,
+  dequantizeWeight,
+  packNibbles,
+  quantizeAct,
+  roundBf16,
+} from "../formats/packing.ts";
+import { freshRng } from "../gpu/_testing.ts";
 import { DIR, FIXTURE_PREFIX, loadFixture, M, packedOf } from "./_nunchaku_testing.ts";
 import { gemmW4A4LowrankRef } from "../kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank_ref.ts";
 import { loraActRef } from "../kernels/quantize_act_lowrank/quantize_act_lowrank_ref.ts";
-import { FormatError } from "../runtime/errors.ts";
-import { SafetensorsWriter } from "./safetensors.ts";
+import { FormatError } from "../gpu/errors.ts";
+import { SafetensorsWriter } from "../formats/safetensors.ts";
 
 for (const p of ["int4", "nvfp4"] as const) {
   Deno.test(`nunchaku import ${p}: every value of the layer is the truth exactly`, async () => {

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import {
   maskBytes,
   maskGet,
@@ -16,7 +16,7 @@ import {
   tileCount,
   TOKEN_ORDERS,
 } from "../kernels/sparse_attention/layout.ts";
-import type { QuantFile } from "./format.ts";
+import type { QuantFile } from "../formats/format.ts";
 import { isInt, PARO_METADATA_KEY, PARO_TILES, PARO_VERSION, type ParoPlan } from "./paro.ts";
 
 /** A U8 tensor of the stored plan. */

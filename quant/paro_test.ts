@@ -4,7 +4,7 @@
  * the stored plan's round trip and its errors. CPU only.
  */
 import assert from "node:assert/strict";
-import { freshRng, type Rng } from "../kernels/_testing.ts";
+import { freshRng, type Rng } from "../gpu/_testing.ts";
 import {
   maskBytes,
   maskGet,
@@ -13,8 +13,8 @@ import {
   type TokenOrder,
   tokenOrder,
 } from "../kernels/sparse_attention/layout.ts";
-import { FormatError } from "../runtime/errors.ts";
-import { encodeMeta, QuantFile } from "./format.ts";
+import { FormatError } from "../gpu/errors.ts";
+import { encodeMeta, QuantFile } from "../formats/format.ts";
 import {
   AttentionRecorder,
   bucketOfStep,
@@ -25,7 +25,7 @@ import {
   permFor,
 } from "./paro.ts";
 import { paroTensors, readParo, readParoFrom } from "./paro_store.ts";
-import { SafetensorsWriter } from "./safetensors.ts";
+import { SafetensorsWriter } from "../formats/safetensors.ts";
 
 /** Direct float64 softmax(scale·q·kᵀ) of (batch bi, head hh) of a fused qkv. */
 function softmaxRef(

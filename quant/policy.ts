@@ -17,9 +17,9 @@
  *
  * @module
  */
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import { type Method, METHODS } from "./layer.ts";
-import type { WeightFormat } from "./packing.ts";
+import type { WeightFormat } from "../formats/packing.ts";
 
 /** One rule of a layer policy. */
 export interface LayerPolicyRule {

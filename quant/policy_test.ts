@@ -1,6 +1,6 @@
 /** Tests of the layer policy: the segment glob, the DiT defaults and policy-file errors. */
 import assert from "node:assert/strict";
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import { DEFAULT_DIT_POLICY, matchPattern, parsePolicy, policyFor } from "./policy.ts";
 
 Deno.test("matchPattern: `*` is one or more whole dotted segments, anchored", () => {

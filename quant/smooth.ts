@@ -19,7 +19,7 @@
  */
 import { amaxOverBuckets, type LayerStats } from "./calib.ts";
 import { cpuMatMul, type MatMul } from "./linalg.ts";
-import type { ActMode, WeightFormat } from "./packing.ts";
+import type { ActMode, WeightFormat } from "../formats/packing.ts";
 import {
   actModeFor,
   buildW4A4,

@@ -4,7 +4,7 @@
  * the error it measured. CPU only.
  */
 import assert from "node:assert/strict";
-import { freshRng, type Rng } from "../kernels/_testing.ts";
+import { freshRng, type Rng } from "../gpu/_testing.ts";
 import type { LayerStats } from "./calib.ts";
 import { floatOutput, relativeError, simulateW4A4 } from "./baselines.ts";
 import {

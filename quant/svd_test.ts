@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { freshRng, type Rng } from "../kernels/_testing.ts";
+import { freshRng, type Rng } from "../gpu/_testing.ts";
 import { frobeniusDistance, frobeniusNorm, type MatMul, matmul, qrThin } from "./linalg.ts";
 import { denseSvd, topRSvd } from "./svd.ts";
 

@@ -18,7 +18,7 @@ import {
 import { tileCount } from "../kernels/sparse_attention/layout.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import { masksFor, type ParoPlan, permFor } from "../quant/paro.ts";
-import type { Dispatch, Gpu } from "./device.ts";
+import type { Dispatch, Gpu } from "../gpu/device.ts";
 
 /** Sparse attention as the caller asks for it: a plan and the arithmetic of Q·Kᵀ and P·V. */
 export interface SparseAttentionChoice {

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Gpu } from "./device.ts";
+import type { Gpu } from "../gpu/device.ts";
 import {
   AeCheckpoint,
   type AeConfig,
@@ -62,7 +62,7 @@ export type Nchw = readonly [b: number, c: number, h: number, w: number];
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "./device.ts";
+ * import { getGpu } from "../gpu/device.ts";
  * import { Autoencoder } from "./autoencoder.ts";
  * const gpu = await getGpu();
  * const ae = await Autoencoder.load(gpu, "ae.safetensors"); // FLUX.1: 16 channels

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "./device.ts";
+import type { Dispatch, Gpu } from "../gpu/device.ts";
 import { Conv2d, type Conv2dPad } from "../kernels/conv2d/conv2d.ts";
 import { GroupNorm } from "../kernels/group_norm/group_norm.ts";
 import { FlashAttention } from "../kernels/flash_attention/flash_attention.ts";

@@ -19,8 +19,8 @@
  *
  * @module
  */
-import { FormatError } from "./errors.ts";
-import { SafetensorsReader } from "../quant/safetensors.ts";
+import { FormatError } from "../gpu/errors.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
 
 /** Key layout of an autoencoder checkpoint. */
 export type AeLayout = "ldm" | "diffusers";

@@ -12,10 +12,10 @@ import assert from "node:assert/strict";
 import { Autoencoder } from "./autoencoder.ts";
 import { fileKeys } from "./autoencoder_keys.ts";
 import { decodeTiled, tileStarts } from "./autoencoder_tiles.ts";
-import { FormatError } from "./errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import { psnr } from "./metrics.ts";
-import { SafetensorsReader, SafetensorsWriter } from "../quant/safetensors.ts";
-import { HAS_GPU, NO_GPU_REASON, relL2, Rng, testGpu } from "../kernels/_testing.ts";
+import { SafetensorsReader, SafetensorsWriter } from "../formats/safetensors.ts";
+import { HAS_GPU, NO_GPU_REASON, relL2, Rng, testGpu } from "../gpu/_testing.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`autoencoder tests skipped: ${NO_GPU_REASON}`);

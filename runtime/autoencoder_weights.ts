@@ -6,8 +6,8 @@
  *
  * @module
  */
-import type { Gpu } from "./device.ts";
-import { FormatError } from "./errors.ts";
+import type { Gpu } from "../gpu/device.ts";
+import { FormatError } from "../gpu/errors.ts";
 import type { AeCheckpoint, AeConfig } from "./autoencoder_keys.ts";
 import { packConvWeight, quantizeConvWeightInt8 } from "../kernels/conv2d/conv2d.ts";
 import { type ActDtype, toActArray } from "../kernels/_wgsl.ts";

@@ -17,12 +17,12 @@ import { type ActDtype, fromActBytes, toActArray } from "../kernels/_wgsl.ts";
 import type { CalibRecorder } from "../quant/calib.ts";
 import type { AttentionRecorder } from "../quant/paro.ts";
 import { AttentionStage, type SparseAttentionChoice } from "./attention.ts";
-import type { Dispatch, Gpu } from "./device.ts";
-import { silu } from "./activations.ts";
-import { FormatError } from "./errors.ts";
+import type { Dispatch, Gpu } from "../gpu/device.ts";
+import { silu } from "../gpu/activations.ts";
+import { FormatError } from "../gpu/errors.ts";
 import { createLinear, type LinearOp } from "./linears.ts";
 import type { ModelSource } from "./model_file.ts";
-import type { ActMode, WeightFormat } from "../quant/packing.ts";
+import type { ActMode, WeightFormat } from "../formats/packing.ts";
 
 /** DiT hyper-parameters, as the checkpoint's `model_config` names them. */
 export interface DiTConfig {

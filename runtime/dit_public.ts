@@ -7,8 +7,8 @@
  *
  * @module
  */
-import { FormatError } from "./errors.ts";
-import type { TensorInfo } from "../quant/safetensors.ts";
+import { FormatError } from "../gpu/errors.ts";
+import type { TensorInfo } from "../formats/safetensors.ts";
 import imagenet from "./data/imagenet_classes.json" with { type: "json" };
 
 /** The 1000 ImageNet-1k class names, by class id. */

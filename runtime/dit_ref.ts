@@ -8,7 +8,7 @@
  */
 import type { ModelFile } from "./model_file.ts";
 import { ditConfig } from "./dit.ts";
-import { geluTanh as gelu, silu } from "./activations.ts";
+import { geluTanh as gelu, silu } from "../gpu/activations.ts";
 
 type Vec = Float64Array;
 

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { NumericError } from "./errors.ts";
+import { NumericError } from "../gpu/errors.ts";
 import { GaussianNoise } from "./random.ts";
 import type { Sampler } from "./schedulers.ts";
 

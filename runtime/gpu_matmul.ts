@@ -8,7 +8,7 @@
 import { GemmF16 } from "../kernels/gemm_f16/gemm_f16.ts";
 import type { MatMul } from "../quant/linalg.ts";
 import { transpose } from "../quant/linalg.ts";
-import { getGpu, type Gpu } from "./device.ts";
+import { getGpu, type Gpu } from "../gpu/device.ts";
 
 /**
  * A GPU `MatMul` and a `close()` that releases the device.

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { gpuMatMul } from "./gpu_matmul.ts";
 import { matmul } from "../quant/linalg.ts";
 import { topRSvd } from "../quant/svd.ts";
-import { freshRng, HAS_GPU, maxErrors, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
+import { freshRng, HAS_GPU, maxErrors, NO_GPU_REASON, testGpu } from "../gpu/_testing.ts";
 
 const ignore = !HAS_GPU;
 if (ignore) console.warn(`gpu matmul tests skipped: ${NO_GPU_REASON}`);

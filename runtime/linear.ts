@@ -1,6 +1,6 @@
 /**
  * A W4A4 + low-rank linear layer on the GPU, built from the quantizer's stored tensors (the
- * canonical layouts of quant/packing.ts, as `quantizeLinear` returns them or the pre-quantized
+ * canonical layouts of formats/packing.ts, as `quantizeLinear` returns them or the pre-quantized
  * file holds them): `quantize_act_lowrank` then `gemm_w4a4_lowrank`, two dispatches per call.
  * Stored little-endian F16 / F8_E4M3 bytes are already the GPU's packed words (two f16 or four
  * E4M3 per u32, low first), so tensors upload without repacking.
@@ -11,8 +11,8 @@ import { GemmW4A4Lowrank } from "../kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank.
 import { QuantizeActLowrank } from "../kernels/quantize_act_lowrank/quantize_act_lowrank.ts";
 import { bufferSizes } from "../kernels/quantize_act_lowrank/quantize_act_lowrank.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
-import type { ActConvention, ActMode, WeightFormat } from "../quant/packing.ts";
-import type { Dispatch, Gpu } from "./device.ts";
+import type { ActConvention, ActMode, WeightFormat } from "../formats/packing.ts";
+import type { Dispatch, Gpu } from "../gpu/device.ts";
 
 /** A stored tensor: dtype name, logical shape and little-endian bytes. */
 export interface StoredTensor {
@@ -44,7 +44,7 @@ export interface W4A4LinearSpec {
   gelu?: boolean;
   /**
    * Activation rounding convention (default `"w4"`); `"nunchaku"` for layers imported from
-   * Nunchaku checkpoints (their policy entry says so), see `quantizeAct` in quant/packing.ts.
+   * Nunchaku checkpoints (their policy entry says so), see `quantizeAct` in formats/packing.ts.
    */
   convention?: ActConvention;
 }
@@ -100,7 +100,7 @@ export class W4A4Linear {
    *
    * @example
    * ```ts ignore
-   * import { Gpu } from "./device.ts";
+   * import { Gpu } from "../gpu/device.ts";
    * import { quantizeLinear } from "../quant/layer.ts";
    * import { W4A4Linear } from "./linear.ts";
    * const gpu = await Gpu.create();

@@ -8,8 +8,8 @@
 import { GemmF16 } from "../kernels/gemm_f16/gemm_f16.ts";
 import { GemmW4A16 } from "../kernels/gemm_w4a16/gemm_w4a16.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
-import type { ActConvention, ActMode, WeightFormat } from "../quant/packing.ts";
-import type { Dispatch, Gpu } from "./device.ts";
+import type { ActConvention, ActMode, WeightFormat } from "../formats/packing.ts";
+import type { Dispatch, Gpu } from "../gpu/device.ts";
 import { type StoredTensor, W4A4Linear, type W4A4Scratch } from "./linear.ts";
 
 /** A linear layer resident on the GPU: `y = x·Wᵀ + b` (optionally GELU) over M fixed rows. */

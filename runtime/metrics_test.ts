@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { psnr, ssim } from "./metrics.ts";
-import { Rng } from "../kernels/_testing.ts";
+import { Rng } from "../gpu/_testing.ts";
 
 Deno.test("metrics: identical images give PSNR ∞ and SSIM 1", () => {
   const a = new Rng(1).normals(3 * 16 * 16, 0.5);

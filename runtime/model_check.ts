@@ -11,9 +11,9 @@
  *
  * @module
  */
-import { FormatError } from "./errors.ts";
-import type { LayerPolicyEntry } from "../quant/format.ts";
-import type { TensorInfo } from "../quant/safetensors.ts";
+import { FormatError } from "../gpu/errors.ts";
+import type { LayerPolicyEntry } from "../formats/format.ts";
+import type { TensorInfo } from "../formats/safetensors.ts";
 
 /** Float dtypes a 16-bit (float) layer or an embedding may be stored in. */
 const FLOAT_DTYPES = ["F32", "F16", "BF16", "F64"];

@@ -7,13 +7,13 @@
  *
  * @module
  */
-import { FormatError } from "./errors.ts";
-import { computeChecksum, type LayerPolicyEntry, QuantFile } from "../quant/format.ts";
+import { FormatError } from "../gpu/errors.ts";
+import { computeChecksum, type LayerPolicyEntry, QuantFile } from "../formats/format.ts";
 import { assertFinite, checkDitFile } from "./model_check.ts";
-import { SafetensorsReader } from "../quant/safetensors.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
 import type { StoredTensor } from "./linear.ts";
 import { inferDitConfig, isPublicDit } from "./dit_public.ts";
-import type { ByteSource } from "./source.ts";
+import type { ByteSource } from "../gpu/source.ts";
 
 /**
  * What the DiT graph reads from a model: config, layer policy and tensors. {@linkcode ModelFile}

@@ -10,12 +10,12 @@ import type { CalibRecorder } from "../quant/calib.ts";
 import { type AttentionRecorder, bucketOfStep } from "../quant/paro.ts";
 import { readParoFrom } from "../quant/paro_store.ts";
 import type { SparseAttentionChoice } from "./attention.ts";
-import type { Gpu } from "./device.ts";
+import type { Gpu } from "../gpu/device.ts";
 import { DiT } from "./dit.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import { ModelFile } from "./model_file.ts";
 import { checkSeed, type DenoiseJob, runDenoise } from "./family.ts";
-import type { ByteSource } from "./source.ts";
+import type { ByteSource } from "../gpu/source.ts";
 import { ddim, ddpm, ddpmSchedule, dpmSolver2M, type Sampler } from "./schedulers.ts";
 
 /**
@@ -83,7 +83,7 @@ export interface PipelineOptions {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "./device.ts";
+ * import { Gpu } from "../gpu/device.ts";
  * import { Pipeline } from "./pipeline.ts";
  * const pipe = await Pipeline.load(await Gpu.create(), "models/dit_emoji.w4.safetensors");
  * const { images } = await pipe.generate({ classes: [3], seed: 1, steps: 20, cfg: 4 });

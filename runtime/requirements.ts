@@ -18,7 +18,7 @@
  *
  * @module
  */
-import type { LayerPolicyEntry } from "../quant/format.ts";
+import type { LayerPolicyEntry } from "../formats/format.ts";
 
 /** What an adapter must offer to run a model. */
 export interface DeviceRequirements {

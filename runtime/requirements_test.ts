@@ -2,8 +2,8 @@
 // limits (not the adapter's own) and without shader-f16 generates with the bundled INT4 model;
 // an adapter below them is named.
 import assert from "node:assert/strict";
-import { HAS_GPU } from "../kernels/_testing.ts";
-import { Gpu } from "./device.ts";
+import { HAS_GPU } from "../gpu/_testing.ts";
+import { Gpu } from "../gpu/device.ts";
 import { ModelFile } from "./model_file.ts";
 import { Pipeline } from "./pipeline.ts";
 import { requirementsOf, unmetRequirements } from "./requirements.ts";

@@ -17,9 +17,9 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "./device.ts";
-import { FormatError } from "./errors.ts";
-import { SafetensorsReader } from "../quant/safetensors.ts";
+import type { Dispatch, Gpu } from "../gpu/device.ts";
+import { FormatError } from "../gpu/errors.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
 import { Conv2d, packConvWeight } from "../kernels/conv2d/conv2d.ts";
 import { checkShaderF16 } from "../kernels/_launch.ts";
 import { actBytes, type ActDtype, fromActBytes, toActArray } from "../kernels/_wgsl.ts";
@@ -155,7 +155,7 @@ interface GpuConv {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "./device.ts";
+ * import { getGpu } from "../gpu/device.ts";
  * import { TinyDecoder } from "./tiny_autoencoder.ts";
  * const tiny = await TinyDecoder.load(await getGpu(), "taef1_decoder.safetensors");
  * const preview = await tiny.decode(new Float32Array(16 * 64 * 64), [1, 16, 64, 64]); // [1,3,512,512]

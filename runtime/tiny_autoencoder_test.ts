@@ -7,9 +7,9 @@
 import assert from "node:assert/strict";
 import { readTinyDecoder, TinyDecoder } from "./tiny_autoencoder.ts";
 import { tinyDecoderRef } from "./tiny_autoencoder_ref.ts";
-import { FormatError } from "./errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import { randomTaesd, writeTensors as writeFile } from "../tests/_latent_fixtures.ts";
-import { HAS_GPU, NO_GPU_REASON, Rng, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, Rng, testGpu } from "../gpu/_testing.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`tiny decoder tests skipped: ${NO_GPU_REASON}`);

@@ -5,8 +5,8 @@
  *
  * @module
  */
-import { fromFloat32, SafetensorsWriter } from "../quant/safetensors.ts";
-import { Rng } from "../kernels/_testing.ts";
+import { fromFloat32, SafetensorsWriter } from "../formats/safetensors.ts";
+import { Rng } from "../gpu/_testing.ts";
 import { tinyDitTensors } from "./fixtures/make_fixture.ts";
 
 /**

@@ -8,10 +8,10 @@
  *
  * @module
  */
-import { Rng } from "../kernels/_testing.ts";
-import { Checksum } from "../quant/checksum.ts";
-import { canonicalDescription } from "../quant/format.ts";
-import type { Dtype, TensorInfo } from "../quant/safetensors.ts";
+import { Rng } from "../gpu/_testing.ts";
+import { Checksum } from "../formats/checksum.ts";
+import { canonicalDescription } from "../formats/format.ts";
+import type { Dtype, TensorInfo } from "../formats/safetensors.ts";
 
 /** One mutant: what was done, and the file's bytes. */
 export interface Mutant {
@@ -51,7 +51,7 @@ export function decode(bytes: Uint8Array): Decoded {
 }
 
 /**
- * Writes `d` as a safetensors file; `seal`: recompute the `checksum` entry (as quant/format.ts
+ * Writes `d` as a safetensors file; `seal`: recompute the `checksum` entry (as formats/format.ts
  * defines it) so the file is consistent, whatever else is wrong with it.
  */
 export function encode(d: Decoded, seal: boolean): Uint8Array {

@@ -4,9 +4,9 @@
  * quantized here from the same calibration.
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "../gpu/_testing.ts";
 import { CalibRecorder } from "../quant/calib.ts";
-import { quantizeCheckpoint } from "../quant/model.ts";
+import { quantizeCheckpoint } from "../convert/model.ts";
 import { psnr } from "../runtime/metrics.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import { FLOAT_MODEL } from "../cli/_models.ts";

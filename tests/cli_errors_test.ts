@@ -4,7 +4,7 @@
 // quantize of a quantized file, onto its own input, or with a method the runtime cannot run; gen
 // of a model with NaN weights, or whose latent turns non-finite (GPU).
 import assert from "node:assert/strict";
-import { HAS_GPU } from "../kernels/_testing.ts";
+import { HAS_GPU } from "../gpu/_testing.ts";
 import { decode, encode } from "./_mutate.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;

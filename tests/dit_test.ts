@@ -6,14 +6,14 @@
  */
 import assert from "node:assert/strict";
 import { TINY_DIT_PATH } from "./fixtures/make_fixture.ts";
-import { HAS_GPU, maxErrors, NO_GPU_REASON, relL2, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, maxErrors, NO_GPU_REASON, relL2, testGpu } from "../gpu/_testing.ts";
 import { DiT } from "../runtime/dit.ts";
 import { ditForwardRef } from "../runtime/dit_ref.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import { GaussianNoise, gaussianNoise } from "../runtime/random.ts";
 import { ddpm, sample } from "../runtime/schedulers.ts";
-import { quantizeCheckpoint } from "../quant/model.ts";
+import { quantizeCheckpoint } from "../convert/model.ts";
 import { DEFAULT_DIT_POLICY } from "../quant/policy.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON

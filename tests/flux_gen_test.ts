@@ -7,7 +7,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON } from "../gpu/_testing.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`FLUX gen tests skipped: ${NO_GPU_REASON}`);
@@ -87,7 +87,7 @@ Deno.test({
   name: "deno task gen runs the tiny FLUX folder with INT4 and NVFP4 transformers (--transformer)",
   ignore,
   async fn() {
-    const { quantizeFlux } = await import("../quant/flux_model.ts");
+    const { quantizeFlux } = await import("../convert/flux_model.ts");
     const dir = await Deno.makeTempDir({ prefix: "flux_gen_quant_" });
     try {
       for (const format of ["int4", "nvfp4"] as const) {

@@ -6,8 +6,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
-import { SafetensorsReader } from "../quant/safetensors.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "../gpu/_testing.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
 import { packLatents, unpackLatents } from "../runtime/flux/embed.ts";
 import { FluxPipeline } from "../runtime/flux/pipeline.ts";
 import { FluxTransformer } from "../runtime/flux/transformer.ts";

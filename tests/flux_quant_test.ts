@@ -12,11 +12,11 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
-import { QuantFile } from "../quant/format.ts";
-import { quantizeFlux } from "../quant/flux_model.ts";
-import { SafetensorsReader } from "../quant/safetensors.ts";
-import type { Gpu } from "../runtime/device.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "../gpu/_testing.ts";
+import { QuantFile } from "../formats/format.ts";
+import { quantizeFlux } from "../convert/flux_model.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
+import type { Gpu } from "../gpu/device.ts";
 import { calibrateFlux } from "../runtime/flux/calibrate.ts";
 import { FluxTransformer } from "../runtime/flux/transformer.ts";
 import { FluxWeights } from "../runtime/flux/weights.ts";

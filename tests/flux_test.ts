@@ -10,8 +10,8 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
-import { SafetensorsReader } from "../quant/safetensors.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "../gpu/_testing.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
 import { jointIds, packLatents, ropeTable, unpackLatents } from "../runtime/flux/embed.ts";
 import { type FluxInputs, FluxTransformer } from "../runtime/flux/transformer.ts";
 import { FluxWeights } from "../runtime/flux/weights.ts";

@@ -6,16 +6,16 @@
  * one-line usage error.
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON } from "../gpu/_testing.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { ditConfig } from "../runtime/dit.ts";
 import { randomTaesd, writePublicLatentDit, writeTensors } from "./_latent_fixtures.ts";
-import { Rng } from "../kernels/_testing.ts";
-import { getGpu } from "../runtime/device.ts";
+import { Rng } from "../gpu/_testing.ts";
+import { getGpu } from "../gpu/device.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import { Autoencoder } from "../runtime/autoencoder.ts";
 import { CalibRecorder } from "../quant/calib.ts";
-import { quantizeCheckpoint } from "../quant/model.ts";
+import { quantizeCheckpoint } from "../convert/model.ts";
 import { psnr } from "../runtime/metrics.ts";
 import { PipelineEngine } from "../web/engine.ts";
 

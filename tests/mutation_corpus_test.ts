@@ -6,11 +6,11 @@
 // whatever `quantize` writes from the fixture's corpus loads; the rest it refuses, leaving no file.
 // Runs on the CPU only (no GPU); bounded to well under a minute. SEED=<n> replays another corpus.
 import assert from "node:assert/strict";
-import { checksumOf } from "../quant/checksum.ts";
-import { quantizeCheckpoint } from "../quant/model.ts";
+import { checksumOf } from "../formats/checksum.ts";
+import { quantizeCheckpoint } from "../convert/model.ts";
 import { readParoFrom } from "../quant/paro_store.ts";
 import { ditConfig } from "../runtime/dit.ts";
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { contradictions, corruptions, type Mutant } from "./_mutate.ts";
 

@@ -15,7 +15,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, Rng, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, Rng, testGpu } from "../gpu/_testing.ts";
 import { importNunchakuFlux } from "../quant/nunchaku_flux.ts";
 import {
   TINY_FLUX_CONFIG,
@@ -23,9 +23,9 @@ import {
   writeTinyNunchakuFlux,
   writeTinyOursFlux,
 } from "../quant/_nunchaku_testing.ts";
-import { decodeE2M1, decodeE4M3, GELU_SHIFT } from "../quant/packing.ts";
-import { SafetensorsWriter } from "../quant/safetensors.ts";
-import type { Gpu } from "../runtime/device.ts";
+import { decodeE2M1, decodeE4M3, GELU_SHIFT } from "../formats/packing.ts";
+import { SafetensorsWriter } from "../formats/safetensors.ts";
+import type { Gpu } from "../gpu/device.ts";
 import { FluxTransformer } from "../runtime/flux/transformer.ts";
 import { FluxWeights } from "../runtime/flux/weights.ts";
 import { flowEuler } from "../runtime/schedulers.ts";

@@ -7,7 +7,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON } from "../gpu/_testing.ts";
 import { writeTinyNunchakuFlux } from "../quant/_nunchaku_testing.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip

@@ -12,7 +12,7 @@
  * accumulation of K products) |y − ref| ≤ K·2⁻²³·Σ_k |x·w| + 1e-7.
  */
 import assert from "node:assert/strict";
-import { QuantFile } from "../quant/format.ts";
+import { QuantFile } from "../formats/format.ts";
 import { importNunchakuFlux } from "../quant/nunchaku_flux.ts";
 import type { NunchakuW4A16, NunchakuW4A4 } from "../quant/nunchaku.ts";
 import { writeTinyNunchakuFlux } from "../quant/_nunchaku_testing.ts";
@@ -24,11 +24,11 @@ import {
   decodeE4M3,
   quantizeAct,
   roundBf16,
-} from "../quant/packing.ts";
+} from "../formats/packing.ts";
 import { createLinear } from "../runtime/linears.ts";
 import type { StoredTensor } from "../runtime/linear.ts";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../kernels/_testing.ts";
-import { geluTanh } from "../runtime/activations.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../gpu/_testing.ts";
+import { geluTanh } from "../gpu/activations.ts";
 
 if (!HAS_GPU) console.warn(`nunchaku import GPU tests skipped: ${NO_GPU_REASON}`);
 const M = 5;

@@ -15,9 +15,9 @@
  */
 import assert from "node:assert/strict";
 import { canonicalW4A4 } from "../quant/nunchaku.ts";
-import { quantizeAct } from "../quant/packing.ts";
+import { quantizeAct } from "../formats/packing.ts";
 import { W4A4Linear } from "../runtime/linear.ts";
-import { HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../gpu/_testing.ts";
 import { gemmW4A4LowrankRef } from "../kernels/gemm_w4a4_lowrank/gemm_w4a4_lowrank_ref.ts";
 import { loraActRef } from "../kernels/quantize_act_lowrank/quantize_act_lowrank_ref.ts";
 import { loadFixture, M, packedOf } from "../quant/_nunchaku_testing.ts";

@@ -18,12 +18,12 @@
  * CPU only; N = K = 256, R = 16 (the same R/K as R = 32 at K = 512), 128 + 128 rows, 5 α values.
  */
 import assert from "node:assert/strict";
-import { freshRng, type Rng } from "../kernels/_testing.ts";
+import { freshRng, type Rng } from "../gpu/_testing.ts";
 import type { LayerStats } from "../quant/calib.ts";
 import { floatOutput, relativeError } from "../quant/baselines.ts";
 import { applyDilation, dilateActivations, dilationFactors } from "../quant/dilate.ts";
 import { evaluateQuantized, type Method, quantizeLinear } from "../quant/layer.ts";
-import type { WeightFormat } from "../quant/packing.ts";
+import type { WeightFormat } from "../formats/packing.ts";
 
 const N = 256, K = 256, R = 16, CALIB = 128, HELD = 128;
 const ALPHAS = [0, 0.25, 0.5, 0.75, 1];

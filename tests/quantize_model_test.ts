@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { quantizeCheckpoint } from "../quant/model.ts";
-import { QuantFile } from "../quant/format.ts";
-import { FormatError } from "../runtime/errors.ts";
+import { quantizeCheckpoint } from "../convert/model.ts";
+import { QuantFile } from "../formats/format.ts";
+import { FormatError } from "../gpu/errors.ts";
 
 const FIXTURE = new URL("./fixtures/tiny_dit.safetensors", import.meta.url).pathname;
 

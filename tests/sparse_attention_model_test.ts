@@ -7,14 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { TINY_DIT_PATH } from "./fixtures/make_fixture.ts";
-import { HAS_GPU, NO_GPU_REASON, relL2, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, relL2, testGpu } from "../gpu/_testing.ts";
 import { denseMasks, maskBytes, TOKEN_ORDERS } from "../kernels/sparse_attention/layout.ts";
 import type { SparseAttentionChoice } from "../runtime/attention.ts";
 import { DiT } from "../runtime/dit.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import { gaussianNoise } from "../runtime/random.ts";
-import { quantizeCheckpoint } from "../quant/model.ts";
+import { quantizeCheckpoint } from "../convert/model.ts";
 import { AttentionRecorder, calibrateParo, type ParoPlan } from "../quant/paro.ts";
 import { paroTensors } from "../quant/paro_store.ts";
 

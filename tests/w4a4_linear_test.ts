@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { type QuantizedLinear, quantizeLinear } from "../quant/layer.ts";
 import { syntheticStats } from "../quant/calib.ts";
 import { W4A4Linear } from "../runtime/linear.ts";
-import { freshRng, HAS_GPU, maxErrors, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
+import { freshRng, HAS_GPU, maxErrors, NO_GPU_REASON, testGpu } from "../gpu/_testing.ts";
 import { evaluateQuantized } from "../quant/layer.ts";
 
 const N = 192, K = 256, M = 48;

@@ -14,7 +14,7 @@ import { renderPage, type Shot } from "./page.tsx";
 import { type GenerateParams, HttpError, idempotencyKey, parseParams } from "./params.ts";
 import { JobQueue, type QueueOptions } from "./queue.ts";
 import { OPENAPI } from "./openapi.ts";
-import { plural } from "./plural.ts";
+import { plural } from "../cli/plural.ts";
 import { type ModelRoutes, mountModelFiles } from "./model_files.ts";
 
 /** Options of {@linkcode createApp}. */

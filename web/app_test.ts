@@ -1,7 +1,7 @@
 // Handler tests through app.request(...): every route and every bad-input case of the issue,
 // with a fake engine (no GPU, no sockets).
 import assert from "node:assert/strict";
-import { GpuDeviceLostError } from "../runtime/errors.ts";
+import { GpuDeviceLostError } from "../gpu/errors.ts";
 import { FakeEngine } from "./_fake.ts";
 import { createApp } from "./app.ts";
 

@@ -7,7 +7,7 @@
 // playwright-core runs in a child process (web/_browser_driver.ts, deno run -A): it reads /proc
 // at import, which Deno allows only under --allow-all, more than the test command grants.
 import assert from "node:assert/strict";
-import { HAS_GPU } from "../kernels/_testing.ts";
+import { HAS_GPU } from "../gpu/_testing.ts";
 import { FakeEngine } from "./_fake.ts";
 import { createApp } from "./app.ts";
 import { buildClient } from "./build.ts";

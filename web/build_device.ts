@@ -1,7 +1,7 @@
 /**
  * Bundles the on-device generator (web/device_client.ts with the runtime, the kernels and their
  * WGSL) for the browser with esbuild: `.wgsl` files load as text and are registered with
- * kernels/_wgsl.ts (so a kernel's `loadWgsl` needs no fetch), and runtime/file_source.ts (Deno's
+ * kernels/_wgsl.ts (so a kernel's `loadWgsl` needs no fetch), and gpu/file_source.ts (Deno's
  * file access) is replaced by web/file_source_browser.ts, so the bundle holds no Deno API. The
  * Deno path is unchanged: there the kernels read their `.wgsl` files.
  *
@@ -32,7 +32,7 @@ async function wgslFiles(): Promise<string[]> {
 const browserPlugin: esbuild.Plugin = {
   name: "w4-browser",
   setup(build) {
-    build.onResolve({ filter: /runtime\/file_source\.ts$|^\.\/file_source\.ts$/ }, (args) => {
+    build.onResolve({ filter: /gpu\/file_source\.ts$|^\.\/file_source\.ts$/ }, (args) => {
       if (!args.importer.startsWith(ROOT)) return undefined;
       return { path: `${ROOT}web/file_source_browser.ts` };
     });

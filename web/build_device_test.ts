@@ -1,5 +1,5 @@
 // The on-device bundle: every kernel's WGSL is inside (registered by file name, no fetch), Deno's
-// file access is replaced (runtime/file_source.ts → web/file_source_browser.ts), and the only
+// file access is replaced (gpu/file_source.ts → web/file_source_browser.ts), and the only
 // Deno names left are ensureRuntimeDir's (guarded by `typeof Deno`, never run in a page).
 import assert from "node:assert/strict";
 import { buildDevice } from "./build_device.ts";

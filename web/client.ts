@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { plural } from "./plural.ts";
+import { plural } from "../cli/plural.ts";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const RECENT_KEY = "w4-recent";

@@ -7,7 +7,7 @@
 // navigator.gpu, say why and generate on the server. The driver runs in its own process
 // (web/_device_driver.ts, -A: playwright-core reads /proc at import).
 import assert from "node:assert/strict";
-import { HAS_GPU } from "../kernels/_testing.ts";
+import { HAS_GPU } from "../gpu/_testing.ts";
 import { createApp } from "./app.ts";
 import { buildClient } from "./build.ts";
 import { buildDevice } from "./build_device.ts";

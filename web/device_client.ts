@@ -15,15 +15,15 @@
  *
  * @module
  */
-import { Gpu } from "../runtime/device.ts";
+import { Gpu } from "../gpu/device.ts";
 import { Pipeline } from "../runtime/pipeline.ts";
 import { toRgbGrid } from "../runtime/png.ts";
 import { unmetRequirements } from "../runtime/requirements.ts";
-import { BlobSource } from "../runtime/source.ts";
+import { BlobSource } from "../gpu/source.ts";
 import { fetchModel, forgetModel } from "./model_cache.ts";
 import type { ModelFileInfo } from "./model_files.ts";
 import { parseParams } from "./params.ts";
-import { plural } from "./plural.ts";
+import { plural } from "../cli/plural.ts";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T | null;
 

@@ -5,8 +5,8 @@
  *
  * @module
  */
-import { getGpu } from "../runtime/device.ts";
-import { GpuDeviceLostError } from "../runtime/errors.ts";
+import { getGpu } from "../gpu/device.ts";
+import { GpuDeviceLostError } from "../gpu/errors.ts";
 import { ModelFile } from "../runtime/model_file.ts";
 import { hasParoPlan } from "../quant/paro_store.ts";
 import { Pipeline, type SamplerName } from "../runtime/pipeline.ts";

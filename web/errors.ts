@@ -12,7 +12,7 @@ import {
   GpuUnavailableError,
   GpuValidationError,
   NumericError,
-} from "../runtime/errors.ts";
+} from "../gpu/errors.ts";
 import { HttpError } from "./params.ts";
 import { QueueFullError } from "./queue.ts";
 

@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON } from "../gpu/_testing.ts";
 import { createApp } from "./app.ts";
 import { type ModelInfo, PipelineEngine } from "./engine.ts";
 import { renderPage } from "./page.tsx";

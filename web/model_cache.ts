@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { HttpRangeSource } from "../runtime/source.ts";
+import { HttpRangeSource } from "../gpu/source.ts";
 
 /** The Cache API cache holding model files. */
 export const MODEL_CACHE = "w4-models";

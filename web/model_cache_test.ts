@@ -8,7 +8,7 @@ import { createApp } from "./app.ts";
 import { fetchModel, forgetModel } from "./model_cache.ts";
 import { ModelFiles } from "./model_files.ts";
 import { ModelFile } from "../runtime/model_file.ts";
-import { BlobSource, BytesSource } from "../runtime/source.ts";
+import { BlobSource, BytesSource } from "../gpu/source.ts";
 
 const INT4 = new URL("../models/dit_emoji.int4.safetensors", import.meta.url).pathname;
 

@@ -6,7 +6,7 @@ import { FakeEngine } from "./_fake.ts";
 import { createApp } from "./app.ts";
 import { ModelFiles, parseRange } from "./model_files.ts";
 import { ModelFile } from "../runtime/model_file.ts";
-import { HttpRangeSource } from "../runtime/source.ts";
+import { HttpRangeSource } from "../gpu/source.ts";
 
 const INT4 = new URL("../models/dit_emoji.int4.safetensors", import.meta.url).pathname;
 const SIZE = Deno.statSync(INT4).size;

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { plural } from "./plural.ts";
+import { plural } from "../cli/plural.ts";
 
 /** Options of {@linkcode JobQueue}. */
 export interface QueueOptions {

@@ -1,7 +1,7 @@
 // Loopback tests: the bounded load test (fake engine, real sockets) and the real pipeline
 // behind the app on the tiny random-weight fixture (GPU: llvmpipe in CI).
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON } from "../gpu/_testing.ts";
 import { FakeEngine } from "./_fake.ts";
 import { createApp } from "./app.ts";
 import { PipelineEngine } from "./engine.ts";

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -62,7 +62,7 @@ export interface AddNormBuffers {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { AddNorm } from "./add_norm.ts";
  * const gpu = await Gpu.create();
  * const op = await AddNorm.create(gpu, { rows: 2, d: 4, dtype: "f32", norm: "rms", eps: 1e-6 });

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import { benchMain, timeOp } from "../_launch.ts";
 import type { KernelTiming } from "../_gpu_time.ts";
 import type { ActDtype } from "../_wgsl.ts";

@@ -7,7 +7,7 @@
  * beyond the f16 range: h stays finite and exact in f16 (the T5-XXL case).
  */
 import assert from "node:assert/strict";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../../gpu/_testing.ts";
 import { actBytes, fromActBytes, toActArray } from "../_wgsl.ts";
 import { AddNorm, type AddNormShape } from "./add_norm.ts";
 import { addNormRef } from "./add_norm_ref.ts";

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -165,7 +165,7 @@ export function packConvWeight(
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { Conv2d } from "./conv2d.ts";
  * const gpu = await Gpu.create();
  * const shape = { b: 1, h: 8, w: 8, cin: 4, cout: 8, kernel: 3, bias: false, dtype: "f32" } as const;
@@ -294,7 +294,7 @@ export class Conv2d {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { conv2d } from "./conv2d.ts";
  * const gpu = await getGpu();
  * // x: [1, 8, 8, 4] f32, w: [8, 3, 3, 4] f32, y: [1, 8, 8, 8] f32 GPUBuffers

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import type { KernelTiming } from "../_gpu_time.ts";
 import { benchMain, timeOp } from "../_launch.ts";
 import type { ActDtype } from "../_wgsl.ts";
@@ -26,7 +26,7 @@ export interface Conv2dBenchShape extends Conv2dShape {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { fmtTiming } from "../_bench.ts";
  * import { benchConv2d } from "./conv2d_bench.ts";
  * const gpu = await getGpu();

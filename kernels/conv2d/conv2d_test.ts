@@ -5,7 +5,7 @@
  * 1e-4·S; f16 2⁻¹¹·|y| + 1e-4·S (inputs are rounded to f16 before the reference sees them).
  */
 import assert from "node:assert/strict";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../../gpu/_testing.ts";
 import { actBytes, type ActDtype, fromActBytes, toActArray } from "../_wgsl.ts";
 import { checkGemmOutput } from "../gemm_f16/_gemm_check.ts";
 import {

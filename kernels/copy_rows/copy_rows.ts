@@ -11,7 +11,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -60,7 +60,7 @@ export interface CopyRowsBuffers {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { CopyRows } from "./copy_rows.ts";
  * const gpu = await Gpu.create();
  * // put 24 image tokens after 8 text tokens in a joint [2·32, 64] stream

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import type { KernelTiming } from "../_gpu_time.ts";
 import { benchMain, timeOp } from "../_launch.ts";
 import { actBytes } from "../_wgsl.ts";
@@ -17,7 +17,7 @@ import { bufferSizes, CopyRows, type CopyRowsShape } from "./copy_rows.ts";
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { fmtTiming } from "../_bench.ts";
  * import { benchCopyRows } from "./copy_rows_bench.ts";
  * const gpu = await getGpu();

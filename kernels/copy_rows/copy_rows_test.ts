@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../../gpu/_testing.ts";
 import { actBytes, fromActBytes, toActArray } from "../_wgsl.ts";
 import { CopyRows, type CopyRowsShape } from "./copy_rows.ts";
 import { copyRowsRef } from "./copy_rows_ref.ts";

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -47,7 +47,7 @@ export interface FfnActBuffers {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { FfnAct } from "./ffn_act.ts";
  * const gpu = await Gpu.create();
  * const op = await FfnAct.create(gpu, { m: 1, f: 2, gated: true, dtype: "f32" });

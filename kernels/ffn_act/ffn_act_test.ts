@@ -6,7 +6,7 @@
  * with s, not y); an f16 output adds 2⁻¹⁰·|y|. Large inputs (±30) check the saturated tails.
  */
 import assert from "node:assert/strict";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../../gpu/_testing.ts";
 import { actBytes, fromActBytes, toActArray } from "../_wgsl.ts";
 import { FfnAct, type FfnActShape } from "./ffn_act.ts";
 import { ffnActRef } from "./ffn_act_ref.ts";

@@ -17,7 +17,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -131,7 +131,7 @@ export function candidateTiles(gpu: Gpu, d: number): FlashAttentionTile[] {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { FlashAttention } from "./flash_attention.ts";
  * const gpu = await Gpu.create();
  * const shape = { b: 2, t: 256, h: 16, d: 72, dtype: "f16" } as const;
@@ -223,7 +223,7 @@ export class FlashAttention {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { flashAttention } from "./flash_attention.ts";
  * const gpu = await getGpu();
  * // qkv: [2·64, 3·4·32] f32, o: [2·64, 4·32] f32 GPUBuffers

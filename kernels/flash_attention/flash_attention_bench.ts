@@ -13,7 +13,7 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import { fmtTiming, timeDispatches } from "../_bench.ts";
 import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
 import type { ActDtype } from "../_wgsl.ts";
@@ -40,7 +40,7 @@ export type FlashAttentionTiming = KernelTiming & { tile: FlashAttentionTile };
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { fmtTiming } from "../_bench.ts";
  * import { benchFlashAttention } from "./flash_attention_bench.ts";
  * const gpu = await getGpu();
@@ -73,7 +73,7 @@ export async function benchFlashAttention(
 }
 
 if (import.meta.main) {
-  const { getGpu } = await import("../../runtime/device.ts");
+  const { getGpu } = await import("../../gpu/device.ts");
   const gpu = await getGpu();
   const large = Deno.args.includes("--large");
   const allTiles = Deno.args.includes("--tiles");

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -60,7 +60,7 @@ export interface GateResidualBuffers {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { GateResidual } from "./gate_residual.ts";
  * const gpu = await Gpu.create();
  * const shape = { b: 2, t: 256, d: 1152, dtype: "f16", modWidth: 6, gateChunk: 2 } as const;
@@ -147,7 +147,7 @@ export class GateResidual {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { gateResidual } from "./gate_residual.ts";
  * const gpu = await getGpu();
  * // x, y: [2·64, 256] f32; mod: [2, 6·256] f32 GPUBuffers; x += gate_mlp · y

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import type { KernelTiming } from "../_gpu_time.ts";
 import { benchMain, timeOp } from "../_launch.ts";
 import { actBytes, type ActDtype } from "../_wgsl.ts";
@@ -32,7 +32,7 @@ export interface GateResidualBenchShape {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { fmtTiming } from "../_bench.ts";
  * import { benchGateResidual } from "./gate_residual_bench.ts";
  * const gpu = await getGpu();

@@ -13,9 +13,9 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { Gpu } from "../../runtime/device.ts";
-import { GpuFeatureError } from "../../runtime/errors.ts";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
+import { Gpu } from "../../gpu/device.ts";
+import { GpuFeatureError } from "../../gpu/errors.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../../gpu/_testing.ts";
 import { actBytes, fromActBytes, toActArray } from "../_wgsl.ts";
 import { GateResidual, gateResidual, type GateResidualShape } from "./gate_residual.ts";
 import { gateResidualRef } from "./gate_residual_ref.ts";

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -62,7 +62,7 @@ export type GemmKernel = "gemv" | "tiled";
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { GemmF16 } from "./gemm_f16.ts";
  * const gpu = await Gpu.create();
  * const shape = { m: 64, k: 256, n: 256, dtype: "f16", bias: true, gelu: true } as const;
@@ -151,7 +151,7 @@ export class GemmF16 {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { gemmF16 } from "./gemm_f16.ts";
  * const gpu = await getGpu();
  * // x: [7, 66] f32, w: [100, 66] f32, y: [7, 100] f32 GPUBuffers

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import type { KernelTiming } from "../_gpu_time.ts";
 import { benchMain, timeOp } from "../_launch.ts";
 import type { ActDtype } from "../_wgsl.ts";
@@ -34,7 +34,7 @@ export interface GemmF16BenchShape {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { fmtTiming } from "../_bench.ts";
  * import { benchGemmF16 } from "./gemm_f16_bench.ts";
  * const gpu = await getGpu();

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { geluTanh } from "../../runtime/activations.ts";
+import { geluTanh } from "../../gpu/activations.ts";
 
 export { geluTanh };
 

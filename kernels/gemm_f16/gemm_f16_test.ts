@@ -4,9 +4,9 @@
  * _gemm_check.ts (f32: 1e-4·Σ|x||w|; f16: 2⁻¹¹·|y| + 1e-4·Σ|x||w|).
  */
 import assert from "node:assert/strict";
-import { Gpu } from "../../runtime/device.ts";
-import { GpuFeatureError } from "../../runtime/errors.ts";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
+import { Gpu } from "../../gpu/device.ts";
+import { GpuFeatureError } from "../../gpu/errors.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../../gpu/_testing.ts";
 import { actBytes, type ActDtype, fromActBytes, toActArray } from "../_wgsl.ts";
 import { GemmF16, gemmF16, type GemmF16Shape, type GemmKernel } from "./gemm_f16.ts";
 import { gemmF16Ref } from "./gemm_f16_ref.ts";

@@ -7,8 +7,8 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
-import { GROUP_SIZE_INT4 } from "../../quant/packing.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
+import { GROUP_SIZE_INT4 } from "../../formats/packing.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -56,9 +56,9 @@ export interface GemmW4A16Shape {
 export interface GemmW4A16Buffers {
   /** ACT [M, K]. */
   x: GPUBuffer;
-  /** u32 [N, K/8] packed INT4 codes (quant/packing.ts `Int4Weight.qweight`). */
+  /** u32 [N, K/8] packed INT4 codes (formats/packing.ts `Int4Weight.qweight`). */
   qweight: GPUBuffer;
-  /** f16 bits [N, K/64], two per u32 (quant/packing.ts `weightScaleWords`). */
+  /** f16 bits [N, K/64], two per u32 (formats/packing.ts `weightScaleWords`). */
   wscales: GPUBuffer;
   /** f32 [N] (required when the shape has bias). */
   bias?: GPUBuffer;
@@ -73,8 +73,8 @@ export interface GemmW4A16Buffers {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
- * import { quantizeWeight, weightScaleWords } from "../../quant/packing.ts";
+ * import { Gpu } from "../../gpu/device.ts";
+ * import { quantizeWeight, weightScaleWords } from "../../formats/packing.ts";
  * import { GemmW4A16 } from "./gemm_w4a16.ts";
  * const gpu = await Gpu.create();
  * const [m, k, n] = [1, 3072, 18432]; // adaLN modulation of a 3072-wide DiT block
@@ -177,7 +177,7 @@ export class GemmW4A16 {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { gemmW4A16 } from "./gemm_w4a16.ts";
  * const gpu = await getGpu();
  * // x: [2, 3072] f16, qweight: [18432, 384] u32, wscales: f16 pairs, y: [2, 18432] f16

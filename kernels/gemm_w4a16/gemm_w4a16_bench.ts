@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import type { KernelTiming } from "../_gpu_time.ts";
 import { benchMain, timeOp } from "../_launch.ts";
 import { gemmBenchLabel, type GemmF16BenchShape } from "../gemm_f16/gemm_f16_bench.ts";
@@ -23,7 +23,7 @@ export type GemmW4A16BenchShape = GemmF16BenchShape;
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { fmtTiming } from "../_bench.ts";
  * import { benchGemmW4A16 } from "./gemm_w4a16_bench.ts";
  * const gpu = await getGpu();

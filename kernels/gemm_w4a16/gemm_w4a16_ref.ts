@@ -1,11 +1,11 @@
 /**
  * CPU reference of `gemm_w4a16` (the specification): the packed INT4 weight is dequantised with
- * quant/packing.ts (`q · s`, exact), then the float64 GEMM of gemm_f16_ref.ts runs on X as given
+ * formats/packing.ts (`q · s`, exact), then the float64 GEMM of gemm_f16_ref.ts runs on X as given
  * (already rounded to its storage dtype).
  *
  * @module
  */
-import { dequantizeWeight, type Int4Weight, unpackNibbles } from "../../quant/packing.ts";
+import { dequantizeWeight, type Int4Weight, unpackNibbles } from "../../formats/packing.ts";
 import { gemmF16Ref } from "../gemm_f16/gemm_f16_ref.ts";
 
 /** Inputs of {@linkcode gemmW4A16Ref}: X [M,K] row-major, the packed weight, optional bias. */
@@ -27,7 +27,7 @@ export interface GemmW4A16RefInputs {
  *
  * @example
  * ```ts
- * import { quantizeWeight, type Int4Weight } from "../../quant/packing.ts";
+ * import { quantizeWeight, type Int4Weight } from "../../formats/packing.ts";
  * import { gemmW4A16Ref } from "./gemm_w4a16_ref.ts";
  * const weight = quantizeWeight(new Float32Array(64).fill(0.7), 1, 64, "int4") as Int4Weight;
  * const y = gemmW4A16Ref({ m: 1, x: new Float32Array(64).fill(1), weight });

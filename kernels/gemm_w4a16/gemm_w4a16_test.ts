@@ -6,8 +6,8 @@
  * is exact, so only f32 accumulation and the output rounding remain).
  */
 import assert from "node:assert/strict";
-import { Gpu } from "../../runtime/device.ts";
-import { GpuFeatureError } from "../../runtime/errors.ts";
+import { Gpu } from "../../gpu/device.ts";
+import { GpuFeatureError } from "../../gpu/errors.ts";
 import {
   dequantizeWeight,
   type Int4Weight,
@@ -16,8 +16,8 @@ import {
   quantizeWeight,
   roundF16,
   weightScaleWords,
-} from "../../quant/packing.ts";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
+} from "../../formats/packing.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../../gpu/_testing.ts";
 import { actBytes, type ActDtype, fromActBytes, toActArray } from "../_wgsl.ts";
 import { absProducts, checkGemmOutput } from "../gemm_f16/_gemm_check.ts";
 import { type GemmKernel, GemmW4A16, gemmW4A16, type GemmW4A16Shape } from "./gemm_w4a16.ts";

@@ -5,9 +5,9 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
-import { GpuFeatureError } from "../../runtime/errors.ts";
-import { type ActMode, groupSize, type WeightFormat } from "../../quant/packing.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
+import { GpuFeatureError } from "../../gpu/errors.ts";
+import { type ActMode, groupSize, type WeightFormat } from "../../formats/packing.ts";
 import { bindBuffers, type BufferRow, runOnce } from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
@@ -87,7 +87,7 @@ const MODE: Record<ActMode, number> = { int4: 0, int4_unsigned: 1, nvfp4: 2 };
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { GemmW4A4Lowrank } from "./gemm_w4a4_lowrank.ts";
  * const gpu = await Gpu.create();
  * const op = await GemmW4A4Lowrank.create(gpu, {
@@ -171,7 +171,7 @@ export class GemmW4A4Lowrank {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { gemmW4A4Lowrank } from "./gemm_w4a4_lowrank.ts";
  * const gpu = await getGpu();
  * await gemmW4A4Lowrank(gpu, {

@@ -12,12 +12,12 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
-import { getGpu } from "../../runtime/device.ts";
-import { groupSize, packF16 } from "../../quant/packing.ts";
+import type { Gpu } from "../../gpu/device.ts";
+import { getGpu } from "../../gpu/device.ts";
+import { groupSize, packF16 } from "../../formats/packing.ts";
 import { fmtTiming, timeDispatches } from "../_bench.ts";
 import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
-import { Rng } from "../_testing.ts";
+import { Rng } from "../../gpu/_testing.ts";
 import { bufferSizes, GemmW4A4Lowrank, type GemmW4A4LowrankShape } from "./gemm_w4a4_lowrank.ts";
 
 /**
@@ -25,7 +25,7 @@ import { bufferSizes, GemmW4A4Lowrank, type GemmW4A4LowrankShape } from "./gemm_
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { benchGemmW4A4Lowrank } from "./gemm_w4a4_lowrank_bench.ts";
  * const t = await benchGemmW4A4Lowrank(await getGpu(), {
  *   m: 64, k: 256, n: 256, r: 32, format: "int4", actMode: "int4", dtype: "f32",

@@ -1,6 +1,6 @@
 /**
  * CPU reference (the specification) of `gemm_w4a4_lowrank`, in float64 from the integer codes
- * and group scales of `quant/packing.ts`:
+ * and group scales of `formats/packing.ts`:
  *
  * `Y[m,n] = Σ_g sx[m,g]·sw[n,g]·c[n]·Σ_{k∈g} qx[m,k]·qw[n,k] + Σ_r lora_act[m,r]·lora_up[n,r] + bias[n]`
  * (c = the optional per-channel `channelScale`, else 1),
@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { geluTanh } from "../../runtime/activations.ts";
+import { geluTanh } from "../../gpu/activations.ts";
 
 export { geluTanh };
 import {
@@ -19,7 +19,7 @@ import {
   type QuantAct,
   weightCodes,
   weightGroupScales,
-} from "../../quant/packing.ts";
+} from "../../formats/packing.ts";
 
 /** Inputs of {@linkcode gemmW4A4LowrankRef}; the low-rank tensors are plain values. */
 export interface GemmW4A4LowrankRefInputs {
@@ -50,7 +50,7 @@ export interface GemmW4A4LowrankRefResult {
  * @example
  * ```ts
  * import { gemmW4A4LowrankRef } from "./gemm_w4a4_lowrank_ref.ts";
- * import { quantizeAct, quantizeWeight } from "../../quant/packing.ts";
+ * import { quantizeAct, quantizeWeight } from "../../formats/packing.ts";
  * const x = new Float32Array(2 * 64).fill(0.5);
  * const w = new Float32Array(3 * 64).fill(0.25);
  * const { y } = gemmW4A4LowrankRef({

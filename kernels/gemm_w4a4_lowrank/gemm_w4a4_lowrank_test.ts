@@ -11,7 +11,7 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import {
   type ActMode,
   type PackedWeight,
@@ -22,7 +22,7 @@ import {
   roundF16,
   type WeightFormat,
   weightScaleWords,
-} from "../../quant/packing.ts";
+} from "../../formats/packing.ts";
 import { fromActBytes } from "../_wgsl.ts";
 import {
   freshRng,
@@ -32,7 +32,7 @@ import {
   poison,
   type Rng,
   testGpu,
-} from "../_testing.ts";
+} from "../../gpu/_testing.ts";
 import {
   bufferSizes,
   GemmW4A4Lowrank,

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -54,7 +54,7 @@ export interface GemmW8A16Buffers {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { GemmW8A16 } from "./gemm_w8a16.ts";
  * const gpu = await Gpu.create();
  * const op = await GemmW8A16.create(gpu, { m: 1, k: 4, n: 1, dtype: "f32", bias: false });

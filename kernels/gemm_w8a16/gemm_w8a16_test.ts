@@ -6,7 +6,7 @@
  * adds 2⁻¹⁰·|y|.
  */
 import assert from "node:assert/strict";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../../gpu/_testing.ts";
 import { actBytes, fromActBytes, toActArray } from "../_wgsl.ts";
 import { GemmW8A16, type GemmW8A16Shape } from "./gemm_w8a16.ts";
 import { gemmW8A16Ref } from "./gemm_w8a16_ref.ts";

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -62,7 +62,7 @@ export interface GroupNormBuffers {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { GroupNorm } from "./group_norm.ts";
  * const gpu = await Gpu.create();
  * const op = await GroupNorm.create(gpu, { b: 1, hw: 64, c: 64, silu: true, dtype: "f32" });
@@ -166,7 +166,7 @@ export class GroupNorm {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { groupNorm } from "./group_norm.ts";
  * const gpu = await getGpu();
  * // x, y: [2, 100, 64] f32; gamma, beta: [64] f32 GPUBuffers

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import { fmtTiming } from "../_bench.ts";
 import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
 import { actBytes, type ActDtype } from "../_wgsl.ts";
@@ -19,7 +19,7 @@ import { bufferSizes, GroupNorm, type GroupNormShape } from "./group_norm.ts";
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { fmtTiming } from "../_bench.ts";
  * import { benchGroupNorm } from "./group_norm_bench.ts";
  * const gpu = await getGpu();
@@ -60,7 +60,7 @@ export function decoderShapes(dtype: ActDtype, small: boolean): GroupNormShape[]
 }
 
 if (import.meta.main) {
-  const { getGpu } = await import("../../runtime/device.ts");
+  const { getGpu } = await import("../../gpu/device.ts");
   const gpu = await getGpu();
   const dtype: ActDtype = gpu.caps.shaderF16 ? "f16" : "f32";
   const small = Deno.args.includes("--small");

@@ -7,7 +7,14 @@
  * sees (inputs are rounded before).
  */
 import assert from "node:assert/strict";
-import { assertClose, freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
+import {
+  assertClose,
+  freshRng,
+  HAS_GPU,
+  NO_GPU_REASON,
+  poison,
+  testGpu,
+} from "../../gpu/_testing.ts";
 import { actBytes, fromActBytes, toActArray } from "../_wgsl.ts";
 import { GroupNorm, groupNorm, type GroupNormShape } from "./group_norm.ts";
 import { groupNormRef } from "./group_norm_ref.ts";

@@ -14,7 +14,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -73,7 +73,7 @@ export interface LayernormModulateBuffers {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { LayernormModulate } from "./layernorm_modulate.ts";
  * const gpu = await Gpu.create();
  * const shape = {
@@ -184,7 +184,7 @@ export class LayernormModulate {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { layernormModulate } from "./layernorm_modulate.ts";
  * const gpu = await getGpu();
  * // x, h: [2·64, 256] f32; mod: [2, 2·256] f32 (final layer: shift, scale) GPUBuffers

@@ -12,7 +12,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -73,7 +73,7 @@ export interface QkNormRopeBuffers {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { QkNormRope } from "./qk_norm_rope.ts";
  * const gpu = await Gpu.create();
  * // image tokens of a double block: 24 tokens after 8 text tokens, 2 heads of 32

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import type { KernelTiming } from "../_gpu_time.ts";
 import { benchMain, timeOp } from "../_launch.ts";
 import { actBytes } from "../_wgsl.ts";
@@ -19,7 +19,7 @@ import { bufferSizes, QkNormRope, type QkNormRopeShape } from "./qk_norm_rope.ts
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { fmtTiming } from "../_bench.ts";
  * import { benchQkNormRope } from "./qk_norm_rope_bench.ts";
  * const gpu = await getGpu();

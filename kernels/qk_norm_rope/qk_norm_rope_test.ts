@@ -11,7 +11,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../_testing.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, testGpu } from "../../gpu/_testing.ts";
 import { actBytes, fromActBytes, toActArray } from "../_wgsl.ts";
 import { QkNormRope, type QkNormRopeShape } from "./qk_norm_rope.ts";
 import { qkNormRopeRef } from "./qk_norm_rope_ref.ts";

@@ -2,14 +2,14 @@
  * Launcher of `quantize_act_lowrank`: one pass over the activations X [M, K] writes the low-rank
  * down-projection `lora_act = X · lora_downᵀ` (f32 [M, R], un-smoothed X) and the per-token,
  * per-group 4-bit quantization of `X / smooth` (`qact` u32 [M, K/8], `ascales` f32 [M, K/G]),
- * exactly as {@linkcode quantizeAct} in quant/packing.ts specifies. See
+ * exactly as {@linkcode quantizeAct} in formats/packing.ts specifies. See
  * quantize_act_lowrank.wgsl for the work split and ARCHITECTURE.md for the layouts.
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
-import { GpuFeatureError } from "../../runtime/errors.ts";
-import { type ActConvention, type ActMode, groupSize } from "../../quant/packing.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
+import { GpuFeatureError } from "../../gpu/errors.ts";
+import { type ActConvention, type ActMode, groupSize } from "../../formats/packing.ts";
 import { bindBuffers, type BufferRow, runOnce } from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
 
@@ -34,7 +34,7 @@ export interface QuantizeActLowrankShape {
   smooth: boolean;
   /**
    * Rounding convention (default `"w4"`); `"nunchaku"` reproduces Nunchaku's kernels for
-   * imported checkpoints ({@linkcode quantizeAct} in quant/packing.ts defines both).
+   * imported checkpoints ({@linkcode quantizeAct} in formats/packing.ts defines both).
    */
   convention?: ActConvention;
   /**
@@ -67,7 +67,7 @@ type BufferName = keyof QuantizeActLowrankBuffers;
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { QuantizeActLowrank } from "./quantize_act_lowrank.ts";
  * const gpu = await Gpu.create();
  * const op = await QuantizeActLowrank.create(gpu, {
@@ -159,7 +159,7 @@ export class QuantizeActLowrank {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { quantizeActLowrank } from "./quantize_act_lowrank.ts";
  * const gpu = await getGpu();
  * await quantizeActLowrank(gpu, {

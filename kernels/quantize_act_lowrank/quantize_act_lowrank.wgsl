@@ -1,7 +1,7 @@
 // quantize_act_lowrank: one pass over X [M, K] writes
 //   lora_act [M, R] f32 = X · lora_downᵀ            (raw X; lora_down [R, K] f16 bits, 2 per u32)
 //   qact [M, K/8] u32 + ascales [M, K/G] f32        (X / smooth, per token and group, 4-bit)
-// following quantizeAct in quant/packing.ts exactly (see ARCHITECTURE.md "Packed layouts").
+// following quantizeAct in formats/packing.ts exactly (see ARCHITECTURE.md "Packed layouts").
 //
 // A workgroup of 256 invocations owns TM = 4·QUADS rows and walks K in chunks of CK = 512/QUADS
 // columns, so one chunk is TM × CK = 2048 elements = one 8-element word per invocation.

@@ -10,10 +10,10 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type Dispatch, getGpu, type Gpu } from "../../runtime/device.ts";
-import { groupSize, packF16 } from "../../quant/packing.ts";
+import { type Dispatch, getGpu, type Gpu } from "../../gpu/device.ts";
+import { groupSize, packF16 } from "../../formats/packing.ts";
 import { fmtTiming, timeDispatches, type Timing } from "../_bench.ts";
-import { Rng } from "../_testing.ts";
+import { Rng } from "../../gpu/_testing.ts";
 import { actBytes, toActArray } from "../_wgsl.ts";
 import {
   bufferSizes,
@@ -44,7 +44,7 @@ export interface QuantizeActLowrankTiming extends Timing {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { benchQuantizeActLowrank } from "./quantize_act_lowrank_bench.ts";
  * const t = await benchQuantizeActLowrank(await getGpu(), {
  *   m: 4096, k: 3072, r: 32, mode: "int4", dtype: "f16", smooth: true,

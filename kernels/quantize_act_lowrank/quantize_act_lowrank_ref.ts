@@ -1,7 +1,7 @@
 /**
  * CPU reference of `quantize_act_lowrank` (the specification): the low-rank down-projection in
  * float64 and the 4-bit quantization of `X / smooth` by {@linkcode quantizeAct} from
- * quant/packing.ts, whose f32 arithmetic the kernel reproduces.
+ * formats/packing.ts, whose f32 arithmetic the kernel reproduces.
  *
  * @module
  */
@@ -10,7 +10,7 @@ import {
   type ActMode,
   type QuantAct,
   quantizeAct,
-} from "../../quant/packing.ts";
+} from "../../formats/packing.ts";
 
 /** Inputs of the reference: plain values (X already rounded to its storage dtype). */
 export interface QuantizeActLowrankRefInputs {

@@ -23,10 +23,10 @@ import {
   packF16,
   type QuantAct,
   roundBf16,
-} from "../../quant/packing.ts";
-import type { Gpu } from "../../runtime/device.ts";
+} from "../../formats/packing.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import { type ActDtype, toActArray } from "../_wgsl.ts";
-import { freshRng, HAS_GPU, NO_GPU_REASON, poison, type Rng, testGpu } from "../_testing.ts";
+import { freshRng, HAS_GPU, NO_GPU_REASON, poison, type Rng, testGpu } from "../../gpu/_testing.ts";
 import {
   bufferSizes,
   QuantizeActLowrank,
@@ -34,7 +34,7 @@ import {
   type QuantizeActLowrankShape,
 } from "./quantize_act_lowrank.ts";
 import { quantizeActLowrankRef } from "./quantize_act_lowrank_ref.ts";
-import { geluTanh } from "../../runtime/activations.ts";
+import { geluTanh } from "../../gpu/activations.ts";
 
 if (!HAS_GPU) console.log(`quantize_act_lowrank GPU tests skipped: ${NO_GPU_REASON}`);
 

@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { freshRng } from "../_testing.ts";
+import { freshRng } from "../../gpu/_testing.ts";
 import {
   denseMasks,
   invertPerm,

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../../runtime/device.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import {
   bindBuffers,
   type BufferRow,
@@ -199,7 +199,7 @@ function scratch(s: SparseAttentionShape): Scratch {
  *
  * @example
  * ```ts ignore
- * import { Gpu } from "../../runtime/device.ts";
+ * import { Gpu } from "../../gpu/device.ts";
  * import { denseMasks, tokenOrder } from "./layout.ts";
  * import { SparseAttention, uploadSparsePlan } from "./sparse_attention.ts";
  * const gpu = await Gpu.create();
@@ -368,7 +368,7 @@ export class SparseAttention {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { sparseAttention } from "./sparse_attention.ts";
  * const gpu = await getGpu();
  * // qkv, o as for flashAttention; perm, offsets, indices from uploadSparsePlan
@@ -396,7 +396,7 @@ export async function sparseAttention(
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { denseMasks, tileCount, tokenOrder } from "./layout.ts";
  * import { uploadSparsePlan } from "./sparse_attention.ts";
  * const gpu = await getGpu();

@@ -17,9 +17,9 @@
  *
  * @module
  */
-import type { Gpu } from "../../runtime/device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import { type KernelTiming, timeKernel } from "../_gpu_time.ts";
-import { Rng } from "../_testing.ts";
+import { Rng } from "../../gpu/_testing.ts";
 import type { ActDtype } from "../_wgsl.ts";
 import { benchFlashAttention } from "../flash_attention/flash_attention_bench.ts";
 import { maskBytes, maskSet, orderApplies, tokenOrder } from "./layout.ts";
@@ -88,7 +88,7 @@ export function benchPlan(
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { benchSparseAttention } from "./sparse_attention_bench.ts";
  * const gpu = await getGpu();
  * const shape = { b: 1, t: 256, h: 2, d: 64, dtype: "f32", tile: 32, qk: "int8", pv: "f16" } as const;
@@ -144,7 +144,7 @@ export type SparseCompareShape = Omit<SparseAttentionShape, "qk" | "pv" | "scale
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../../runtime/device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { benchSparseVsFlash, printSparseRows } from "./sparse_attention_bench.ts";
  * const gpu = await getGpu();
  * const s = { b: 1, t: 256, h: 2, d: 64, dtype: "f32", tile: 32 } as const;
@@ -204,7 +204,7 @@ export function sparseBenchShapes(dtype: ActDtype, large: boolean): SparseCompar
 }
 
 if (import.meta.main) {
-  const { getGpu } = await import("../../runtime/device.ts");
+  const { getGpu } = await import("../../gpu/device.ts");
   const gpu = await getGpu();
   const large = Deno.args.includes("--large");
   const dtype: ActDtype = gpu.caps.shaderF16 ? "f16" : "f32";

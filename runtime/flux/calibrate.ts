@@ -7,7 +7,7 @@
  * @module
  */
 import { CalibRecorder, type CalibStats } from "../../quant/calib.ts";
-import type { Gpu } from "../device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import { FluxPipeline } from "./pipeline.ts";
 import { type FluxSource, FluxWeights } from "./weights.ts";
 import { AeCheckpoint } from "../autoencoder_keys.ts";

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { FormatError } from "../errors.ts";
+import { FormatError } from "../../gpu/errors.ts";
 
 /** FLUX transformer hyper-parameters, in BFL's `FluxParams` names. */
 export interface FluxConfig {

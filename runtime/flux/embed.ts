@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { silu } from "../activations.ts";
+import { silu } from "../../gpu/activations.ts";
 import type { FluxConfig } from "./config.ts";
 
 /** Width of FLUX's sinusoidal embedding. */

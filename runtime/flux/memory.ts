@@ -12,7 +12,7 @@
  */
 import type { ActDtype } from "../../kernels/_wgsl.ts";
 import { FLUX_POLICY, fluxTensorList } from "../../quant/flux_policy.ts";
-import type { LayerPolicyEntry } from "../../quant/format.ts";
+import type { LayerPolicyEntry } from "../../formats/format.ts";
 import { policyFor } from "../../quant/policy.ts";
 import { type FluxConfig, headDim, mlpWidth } from "./config.ts";
 

@@ -11,8 +11,8 @@
  *
  * @module
  */
-import { FormatError } from "../errors.ts";
-import { SafetensorsReader } from "../../quant/safetensors.ts";
+import { FormatError } from "../../gpu/errors.ts";
+import { SafetensorsReader } from "../../formats/safetensors.ts";
 
 /** Where each part of a FLUX model is. */
 export interface FluxModelParts {

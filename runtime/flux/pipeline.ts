@@ -13,7 +13,7 @@
 import type { ActDtype } from "../../kernels/_wgsl.ts";
 import type { CalibRecorder } from "../../quant/calib.ts";
 import { bucketOfStep } from "../../quant/paro.ts";
-import type { Gpu } from "../device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import { type DenoiseJob, runDenoise } from "../family.ts";
 import { flowEuler, fluxShift } from "../schedulers.ts";
 import { packLatents, unpackLatents } from "./embed.ts";

@@ -7,7 +7,7 @@
  */
 import { Autoencoder } from "../autoencoder.ts";
 import { AeCheckpoint } from "../autoencoder_keys.ts";
-import type { Gpu } from "../device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import { FLUX_T5_LENGTH, TextEncoders } from "../text/encoders.ts";
 import { fluxDefaultSize, resolveFluxModel } from "./model_folder.ts";
 import { FluxPipeline, type FluxRequest, type FluxResult } from "./pipeline.ts";

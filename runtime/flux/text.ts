@@ -27,7 +27,7 @@ export function conditioningOf(embeddings: readonly PromptEmbedding[]): FluxCond
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { TextEncoders } from "../text/encoders.ts";
  * import { textConditioner } from "./text.ts";
  * const gpu = await getGpu();

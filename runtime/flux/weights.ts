@@ -18,11 +18,11 @@
  *
  * @module
  */
-import { FormatError } from "../errors.ts";
+import { FormatError } from "../../gpu/errors.ts";
 import type { StoredTensor } from "../linear.ts";
 import { ModelFile } from "../model_file.ts";
-import type { LayerPolicyEntry } from "../../quant/format.ts";
-import { SafetensorsReader } from "../../quant/safetensors.ts";
+import type { LayerPolicyEntry } from "../../formats/format.ts";
+import { SafetensorsReader } from "../../formats/safetensors.ts";
 import {
   type FluxConfig,
   fluxConfigFromBfl,

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { SafetensorsReader, SafetensorsWriter } from "../../quant/safetensors.ts";
+import { SafetensorsReader, SafetensorsWriter } from "../../formats/safetensors.ts";
 
 /** Fixture folder URL. */
 export const TEXT_FIXTURES = new URL("../../tests/fixtures/text/", import.meta.url);

@@ -7,12 +7,12 @@
  *
  * @module
  */
-import { GROUP_SIZE_INT4, packF16, quantizeWeight } from "../../quant/packing.ts";
+import { GROUP_SIZE_INT4, packF16, quantizeWeight } from "../../formats/packing.ts";
 import { quantizeWeightClipped } from "../../quant/clip.ts";
 import { quantizeRowsInt8 } from "../../quant/baselines.ts";
 import type { ActDtype } from "../../kernels/_wgsl.ts";
 import { GemmW8A16 } from "../../kernels/gemm_w8a16/gemm_w8a16.ts";
-import type { Gpu } from "../device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import type { StoredTensor } from "../linear.ts";
 import { createLinear, type LinearOp } from "../linears.ts";
 

@@ -7,8 +7,8 @@
  *
  * @module
  */
-import { Rng } from "../../kernels/_testing.ts";
-import { SafetensorsWriter } from "../../quant/safetensors.ts";
+import { Rng } from "../../gpu/_testing.ts";
+import { SafetensorsWriter } from "../../formats/safetensors.ts";
 import type { T5Config } from "./t5.ts";
 
 /** The config.json form of `cfg` (what `t5ConfigFrom` reads). */

@@ -3,13 +3,13 @@
  * shards `model-0000k-of-0000n.safetensors` listed by `model.safetensors.index.json`
  * (`{ "metadata": {...}, "weight_map": { tensor: shard file } }`), with `config.json` beside
  * them (or the JSON config in the safetensors metadata `config`). Tensors are read one at a time
- * from their shard (streamed by quant/safetensors.ts), so a 9.5 GB T5-XXL never sits in memory
+ * from their shard (streamed by formats/safetensors.ts), so a 9.5 GB T5-XXL never sits in memory
  * whole.
  *
  * @module
  */
-import { FormatError } from "../errors.ts";
-import { type Dtype, SafetensorsReader } from "../../quant/safetensors.ts";
+import { FormatError } from "../../gpu/errors.ts";
+import { type Dtype, SafetensorsReader } from "../../formats/safetensors.ts";
 
 /** A tensor's dtype and shape. */
 export interface TensorMeta {

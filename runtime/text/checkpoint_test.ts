@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Checkpoint } from "./checkpoint.ts";
 import { compactTable } from "./_linears.ts";
-import { FormatError } from "../errors.ts";
+import { FormatError } from "../../gpu/errors.ts";
 import { shardCheckpoint as shard } from "./_golden.ts";
 
 const T5 = new URL("../../tests/fixtures/text/t5_tiny.safetensors", import.meta.url).pathname;

@@ -19,8 +19,8 @@ import { AddNorm } from "../../kernels/add_norm/add_norm.ts";
 import { FfnAct } from "../../kernels/ffn_act/ffn_act.ts";
 import { FlashAttention } from "../../kernels/flash_attention/flash_attention.ts";
 import { actBytes, type ActDtype } from "../../kernels/_wgsl.ts";
-import type { Dispatch, Gpu } from "../device.ts";
-import { FormatError } from "../errors.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
+import { FormatError } from "../../gpu/errors.ts";
 import type { LinearOp } from "../linears.ts";
 import { Checkpoint } from "./checkpoint.ts";
 import { Serial } from "./_serial.ts";
@@ -164,7 +164,7 @@ interface Parts {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { ClipTextEncoder } from "./clip.ts";
  * const gpu = await getGpu();
  * const clip = await ClipTextEncoder.create(gpu, "FLUX.1-schnell/text_encoder");

@@ -4,7 +4,7 @@
  * output, in f32 (bound 1e-5 of each tensor's max |value|) and f16 (measured bound, below).
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "../../gpu/_testing.ts";
 import { clipConfigFrom, clipEosIndex, ClipTextEncoder } from "./clip.ts";
 import { fixturePath, readGolden, scaledError } from "./_golden.ts";
 

@@ -12,7 +12,7 @@
  * @module
  */
 import type { ActDtype } from "../../kernels/_wgsl.ts";
-import type { Gpu } from "../device.ts";
+import type { Gpu } from "../../gpu/device.ts";
 import { ClipTextEncoder } from "./clip.ts";
 import { T5Encoder } from "./t5.ts";
 import type { TextTokenizer } from "./tokenizer.ts";
@@ -108,7 +108,7 @@ export async function loadTokenizer(path: string): Promise<TextTokenizer> {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { TextEncoders } from "./encoders.ts";
  * const gpu = await getGpu();
  * const text = await TextEncoders.fromFluxFolder(gpu, "FLUX.1-schnell", { variant: "schnell" });

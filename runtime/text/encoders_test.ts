@@ -5,7 +5,7 @@
  * the same embedding without GPU work; `offload()` frees the encoders and they reload on demand.
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "../../gpu/_testing.ts";
 import { clearPromptCache, TextEncoders, truncationWarning } from "./encoders.ts";
 import { fixturePath, readGolden, scaledError, shardCheckpoint } from "./_golden.ts";
 

@@ -24,8 +24,8 @@ import {
   FlashAttention,
 } from "../../kernels/flash_attention/flash_attention.ts";
 import { actBytes, type ActDtype } from "../../kernels/_wgsl.ts";
-import type { Dispatch, Gpu } from "../device.ts";
-import { FormatError } from "../errors.ts";
+import type { Dispatch, Gpu } from "../../gpu/device.ts";
+import { FormatError } from "../../gpu/errors.ts";
 import type { StoredTensor } from "../linear.ts";
 import type { LinearOp } from "../linears.ts";
 import { Checkpoint } from "./checkpoint.ts";
@@ -180,7 +180,7 @@ interface Block {
  *
  * @example
  * ```ts ignore
- * import { getGpu } from "../device.ts";
+ * import { getGpu } from "../../gpu/device.ts";
  * import { T5Encoder } from "./t5.ts";
  * const gpu = await getGpu();
  * const t5 = await T5Encoder.create(gpu, "FLUX.1-schnell/text_encoder_2", { length: 256 });

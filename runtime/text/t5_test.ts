@@ -6,7 +6,7 @@
  * exceeds 65504, where an f16 residual would be inf and ours matches the float64 reference.
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "../../gpu/_testing.ts";
 import {
   bucketTable,
   relativePositionBucket,
@@ -15,7 +15,7 @@ import {
   t5PositionBias,
 } from "./t5.ts";
 import { t5EncoderRef } from "./t5_ref.ts";
-import { numel, SafetensorsWriter } from "../../quant/safetensors.ts";
+import { numel, SafetensorsWriter } from "../../formats/safetensors.ts";
 import { Checkpoint } from "./checkpoint.ts";
 import { fixturePath, readGolden, scaledError, shardCheckpoint } from "./_golden.ts";
 

@@ -21,7 +21,7 @@
  * @module
  */
 import { Tokenizer } from "@huggingface/tokenizers";
-import { FormatError } from "../errors.ts";
+import { FormatError } from "../../gpu/errors.ts";
 
 /** Options of {@linkcode TextTokenizer.fromJSON} and {@linkcode TextTokenizer.load}. */
 export interface TextTokenizerOptions {

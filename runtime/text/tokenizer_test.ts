@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { TextTokenizer } from "./tokenizer.ts";
-import { FormatError } from "../errors.ts";
+import { FormatError } from "../../gpu/errors.ts";
 
 const FIX = new URL("../../tests/fixtures/text/", import.meta.url);
 const pairs = JSON.parse(await Deno.readTextFile(new URL("tokenizer_pairs.json", FIX)));
@@ -146,7 +146,9 @@ Deno.test("only runtime/text/tokenizer.ts imports the npm tokenizer, and only la
       }
     }
   };
-  for (const d of ["runtime/", "kernels/", "quant/"]) await walk(new URL(d, root));
+  for (const d of ["gpu/", "formats/", "kernels/", "quant/", "runtime/", "convert/"]) {
+    await walk(new URL(d, root));
+  }
   const mod = await Deno.readTextFile(new URL("mod.ts", root));
   if (/^export \{[^}]*\} from "\.\/runtime\/text\/tokenizer\.ts"/m.test(mod)) {
     offenders.push("mod.ts re-exports tokenizer.ts values");

@@ -4,7 +4,7 @@
 // for the same request (computed once here). The fake-engine versions of these tests (fleet_test.ts,
 // fleet_failure_test.ts) pin the queue's semantics with known job times.
 import assert from "node:assert/strict";
-import { HAS_GPU } from "../../kernels/_testing.ts";
+import { HAS_GPU } from "../../gpu/_testing.ts";
 import { NO_NATS_REASON } from "./_nats_testing.ts";
 import {
   BUNDLED,

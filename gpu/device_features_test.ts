@@ -4,7 +4,7 @@
 // Gpu.pipeline whichever way the engine wants it; the browser side is checked in
 // web/device_browser_test.ts (Chromium reports subgroupsEnable = true there).
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "./_testing.ts";
 import { usesSubgroups } from "./device.ts";
 
 Deno.test("device: usesSubgroups finds subgroup builtins and an existing enable line", () => {

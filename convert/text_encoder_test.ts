@@ -1,5 +1,5 @@
 /**
- * Weight-only quantized T5 (quant/text_encoder.ts): the written file's tensors, its loading by
+ * Weight-only quantized T5 (convert/text_encoder.ts): the written file's tensors, its loading by
  * T5Encoder (same results as quantizing at load for w8a16, whose rounding is the same), refusals,
  * the CLI, and the measured quality (encoder-output cosine vs the f32 float encoder):
  * - tiny fixture (d 64, 2 layers, 2 × 40 tokens): w8a16 0.99994, w4a16 (RTN at load) 0.980;
@@ -10,8 +10,8 @@
  * default of `deno task quantize:text`.
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
-import { SafetensorsReader } from "./safetensors.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "../gpu/_testing.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
 import { quantizeTextEncoder } from "./text_encoder.ts";
 import { T5Encoder } from "../runtime/text/t5.ts";
 import { writeRandomT5 } from "../runtime/text/_random.ts";

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { ensureRuntimeDir, Gpu } from "../runtime/device.ts";
+import { ensureRuntimeDir, Gpu } from "./device.ts";
 
 /** A small, fast, seedable PRNG (mulberry32) with uniform and Gaussian draws. */
 export class Rng {

@@ -4,7 +4,7 @@
  * FFN linear (`SelfAttention.{q,k,v,o}`, `DenseReluDense.{wi_0,wi_1,wo}`) becomes
  *
  * - `w4a16`: `<base>.qweight` U32 [N, K/8] INT4 codes + `<base>.wscales` F16 [N, K/64]
- *   (one scale per group of 64 along K, quant/packing.ts layout, each group's clipping ratio
+ *   (one scale per group of 64 along K, formats/packing.ts layout, each group's clipping ratio
  *   searched by quant/clip.ts), or
  * - `w8a16`: `<base>.qweight` I8 [N, K] + `<base>.wscales` F32 [N] (one scale per output
  *   channel, absmax/127);
@@ -16,10 +16,10 @@
  *
  * @module
  */
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import { Checkpoint } from "../runtime/text/checkpoint.ts";
 import { quantizeInt4, quantizeInt8, W4A16_GROUP } from "../runtime/text/_linears.ts";
-import { type Dtype, DTYPE_BYTES, SafetensorsWriter } from "./safetensors.ts";
+import { type Dtype, DTYPE_BYTES, SafetensorsWriter } from "../formats/safetensors.ts";
 
 /** Weight-only methods for text encoders. */
 export type TextQuantMethod = "w4a16" | "w8a16";

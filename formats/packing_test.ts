@@ -4,8 +4,8 @@
  * random shapes. CPU only.
  */
 import assert from "node:assert/strict";
-import { geluTanh as gelu } from "../runtime/activations.ts";
-import { freshRng, maxErrors, type Rng } from "../kernels/_testing.ts";
+import { geluTanh as gelu } from "../gpu/activations.ts";
+import { freshRng, maxErrors, type Rng } from "../gpu/_testing.ts";
 import {
   actCodes,
   actGroupScales,

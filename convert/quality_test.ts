@@ -5,13 +5,13 @@
  * `budget` meets its bytes and beats the uniform policy of the same bytes.
  */
 import assert from "node:assert/strict";
-import { syntheticStats } from "./calib.ts";
-import { QuantFile } from "./format.ts";
-import { quantizeLinear, quantizeLinearRanks } from "./layer.ts";
+import { syntheticStats } from "../quant/calib.ts";
+import { QuantFile } from "../formats/format.ts";
+import { quantizeLinear, quantizeLinearRanks } from "../quant/layer.ts";
 import { quantizeCheckpoint } from "./model.ts";
-import { type BudgetLayer, type BudgetPlan, parseBudget, planBudget } from "./budget.ts";
-import { SafetensorsReader } from "./safetensors.ts";
-import { DEFAULT_ALPHAS, searchSmoothing } from "./smooth.ts";
+import { type BudgetLayer, type BudgetPlan, parseBudget, planBudget } from "../quant/budget.ts";
+import { SafetensorsReader } from "../formats/safetensors.ts";
+import { DEFAULT_ALPHAS, searchSmoothing } from "../quant/smooth.ts";
 
 const FIXTURE = new URL("../tests/fixtures/tiny_dit.safetensors", import.meta.url).pathname;
 

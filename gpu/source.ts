@@ -1,7 +1,7 @@
 /**
  * Where model bytes come from: the {@linkcode ByteSource} interface (a size and random-access
  * reads) that the safetensors reader, the quantized-file reader and the model file read through,
- * so the same code opens a local file in Deno (runtime/file_source.ts) and a file served over
+ * so the same code opens a local file in Deno (gpu/file_source.ts) and a file served over
  * HTTP or cached in a browser. This module uses Web APIs only (no Deno API): `fetch` with Range
  * requests, `Blob`, `Uint8Array`.
  *

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import {
   computeChecksum,
   FORMAT_VERSION,

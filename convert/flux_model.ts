@@ -6,22 +6,22 @@
  *
  * @module
  */
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import { FluxWeights } from "../runtime/flux/weights.ts";
-import type { CalibStats } from "./calib.ts";
+import type { CalibStats } from "../quant/calib.ts";
 import {
   type LayerPolicyEntry,
   type QuantConfig,
   type QuantTensor,
   writeQuantFile,
-} from "./format.ts";
-import { quantizeLinear } from "./layer.ts";
+} from "../formats/format.ts";
+import { quantizeLinear } from "../quant/layer.ts";
 import type { LayerReport, ModelMethod } from "./model.ts";
-import type { MatMul } from "./linalg.ts";
-import { groupSize, type WeightFormat } from "./packing.ts";
-import { FLUX_POLICY, fluxTensorList } from "./flux_policy.ts";
-import { type LayerPolicyRule, policyFor } from "./policy.ts";
-import { fromFloat32 } from "./safetensors.ts";
+import type { MatMul } from "../quant/linalg.ts";
+import { groupSize, type WeightFormat } from "../formats/packing.ts";
+import { FLUX_POLICY, fluxTensorList } from "../quant/flux_policy.ts";
+import { type LayerPolicyRule, policyFor } from "../quant/policy.ts";
+import { fromFloat32 } from "../formats/safetensors.ts";
 
 /** Options of {@linkcode quantizeFlux}. */
 export interface QuantizeFluxOptions {

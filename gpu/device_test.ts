@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { getGpu, Gpu } from "./device.ts";
 import { GpuDeviceLostError, GpuValidationError } from "./errors.ts";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, testGpu } from "./_testing.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON
 if (ignore) console.warn(`device tests skipped: ${NO_GPU_REASON}`);

@@ -6,7 +6,7 @@
  * - `format`: `"w4-diffusion"`; `format_version`: `"1"` ({@link FORMAT_VERSION});
  * - `quant_config`: {@link QuantConfig}; `model_config`: the float model's hyper-parameters;
  *   `family`: e.g. `"dit"`; `policy`: per layer name, the {@link LayerPolicyEntry} applied;
- * - `checksum`: `"fnv1a64:<16 hex>"` (see quant/checksum.ts) over the data region's bytes in
+ * - `checksum`: `"fnv1a64:<16 hex>"` (see formats/checksum.ts) over the data region's bytes in
  *   file order, followed by the UTF-8 of {@link canonicalDescription} (the tensor table and all
  *   other metadata), so renamed tensors or edited metadata are caught as well as flipped bytes.
  *
@@ -33,8 +33,8 @@
  * @module
  */
 
-import { FormatError } from "../runtime/errors.ts";
-import type { ByteSource } from "../runtime/source.ts";
+import { FormatError } from "../gpu/errors.ts";
+import type { ByteSource } from "../gpu/source.ts";
 import { Checksum, CHECKSUM_ALGORITHM } from "./checksum.ts";
 import {
   type Dtype,
@@ -82,7 +82,7 @@ export interface LayerPolicyEntry {
   actMode?: string;
   /**
    * Activation rounding convention of W4A4 layers: absent (ours) or `"nunchaku"` (layers imported
-   * from Nunchaku checkpoints; quant/packing.ts `quantizeAct`).
+   * from Nunchaku checkpoints; formats/packing.ts `quantizeAct`).
    */
   convention?: string;
 }
@@ -393,7 +393,7 @@ export function decodeMeta(file: string, metadata: Record<string, string>): Quan
 export class QuantFile {
   /** The decoded metadata. */
   readonly meta: QuantFileMeta;
-  /** Reads the tensors (packed layouts of quant/packing.ts). */
+  /** Reads the tensors (packed layouts of formats/packing.ts). */
   readonly reader: SafetensorsReader;
 
   private constructor(meta: QuantFileMeta, reader: SafetensorsReader) {

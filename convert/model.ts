@@ -7,13 +7,18 @@
  * @module
  */
 import { inferDitConfig, isPublicDit } from "../runtime/dit_public.ts";
-import { FormatError } from "../runtime/errors.ts";
+import { FormatError } from "../gpu/errors.ts";
 import { assertFinite } from "../runtime/model_check.ts";
 import { ModelFile } from "../runtime/model_file.ts";
-import type { CalibStats, LayerStats } from "./calib.ts";
-import { writeQuantFile } from "./format.ts";
-import type { LayerPolicyEntry, QuantConfig, QuantTensor } from "./format.ts";
-import { type Method, type QuantizedLinear, quantizeLinear, quantizeLinearRanks } from "./layer.ts";
+import type { CalibStats, LayerStats } from "../quant/calib.ts";
+import { writeQuantFile } from "../formats/format.ts";
+import type { LayerPolicyEntry, QuantConfig, QuantTensor } from "../formats/format.ts";
+import {
+  type Method,
+  type QuantizedLinear,
+  quantizeLinear,
+  quantizeLinearRanks,
+} from "../quant/layer.ts";
 import {
   type Budget,
   BUDGET_FORMATS,
@@ -22,11 +27,11 @@ import {
   type BudgetLayer,
   type BudgetPlan,
   planBudget,
-} from "./budget.ts";
-import type { MatMul } from "./linalg.ts";
-import { groupSize, type WeightFormat } from "./packing.ts";
-import { DEFAULT_DIT_POLICY, type LayerPolicyRule, policyFor } from "./policy.ts";
-import { fromFloat32, SafetensorsReader } from "./safetensors.ts";
+} from "../quant/budget.ts";
+import type { MatMul } from "../quant/linalg.ts";
+import { groupSize, type WeightFormat } from "../formats/packing.ts";
+import { DEFAULT_DIT_POLICY, type LayerPolicyRule, policyFor } from "../quant/policy.ts";
+import { fromFloat32, SafetensorsReader } from "../formats/safetensors.ts";
 
 /** Methods that replace the policy's W4A4 method for every W4A4 layer. */
 export type ModelMethod = Exclude<Method, "float">;

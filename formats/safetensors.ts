@@ -28,9 +28,9 @@
  * @module
  */
 
-import { FormatError } from "../runtime/errors.ts";
-import { type ByteSource, isByteSource } from "../runtime/source.ts";
-import { openFileSource } from "../runtime/file_source.ts";
+import { FormatError } from "../gpu/errors.ts";
+import { type ByteSource, isByteSource } from "../gpu/source.ts";
+import { openFileSource } from "../gpu/file_source.ts";
 
 /** Element types this module reads and writes (safetensors names). */
 export type Dtype =

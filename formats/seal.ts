@@ -1,12 +1,12 @@
 /**
  * Sealing a float checkpoint: the same tensors and metadata plus a `checksum` entry, computed as
- * for the pre-quantized format (quant/format.ts: FNV-1a 64 over the data region, then the
+ * for the pre-quantized format (formats/format.ts: FNV-1a 64 over the data region, then the
  * canonical description of the tensor table and every other metadata entry). The runtime verifies
  * it when present (runtime/model_file.ts), so a flipped weight byte or an edited `model_config`
  * is refused instead of generating a different image. A checkpoint without the key (e.g. straight
  * from PyTorch) still loads, unverified.
  *
- * Usage: `deno run --allow-read --allow-write quant/seal.ts <in.safetensors> [out]` (default: in
+ * Usage: `deno run --allow-read --allow-write formats/seal.ts <in.safetensors> [out]` (default: in
  * place, atomically).
  *
  * @module
@@ -67,7 +67,7 @@ export async function sealCheckpoint(input: string, output: string = input): Pro
 if (import.meta.main) {
   const [input, output] = Deno.args;
   if (!input) {
-    console.error("usage: deno run -RW quant/seal.ts <in.safetensors> [out.safetensors]");
+    console.error("usage: deno run -RW formats/seal.ts <in.safetensors> [out.safetensors]");
     Deno.exit(2);
   }
   await sealCheckpoint(input, output ?? input);
