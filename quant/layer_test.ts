@@ -124,11 +124,21 @@ Deno.test("quantizeLinear: post-GELU input → unsigned activations, shift folde
     stats,
     postGelu: true,
   });
-  console.log(`post-GELU svdquant ${q.relError.toFixed(4)}, rtn ${rtn.relError.toFixed(4)}`);
-  assert.ok(
-    q.relError < 0.1 && rtn.relError < 0.2,
-    "the unsigned mode keeps post-GELU errors small",
+  const signed = await quantizeLinear("fc2", w, null, n, k, {
+    method: "rtn",
+    format: "int4",
+    r: 0,
+    stats,
+  });
+  console.log(
+    `post-GELU svdquant ${q.relError.toFixed(4)}, rtn ${rtn.relError.toFixed(4)}, ` +
+      `rtn signed ${signed.relError.toFixed(4)}`,
   );
+  assert.equal(signed.actMode, "int4");
+  // RTN's own error spreads with the seed (0.09–0.20 over seeds); the claim is the comparison:
+  // on post-GELU inputs the unsigned mode beats signed INT4 at the same bits
+  assert.ok(q.relError < 0.1, "SVDQuant keeps the post-GELU error small");
+  assert.ok(rtn.relError < signed.relError, "the unsigned mode beats signed INT4 after a GELU");
   const nv = await quantizeLinear("fc2", w, null, n, k, {
     method: "rtn",
     format: "nvfp4",
