@@ -97,3 +97,65 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "web: a prompt longer than CLIP's 77 tokens: X-Prompt-Truncated, SSE done field, page note",
+  ignore: !HAS_GPU, // NO_GPU_REASON explains the skip
+  async fn() {
+    const engine = await PipelineEngine.create([
+      {
+        id: "flux-tiny",
+        path: new URL("../tests/fixtures/flux_tiny_model", import.meta.url).pathname,
+        offloadText: true,
+      },
+    ]);
+    // 134 CLIP tokens with the tiny tokenizer (200 characters, the API's limit); T5 keeps 512
+    const long = "a red apple on a wooden table beside a window, soft morning light, ".repeat(3)
+      .slice(0, 200);
+    try {
+      const app = createApp({ engine, log: () => {} });
+      const post = (prompt: string) =>
+        app.request("/api/generate", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ prompt, steps: 1, seed: 3 }),
+        });
+      const res = await post(long);
+      assert.equal(res.status, 200, await res.clone().text());
+      assert.equal(res.headers.get("X-Prompt-Truncated"), "clip");
+      assert.equal(
+        res.headers.get("X-Prompt-Warning"),
+        "prompt truncated: CLIP kept 77 of 134 tokens",
+      );
+      await res.body?.cancel();
+      const short = await post("a red apple");
+      assert.equal(short.status, 200);
+      assert.equal(short.headers.get("X-Prompt-Truncated"), null);
+      await short.body?.cancel();
+
+      const q = new URLSearchParams({ prompt: long, steps: "1", seed: "3" });
+      const sse = await (await app.request(`/api/generate/stream?${q}`)).text();
+      const done = sse.split("\n\n").find((e) => e.startsWith("event: done"));
+      assert.ok(done, sse.slice(0, 500));
+      const d = JSON.parse(done.slice(done.indexOf("data: ") + 6));
+      assert.deepEqual(d.truncated, {
+        parts: ["clip"],
+        warning: "prompt truncated: CLIP kept 77 of 134 tokens",
+      });
+
+      const form = await app.request("/", {
+        method: "POST",
+        headers: { "Content-Type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams({ prompt: long, steps: "1", seed: "3" }).toString(),
+      });
+      const html = await form.text();
+      assert.equal(form.status, 200, html.slice(0, 500));
+      assert.match(
+        html,
+        /<p id="status" class(="")? role="status">prompt truncated: CLIP kept 77 of 134 tokens<\/p>/,
+      );
+    } finally {
+      engine.destroy();
+    }
+  },
+});
