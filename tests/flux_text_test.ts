@@ -7,6 +7,7 @@
  *   stay resident and load once.
  * - `deno task gen` with a prompt longer than CLIP's 77 tokens warns on stderr and still writes
  *   the image.
+ * - `deno task bench:flux --small` times the text encoders (CLIP, T5 per format) after the step.
  * - The final images' PSNR with T5 quantized (W8A16, W4A16 group 64) against the 16-bit T5
  *   (fixed seed, 4 steps). The tiny model's weights are random, so the figures say how much the
  *   quantized T5 moves this pipeline's image, not how FLUX.1 with T5-XXL behaves. Bound: W8A16
@@ -154,5 +155,29 @@ Deno.test({
       ae.destroy();
       w.close();
     }
+  },
+});
+
+Deno.test({
+  name: "deno task bench:flux --small includes the text encoders (CLIP + T5, per format)",
+  ignore,
+  async fn() {
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "bench:flux", "--small", "--precisions", "int4", "--text-formats", "w8a16"],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+    const dec = new TextDecoder(), out = dec.decode(r.stdout), err = dec.decode(r.stderr);
+    assert.equal(r.code, 0, out + err);
+    assert.match(out, /^int4 +double [\d.]+ ms/m);
+    assert.match(out, /text encoders on .*T5 d=256 d_ff=512 1 layers × 64 tokens; CLIP/);
+    assert.match(out, /^T5 +w8a16 +load +[\d.]+ s +weights .* [\d.]+ ms\/encode/m);
+    assert.match(out, /^CLIP +w8a16 +load +[\d.]+ s +weights .* [\d.]+ ms\/encode/m);
+    assert.match(
+      out,
+      /^text per new prompt \(T5 w8a16 scaled to 24 layers \+ CLIP w8a16\): [\d.]+ ms = [\d.]+ int4 steps$/m,
+    );
   },
 });
