@@ -7,10 +7,21 @@
  */
 import assert from "node:assert/strict";
 import { HAS_GPU, NO_GPU_REASON } from "../kernels/_testing.ts";
+import { FakeEngine } from "./_fake.ts";
 import { createApp } from "./app.ts";
-import { type ModelInfo, PipelineEngine } from "./engine.ts";
+import { buildClient } from "./build.ts";
+import { type EngineRequest, type EngineResult, type ModelInfo, PipelineEngine } from "./engine.ts";
 import { renderPage } from "./page.tsx";
 import { parseParams } from "./params.ts";
+
+const CHROMIUM = "/usr/bin/chromium";
+const HAS_CHROMIUM = (() => {
+  try {
+    return Deno.statSync(CHROMIUM).isFile;
+  } catch {
+    return false;
+  }
+})();
 
 const FLUX_INFO: ModelInfo = {
   id: "flux-tiny",
@@ -156,6 +167,53 @@ Deno.test({
       );
     } finally {
       engine.destroy();
+    }
+  },
+});
+
+Deno.test({
+  name: "web (chromium): the page shows the truncation warning beside the result",
+  ignore: !HAS_CHROMIUM, // CHROMIUM is absent: apt-get install -y chromium (.ci/run does)
+  sanitizeResources: false,
+  async fn() {
+    // the page's script is under test: an engine that reports a truncated prompt suffices
+    class Truncating extends FakeEngine {
+      override async generate(req: EngineRequest): Promise<EngineResult> {
+        const r = await super.generate(req);
+        return {
+          ...r,
+          truncated: { parts: ["clip"], warning: "prompt truncated: CLIP kept 77 of 134 tokens" },
+        };
+      }
+    }
+    const engine = new Truncating(1);
+    const app = createApp({ engine, clientJs: await buildClient(null), log: () => {} });
+    const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+    try {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("./_browser_driver.ts", import.meta.url).pathname,
+          `http://127.0.0.1:${server.addr.port}/`,
+          "",
+          engine.models()[0].classes[1],
+          "status",
+        ],
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, `the driver failed:\n${stderr.slice(-3000)}`);
+      const r = JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)!);
+      assert.match(
+        r.status,
+        /^done in [\d.]+ s \(prompt truncated: CLIP kept 77 of 134 tokens\)$/,
+      );
+      assert.deepEqual(r.errors, []);
+    } finally {
+      await server.shutdown();
     }
   },
 });
