@@ -357,7 +357,11 @@ export { calibrateFlux, calibrateFluxPrompts } from "./runtime/flux/calibrate.ts
 export type { FluxPromptCalibOptions } from "./runtime/flux/calibrate.ts";
 export { conditioningOf, textConditioner } from "./runtime/flux/text.ts";
 export { fluxModelInfo, latentPreview, ResidentFlux } from "./runtime/flux/resident.ts";
-export type { FluxModelInfo } from "./runtime/flux/resident.ts";
+export type {
+  FluxModelInfo,
+  ResidentFluxOptions,
+  ResidentFluxResult,
+} from "./runtime/flux/resident.ts";
 export type { FluxCalibOptions, FluxCalibSample } from "./runtime/flux/calibrate.ts";
 export { runDenoise } from "./runtime/family.ts";
 export type { DenoiseJob, DenoiseOptions, DenoiseResult } from "./runtime/family.ts";

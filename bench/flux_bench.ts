@@ -15,11 +15,14 @@
  *
  * ```sh
  * deno task bench:flux [--small] [--precisions float,int4,nvfp4] [--f32]
+ *   [--text-formats float,w4a16,w8a16] [--t5-layers 1]
  * ```
  *
  * After the step table, the FLUX autoencoder's decode of the same image (random weights;
- * `--small`: a small autoencoder at 32²) — the other per-image cost. The text encoders have
- * their own bench (`deno task bench:text`; T5-XXL runs once per prompt, not per step).
+ * `--small`: a small autoencoder at 32²) and the text encoders (once per new prompt, not per
+ * step): CLIP-L at 77 tokens and T5-XXL at 512 tokens in each `--text-formats`, built with
+ * `--t5-layers` layers and scaled to 24 (bench/text_encoder_bench.ts's code, as `deno task
+ * bench:text` runs it; `--text-formats none` skips them).
  *
  * @module
  */
@@ -214,7 +217,8 @@ export async function benchFlux(
   }
 }
 
-const USAGE = "usage: deno task bench:flux [--small] [--precisions float,int4,nvfp4] [--f32]";
+const USAGE = "usage: deno task bench:flux [--small] [--precisions float,int4,nvfp4] [--f32] " +
+  "[--text-formats float,w4a16,w8a16|none] [--t5-layers 1]";
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -223,8 +227,18 @@ async function main(): Promise<void> {
       small: { type: "boolean", default: false },
       precisions: { type: "string", default: PRECISIONS.join(",") },
       f32: { type: "boolean", default: false },
+      "text-formats": { type: "string", default: "float,w4a16,w8a16" },
+      "t5-layers": { type: "string", default: "1" },
     },
   });
+  const { benchTextEncoders, parseTextFormats } = await import("./text_encoder_bench.ts");
+  const textFormats = values["text-formats"] === "none"
+    ? []
+    : parseTextFormats(values["text-formats"]);
+  const t5Layers = Number(values["t5-layers"]);
+  if (!(Number.isInteger(t5Layers) && t5Layers >= 1 && t5Layers <= 24)) {
+    fail(`--t5-layers must be an integer in 1..24, got "${values["t5-layers"]}"`, USAGE);
+  }
   const precisions = values.precisions.split(",").map((s) => s.trim()) as Precision[];
   const bad = precisions.find((p) => !PRECISIONS.includes(p));
   if (bad !== undefined || !precisions.length) {
@@ -277,6 +291,27 @@ async function main(): Promise<void> {
     dtype,
     reps: 1,
   });
+  // the text encoders, once per new prompt: CLIP-L + T5-XXL (one layer built, scaled to 24)
+  if (textFormats.length) {
+    const rows = await benchTextEncoders(gpu, {
+      small: values.small,
+      t5Layers,
+      reps: values.small ? 1 : 3,
+      formats: textFormats,
+      dtype,
+    });
+    const clip = rows.find((r) => r.model === "CLIP" && r.format === "float") ??
+      rows.find((r) => r.model === "CLIP")!;
+    const step = results[0];
+    for (const t5 of rows.filter((r) => r.model === "T5")) {
+      const ms = t5.fullMs + clip.ms;
+      console.log(
+        `text per new prompt (T5 ${t5.format} scaled to 24 layers + CLIP ` +
+          `${clip.format}): ${ms.toFixed(1)} ms = ${(ms / step.stepMs).toFixed(2)} ` +
+          `${step.precision} steps`,
+      );
+    }
+  }
   const f = results.find((r) => r.precision === "float");
   for (const r of results) {
     if (f && r !== f) {

@@ -39,6 +39,11 @@ export const FLUX_USAGE = `Usage: deno task gen "<prompt>" --model <FLUX.1 folde
   --n N                  images side by side in one PNG (default 1)
   --t5-weights W         float | w4a16 | w8a16 for T5-XXL (default float; a pre-quantized T5 wins)
   --vram GB              refuse before loading when the plan needs more than this
+  --offload-text         free the text encoders' GPU memory right after encoding, before the
+                         transformer loads. Always on for gen (one prompt per run, the parts are
+                         loaded one after another, and the plan's peak counts them apart); it is
+                         the option of deno task serve that matters, where without it the
+                         encoders stay resident between prompts
   --f32                  f32 activations (default f16 where the adapter has shader-f16)
   --out FILE             output PNG (default out.png)
   -h, --help             this text`;
@@ -72,6 +77,7 @@ export async function genFlux(args: string[]): Promise<void> {
       n: { type: "string", default: "1" },
       "t5-weights": { type: "string", default: "float" },
       vram: { type: "string" },
+      "offload-text": { type: "boolean", default: true }, // gen always offloads: see the usage
       f32: { type: "boolean", default: false },
       out: { type: "string", default: "out.png" },
       help: { type: "boolean", short: "h", default: false },
@@ -159,8 +165,9 @@ export async function genFlux(args: string[]): Promise<void> {
     for (const line of plan.lines) console.log(line);
     checkFluxPlan(plan, gpu.caps, vram);
 
-    // 1. text encoders: encode, then free them
+    // 1. text encoders: encode, then free them (--offload-text: always, for gen)
     const text = await TextEncoders.create(gpu, {
+      offload: true,
       clip: parts.clip,
       clipTokenizer: parts.clipTokenizer,
       t5: parts.t5,

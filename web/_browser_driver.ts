@@ -4,7 +4,8 @@
  * (run with the project's narrower permissions) spawns this script with -A and checks the JSON
  * it prints. Usage: deno run -A web/_browser_driver.ts <url> <screenshot.png> <prompt> [mode]
  * Modes: `generate` (default: generate, then the server's 400 and 429 messages on the page, the
- * per-browser gallery, the no-JavaScript post) and `login:<token>` (the sign-in form).
+ * per-browser gallery, the no-JavaScript post), `login:<token>` (the sign-in form) and `status`
+ * (generate once, print the status line the page ends with).
  *
  * @module
  */
@@ -29,12 +30,35 @@ const ctx = await chromium.launchPersistentContext(profile, {
 try {
   if (mode.startsWith("login:")) {
     console.log(JSON.stringify(await signIn(mode.slice(6))));
+  } else if (mode === "status") {
+    console.log(JSON.stringify(await finalStatus()));
   } else {
     console.log(JSON.stringify(await generate()));
   }
 } finally {
   await ctx.close();
   await Deno.remove(profile, { recursive: true }).catch(() => {});
+}
+
+/** Generate `prompt` once; the status line and caption the page ends with. */
+async function finalStatus() {
+  const page = ctx.pages()[0] ?? await ctx.newPage();
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(url);
+  await page.fill("#prompt", prompt);
+  await page.fill("#steps", "2");
+  await page.click("#go");
+  await page.waitForFunction(
+    () => /^(done|Cannot)/.test(document.getElementById("status")!.textContent ?? ""),
+    undefined,
+    { timeout: 60_000 },
+  );
+  return {
+    status: await page.textContent("#status"),
+    caption: await page.textContent("#caption"),
+    errors,
+  };
 }
 
 /** Status, result and caption as the page shows them after an error. */

@@ -223,7 +223,7 @@ export function createApp(opts: AppOptions): App {
   app.post("/", async (c) => {
     const text = await readBody(c.req.raw, bodyLimit);
     const values = Object.fromEntries(new URLSearchParams(text)) as Record<string, string>;
-    const page = (status: number, extra: { result?: Shot; error?: string }) =>
+    const page = (status: number, extra: { result?: Shot; error?: string; notice?: string }) =>
       c.html(
         renderPage({
           models: engine.models(),
@@ -244,7 +244,7 @@ export function createApp(opts: AppOptions): App {
       });
       const shot = { src: await imageUrl(r, p.model), caption: caption(p, r) };
       remember(shot);
-      return page(200, { result: shot });
+      return page(200, { result: shot, notice: r.truncated?.warning });
     } catch (e) {
       const f = toHttp(e, log);
       return page(f.status === 499 ? 400 : f.status, { error: f.message });
@@ -396,6 +396,8 @@ function meta(p: GenerateParams, r: EngineResult) {
     totalMs: Math.round(r.totalMs),
     stepMs: Math.round(r.stepMs.reduce((a, b) => a + b, 0) / Math.max(1, r.stepMs.length) * 10) /
       10,
+    // text-to-image: which encoders cut the prompt, and the warning to show
+    ...(r.truncated ? { truncated: r.truncated } : {}),
   };
 }
 
@@ -410,6 +412,13 @@ function resultHeaders(p: GenerateParams, r: EngineResult): Record<string, strin
     "X-Total-Ms": String(m.totalMs),
     "X-Step-Ms": String(m.stepMs),
     "Server-Timing": `generate;dur=${m.totalMs}`,
+    // e.g. "clip" or "clip,t5": the prompt was cut to those encoders' token limits
+    ...(r.truncated
+      ? {
+        "X-Prompt-Truncated": r.truncated.parts.join(","),
+        "X-Prompt-Warning": r.truncated.warning,
+      }
+      : {}),
   };
 }
 

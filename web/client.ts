@@ -163,7 +163,9 @@ function start(): void {
           result.hidden = false;
           caption.textContent = text;
           remember({ src: d.image, caption: text });
-          finish(`done in ${(d.totalMs / 1000).toFixed(1)} s`, false);
+          // a prompt cut to the text encoders' token limit: say so beside the result
+          const note = d.truncated ? ` (${d.truncated.warning})` : "";
+          finish(`done in ${(d.totalMs / 1000).toFixed(1)} s${note}`, false);
         } else if (event === "error") {
           ended = true;
           finish(d.message, true);

@@ -79,6 +79,11 @@ export interface EngineResult {
   png?: Uint8Array;
   /** The seed the image was made with, when it differs from the request's (a reused key). */
   seed?: number;
+  /**
+   * Text-to-image: the encoders that cut the prompt to their token limit ("clip", "t5"), and
+   * the warning to show; absent when the prompt fit.
+   */
+  truncated?: { parts: string[]; warning: string };
 }
 
 /** The GPU side of the app. */
@@ -107,6 +112,11 @@ export interface RegistryEntry {
   preview?: string;
   /** Activation dtype (default f16 where the device has shader-f16); f32 matches a browser's f32 path. */
   dtype?: "f16" | "f32";
+  /**
+   * FLUX: free the text encoders' GPU memory after each new prompt's encoding (`deno task
+   * serve --offload-text`); they reload for the next uncached prompt.
+   */
+  offloadText?: boolean;
 }
 
 /** A loaded model: a FLUX model, or a DiT pipeline and for a latent model its decoders. */
@@ -233,7 +243,14 @@ export class PipelineEngine implements Engine {
             ((done, total, preview) =>
               req.onStep!(done, total, () => latentPreview(preview(), c, h, w, size))),
         });
-        return { image: r.images!, stepMs: r.stepMs, totalMs: r.totalMs };
+        return {
+          image: r.images!,
+          stepMs: r.stepMs,
+          totalMs: r.totalMs,
+          ...(r.truncated.length
+            ? { truncated: { parts: r.truncated, warning: r.warnings.join("; ") } }
+            : {}),
+        };
       }
       const pipe = loaded.pipe!;
       const c = pipe.model.config, S = c.input_size;
@@ -290,7 +307,10 @@ export class PipelineEngine implements Engine {
         const gpu = await getGpu();
         this.#device = gpu.caps.adapter;
         const info = this.#infos.find((x) => x.id === id);
-        if (info?.text) return { flux: await ResidentFlux.load(gpu, entry.path, info.size) };
+        if (info?.text) {
+          const offloadText = entry.offloadText ?? false;
+          return { flux: await ResidentFlux.load(gpu, entry.path, info.size, { offloadText }) };
+        }
         const pipe = await Pipeline.load(gpu, entry.path, {
           images: 1,
           attention: entry.attention ?? "dense",

@@ -29,6 +29,10 @@ const USAGE = `Usage: deno task serve [options]
                      is the default
   --vae PATH         with --model, for a latent model: its autoencoder (file or diffusers folder)
   --preview FILE     with --vae: a TAESD-family decoder for the live previews (default the vae)
+  --offload-text     FLUX: free the text encoders' GPU memory after each new prompt's encoding
+                     (reloaded for the next new prompt; repeated prompts come from the cache):
+                     T5-XXL and the transformer are then never resident together. Without it
+                     the encoders stay on the GPU, and new prompts skip the reload
   --queue N          requests waiting beyond the running one before 429 (default 8)
   --concurrency N    generations on the GPU at once (default 1)
   --timeout S        time limit of one request in seconds, wait included (default 120)
@@ -92,6 +96,7 @@ async function main(args: string[]): Promise<void> {
       "body-timeout": { type: "string", default: "30" },
       "per-client": { type: "string", default: "16" },
       "public-gallery": { type: "boolean", default: false },
+      "offload-text": { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -156,6 +161,7 @@ async function main(args: string[]): Promise<void> {
     registry = [{ id: idFor(values.model), path, vae: values.vae, preview: values.preview }];
   } else if (models) registry = models;
   else registry = await defaultRegistry();
+  if (values["offload-text"]) registry = registry.map((e) => ({ ...e, offloadText: true }));
 
   console.log(`loading ${registry[0].path} …`);
   const engine = await PipelineEngine.create(registry);

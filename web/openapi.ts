@@ -64,7 +64,9 @@ export const OPENAPI = {
         responses: {
           "200": {
             description:
-              "the PNG; X-Seed, X-Steps, X-Class, X-Model, X-Precision, X-Total-Ms, X-Step-Ms headers",
+              "the PNG; X-Seed, X-Steps, X-Class, X-Model, X-Precision, X-Total-Ms, X-Step-Ms " +
+              "headers; X-Prompt-Truncated (clip, t5 or clip,t5) and X-Prompt-Warning when the " +
+              "prompt was cut to the text encoders' token limits",
             content: { "image/png": {} },
           },
           "400": error,

@@ -28,6 +28,8 @@ export interface PageProps {
   result?: Shot;
   /** An error of a form post. */
   error?: string;
+  /** A note on a form post's result (e.g. the prompt was truncated to the encoders' limit). */
+  notice?: string;
   /** Values to refill the form with. */
   values?: Record<string, string>;
   /** URL of the client script; none = no script. */
@@ -162,7 +164,9 @@ function Generate(p: PageProps) {
         <button id="go" type="submit">Generate</button>
       </form>
       <section>
-        <p id="status" class={p.error ? "err" : ""} role="status">{p.error ?? ""}</p>
+        <p id="status" class={p.error ? "err" : ""} role="status">
+          {p.error ?? p.notice ?? ""}
+        </p>
         <progress id="progress" max="1" value="0" hidden />
         <div>
           <img id="preview" class="px" alt="preview while denoising" hidden />

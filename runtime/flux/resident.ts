@@ -1,17 +1,24 @@
 /**
  * A FLUX.1 model kept resident for serving (the web endpoint): text encoders, transformer and
- * autoencoder all on the GPU, one image per call at a fixed square size. (`deno task gen` loads
- * the parts one after another instead, to fit smaller cards.)
+ * autoencoder all on the GPU, one image per call at a fixed square size. With `offloadText`
+ * (`deno task serve --offload-text`) the text encoders hold GPU memory only while encoding a
+ * prompt the process has not seen (cached prompts load nothing), so T5-XXL and the transformer
+ * need not be resident together. (`deno task gen` loads the parts one after another instead.)
  *
  * @module
  */
 import { Autoencoder } from "../autoencoder.ts";
 import { AeCheckpoint } from "../autoencoder_keys.ts";
 import type { Gpu } from "../../gpu/device.ts";
-import { FLUX_T5_LENGTH, TextEncoders } from "../text/encoders.ts";
+import {
+  FLUX_T5_LENGTH,
+  type PromptEmbedding,
+  TextEncoders,
+  truncationWarning,
+} from "../text/encoders.ts";
 import { fluxDefaultSize, resolveFluxModel } from "./model_folder.ts";
 import { FluxPipeline, type FluxRequest, type FluxResult } from "./pipeline.ts";
-import { textConditioner } from "./text.ts";
+import { conditioningOf, textConditioner } from "./text.ts";
 import { FluxWeights } from "./weights.ts";
 
 /** What a FLUX folder is, read without loading it. */
@@ -48,6 +55,20 @@ export async function fluxModelInfo(path: string, transformer?: string): Promise
   }
 }
 
+/** Options of {@linkcode ResidentFlux.load}. */
+export interface ResidentFluxOptions {
+  /** Free the text encoders' GPU memory after each new prompt's encoding (default false). */
+  offloadText?: boolean;
+}
+
+/** What {@linkcode ResidentFlux.generate} returns: the images and what the prompts lost. */
+export interface ResidentFluxResult extends FluxResult {
+  /** Encoders that cut a prompt to their limit ("clip", "t5"); empty when nothing was cut. */
+  truncated: ("clip" | "t5")[];
+  /** The truncation warning of each cut prompt ({@linkcode truncationWarning}), for display. */
+  warnings: string[];
+}
+
 /** A FLUX model resident on the GPU. */
 export class ResidentFlux {
   /** The pipeline (text conditioner and decoder attached). */
@@ -69,8 +90,18 @@ export class ResidentFlux {
     this.#ae = ae;
   }
 
+  /** The text encoders (`resident`, `loads`: whether and how often they hold GPU memory). */
+  get text(): TextEncoders {
+    return this.#text;
+  }
+
   /** Load every part of the FLUX model at `path` for `size`×`size` images. */
-  static async load(gpu: Gpu, path: string, size: number): Promise<ResidentFlux> {
+  static async load(
+    gpu: Gpu,
+    path: string,
+    size: number,
+    opts: ResidentFluxOptions = {},
+  ): Promise<ResidentFlux> {
     const parts = await resolveFluxModel(path);
     const w = await FluxWeights.open(parts.transformer);
     const variant = w.config.guidance_embed ? "dev" : "schnell";
@@ -82,6 +113,7 @@ export class ResidentFlux {
         t5: parts.t5,
         t5Tokenizer: parts.t5Tokenizer,
         t5Length: FLUX_T5_LENGTH[variant],
+        offload: opts.offloadText ?? false,
       });
       ae = await Autoencoder.load(gpu, parts.vae, { parts: ["decoder"] });
       const pipe = await FluxPipeline.load(
@@ -99,9 +131,31 @@ export class ResidentFlux {
     }
   }
 
-  /** Generate (prompts → decoded images). */
-  generate(req: FluxRequest): Promise<FluxResult> {
-    return this.pipe.generate(req);
+  /**
+   * Generate (prompts → decoded images). The prompts are encoded here (then, with `offloadText`,
+   * the encoders are already freed) so the result can say which were truncated.
+   */
+  async generate(req: FluxRequest): Promise<ResidentFluxResult> {
+    if (!req.prompts) return { ...await this.pipe.generate(req), truncated: [], warnings: [] };
+    if (req.prompts.length !== this.pipe.images) {
+      throw new RangeError(
+        `Cannot generate: ${req.prompts.length} prompts given, the pipeline makes ` +
+          `${this.pipe.images} images per call`,
+      );
+    }
+    const embeddings: PromptEmbedding[] = [];
+    for (const p of req.prompts) embeddings.push(await this.#text.encode(p));
+    const r = await this.pipe.generate({
+      ...req,
+      prompts: undefined,
+      conditioning: conditioningOf(embeddings),
+    });
+    const cut = (k: "clip" | "t5") => embeddings.some((e) => e.truncated[k]);
+    return {
+      ...r,
+      truncated: (["clip", "t5"] as const).filter(cut),
+      warnings: embeddings.map(truncationWarning).filter((w): w is string => w !== null),
+    };
   }
 
   /** Release every part. */

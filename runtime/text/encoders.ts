@@ -51,6 +51,12 @@ export interface TextEncodersOptions {
    * format wins). Default {@linkcode DEFAULT_T5_WEIGHTS}.
    */
   t5Weights?: TextWeightFormat;
+  /**
+   * Free the encoders' GPU memory right after each prompt that loaded them (`--offload-text`):
+   * a served FLUX model then holds T5 and CLIP only while encoding a new prompt; cached prompts
+   * load nothing. Default false: they stay resident until {@linkcode TextEncoders.offload}.
+   */
+  offload?: boolean;
 }
 
 /** What {@linkcode TextEncoders.encode} returns for one prompt. */
@@ -119,7 +125,9 @@ export async function loadTokenizer(path: string): Promise<TextTokenizer> {
  */
 export class TextEncoders {
   /** The options in use. */
-  readonly options: Readonly<Required<Omit<TextEncodersOptions, "dtype">>> & { dtype?: ActDtype };
+  readonly options:
+    & Readonly<Required<Omit<TextEncodersOptions, "dtype" | "offload">>>
+    & { dtype?: ActDtype; offload?: boolean };
   #gpu: Gpu;
   #clipTok: TextTokenizer;
   #t5Tok: TextTokenizer;
@@ -127,6 +135,7 @@ export class TextEncoders {
   #t5: T5Encoder | null = null;
   #key: string;
   #serial = new Serial();
+  #loads = 0;
 
   private constructor(
     gpu: Gpu,
@@ -138,7 +147,8 @@ export class TextEncoders {
     this.options = options;
     this.#clipTok = clipTok;
     this.#t5Tok = t5Tok;
-    this.#key = JSON.stringify(options);
+    const { offload: _, ...models } = options; // offloading changes no embedding
+    this.#key = JSON.stringify(models);
   }
 
   /** Read the tokenizers; the encoders load onto the GPU on the first uncached prompt. */
@@ -166,7 +176,12 @@ export class TextEncoders {
   static fromFluxFolder(
     gpu: Gpu,
     folder: string,
-    opts: { variant: "schnell" | "dev"; dtype?: ActDtype; t5Weights?: TextWeightFormat },
+    opts: {
+      variant: "schnell" | "dev";
+      dtype?: ActDtype;
+      t5Weights?: TextWeightFormat;
+      offload?: boolean;
+    },
   ): Promise<TextEncoders> {
     return TextEncoders.create(gpu, {
       clip: `${folder}/text_encoder`,
@@ -176,12 +191,18 @@ export class TextEncoders {
       t5Length: FLUX_T5_LENGTH[opts.variant],
       dtype: opts.dtype,
       t5Weights: opts.t5Weights,
+      offload: opts.offload,
     });
   }
 
   /** True while the encoders hold GPU memory. */
   get resident(): boolean {
     return this.#clip !== null || this.#t5 !== null;
+  }
+
+  /** How many times the encoders were loaded onto the GPU (1 unless offloaded in between). */
+  get loads(): number {
+    return this.#loads;
   }
 
   /**
@@ -202,7 +223,12 @@ export class TextEncoders {
     }
     const c = this.#clipTok.encodeBatch([prompt], CLIP_LENGTH);
     const t = this.#t5Tok.encodeBatch([prompt], this.options.t5Length);
-    const e = await this.#encodeIds(c.inputIds, t.inputIds);
+    let e;
+    try {
+      e = await this.#encodeIds(c.inputIds, t.inputIds);
+    } finally {
+      if (this.options.offload) this.offload(); // inside the serial run: no encode is pending
+    }
     const out: PromptEmbedding = {
       ...e,
       truncated: { clip: c.truncated[0], t5: t.truncated[0] },
@@ -258,6 +284,7 @@ export class TextEncoders {
 
   async #load(): Promise<{ clip: ClipTextEncoder; t5: T5Encoder }> {
     const o = this.options;
+    if (!this.#clip || !this.#t5) this.#loads++;
     this.#clip ??= await ClipTextEncoder.create(this.#gpu, o.clip, {
       dtype: o.dtype,
       length: CLIP_LENGTH,
