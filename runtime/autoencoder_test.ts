@@ -15,7 +15,7 @@ import { decodeTiled, tileStarts } from "./autoencoder_tiles.ts";
 import { FormatError } from "./errors.ts";
 import { psnr } from "./metrics.ts";
 import { SafetensorsReader, SafetensorsWriter } from "../quant/safetensors.ts";
-import { HAS_GPU, NO_GPU_REASON, relL2, Rng, testGpu } from "../kernels/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, relL2, relMax, Rng, testGpu } from "../kernels/_testing.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`autoencoder tests skipped: ${NO_GPU_REASON}`);
@@ -34,18 +34,6 @@ async function golden(): Promise<Map<string, { data: Float32Array; shape: number
     r.close();
   }
   return out;
-}
-
-/** max|a − b| / max|b|. */
-function relMax(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let d = 0, m = 0;
-  for (let i = 0; i < b.length; i++) {
-    const e = Math.abs(a[i] - b[i]);
-    d = Number.isNaN(e) ? Infinity : Math.max(d, e);
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return d / m;
 }
 
 function check(name: string, got: ArrayLike<number>, want: ArrayLike<number>, bound: number) {
