@@ -13,6 +13,7 @@
  *
  * @module
  */
+import type { FluxConfig } from "../runtime/flux/config.ts";
 import type { LayerPolicyRule } from "./policy.ts";
 
 /** FLUX defaults (see the module doc). */
@@ -32,29 +33,20 @@ export const FLUX_POLICY: LayerPolicyRule[] = [
   { pattern: "*", method: "float" },
 ];
 
-/** The hyper-parameters the tensor list depends on. */
-export interface FluxShapeConfig {
-  /** Channels of a packed latent token. */
-  in_channels: number;
-  /** Channels of an output token. */
-  out_channels: number;
-  /** Width of the pooled text vector. */
-  vec_in_dim: number;
-  /** Width of the text tokens. */
-  context_in_dim: number;
-  /** Hidden width D. */
-  hidden_size: number;
-  /** MLP width as a multiple of D. */
-  mlp_ratio: number;
-  /** Attention heads. */
-  num_heads: number;
-  /** Double blocks. */
-  depth: number;
-  /** Single blocks. */
-  depth_single_blocks: number;
-  /** Whether the guidance embedding exists. */
-  guidance_embed: boolean;
-}
+/** The hyper-parameters the tensor list depends on (a subset of {@linkcode FluxConfig}). */
+export type FluxShapeConfig = Pick<
+  FluxConfig,
+  | "in_channels"
+  | "out_channels"
+  | "vec_in_dim"
+  | "context_in_dim"
+  | "hidden_size"
+  | "mlp_ratio"
+  | "num_heads"
+  | "depth"
+  | "depth_single_blocks"
+  | "guidance_embed"
+>;
 
 /** A linear layer of the canonical list: base name, [N, K], bias or not. */
 export interface FluxLinearName {
