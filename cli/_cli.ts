@@ -29,6 +29,18 @@ export function fail(message: string, usage?: string): never {
   throw new UsageError(message, usage);
 }
 
+/**
+ * Option `--<name>`'s value `v` as an integer in `lo..hi` (decimal digits only); else a
+ * {@linkcode UsageError}: `--<name> must be an integer in <lo>..<hi>, got "<v>"`.
+ */
+export function intOption(name: string, v: string, lo: number, hi: number): number {
+  const x = /^\d+$/.test(v.trim()) ? Number(v) : NaN;
+  if (!Number.isInteger(x) || x < lo || x > hi) {
+    fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`);
+  }
+  return x;
+}
+
 const KNOWN = [
   FormatError,
   GpuUnavailableError,
