@@ -41,6 +41,21 @@ export function intOption(name: string, v: string, lo: number, hi: number): numb
   return x;
 }
 
+/**
+ * Write `data` to `path` through a temporary file beside it and a rename, so that `path` is
+ * either its old content or the whole new one; the temporary file is removed on failure.
+ */
+export async function writeFileReplacing(path: string, data: Uint8Array): Promise<void> {
+  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    await Deno.writeFile(tmp, data);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}
+
 const KNOWN = [
   FormatError,
   GpuUnavailableError,

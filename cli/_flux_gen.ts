@@ -17,7 +17,7 @@ import { conditioningOf } from "../runtime/flux/text.ts";
 import { FluxWeights } from "../runtime/flux/weights.ts";
 import { FLUX_T5_LENGTH, TextEncoders, truncationWarning } from "../runtime/text/encoders.ts";
 import { TEXT_WEIGHT_FORMATS, type TextWeightFormat } from "../runtime/text/_linears.ts";
-import { checkOutputFile, fail, intOption } from "./_cli.ts";
+import { checkOutputFile, fail, intOption, writeFileReplacing } from "./_cli.ts";
 import { resolveModel } from "./_resolve.ts";
 import { loadDecoder } from "./_decoder.ts";
 
@@ -204,14 +204,7 @@ export async function genFlux(args: string[]): Promise<void> {
     }
     const { rgb, w: pw, h: ph } = rgbRow(pixels, n, width, height);
     const png = await encodePng(rgb, pw, ph);
-    const tmp = `${values.out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-    try {
-      await Deno.writeFile(tmp, png);
-      await Deno.rename(tmp, values.out);
-    } catch (e) {
-      await Deno.remove(tmp).catch(() => {});
-      throw e;
-    }
+    await writeFileReplacing(values.out, png);
     const mean = result.stepMs.reduce((a, b) => a + b, 0) / result.stepMs.length;
     console.log(
       `wrote ${values.out} (${pw}×${ph}); load + encode ${(loadMs / 1000).toFixed(2)} s, ` +

@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { getGpu } from "../runtime/device.ts";
 import { Pipeline, type SamplerName, SAMPLERS } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";
-import { checkOutputFile, fail, intOption, runCli } from "./_cli.ts";
+import { checkOutputFile, fail, intOption, runCli, writeFileReplacing } from "./_cli.ts";
 import { plural } from "../web/plural.ts";
 import { matchClass } from "./_classes.ts";
 import { modelFor, type Precision, PRECISIONS } from "./_models.ts";
@@ -164,14 +164,7 @@ async function main(args: string[]): Promise<void> {
     }
     const { rgb, width, height } = toRgbGrid(pixels, n, S, n, scale);
     const png = await encodePng(rgb, width, height);
-    const tmp = `${values.out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-    try {
-      await Deno.writeFile(tmp, png);
-      await Deno.rename(tmp, values.out);
-    } catch (e) {
-      await Deno.remove(tmp).catch(() => {});
-      throw e;
-    }
+    await writeFileReplacing(values.out, png);
     const mean = stepMs.reduce((a, b) => a + b, 0) / stepMs.length;
     console.log(
       `wrote ${values.out} (${width}×${height}); load ${(loadMs / 1000).toFixed(2)} s, ` +
