@@ -25,7 +25,7 @@ import type { StoredTensor } from "../runtime/linear.ts";
 import type { ModelSource } from "../runtime/model_file.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import type { LayerPolicyEntry } from "../formats/format.ts";
-import { DEFAULT_DIT_POLICY, policyFor } from "../quant/policy.ts";
+import { DEFAULT_DIT_POLICY, type LayerPolicyRule, policyFor } from "../quant/policy.ts";
 import { GROUP_SIZE_INT4, GROUP_SIZE_NVFP4 } from "../formats/packing.ts";
 import { fail, runCli } from "../cli/_cli.ts";
 import { benchAutoencoder, SD_VAE, SMALL_AE } from "./ae_bench.ts";
@@ -125,6 +125,51 @@ const tensor = (dtype: string, shape: number[], data: ArrayBufferView): StoredTe
   data: bytesOf(data),
 });
 
+/**
+ * The policy entry of a benchmark model at `precision` for a layer whose rule is `rule`: float
+ * when the precision or the rule is float, INT4 W4A16 where the rule says W4A16, else the rule's
+ * W4A4 method at `precision` with rank {@linkcode RANK} (unsigned INT4 activations after GELU).
+ */
+export function benchPolicyEntry(rule: LayerPolicyRule, precision: Precision): LayerPolicyEntry {
+  if (precision === "float" || rule.method === "float") {
+    return { method: "float", format: "f16", r: 0 };
+  }
+  if (rule.method === "w4a16") return { method: "w4a16", format: "int4", r: 0 };
+  const actMode = precision === "nvfp4" ? "nvfp4" : rule.postGelu ? "int4_unsigned" : "int4";
+  return { method: rule.method, format: precision, r: RANK, actMode };
+}
+
+/**
+ * Random stored tensors of a quantized [n, k] linear layer under `pol` (not float), drawn from
+ * `next` in a fixed order: qweight, bias (when `hasBias`), wscales (+ tensor_scale for NVFP4),
+ * and for W4A4 smooth, lora_down and lora_up (rank {@linkcode RANK}).
+ */
+export function randomQuantLinear(
+  next: () => number,
+  n: number,
+  k: number,
+  hasBias: boolean,
+  pol: LayerPolicyEntry,
+): Map<string, StoredTensor | Float32Array> {
+  const out = new Map<string, StoredTensor | Float32Array>();
+  out.set("qweight", tensor("U32", [n, k / 8], randomWords(next, (n * k) / 8)));
+  if (hasBias) out.set("bias", tensor("F32", [n], uniform(next, n, -0.02, 0.02)));
+  if (pol.format === "nvfp4") {
+    const g = GROUP_SIZE_NVFP4, codes = new Uint8Array((n * k) / g);
+    for (let i = 0; i < codes.length; i++) codes[i] = 0x20 | (next() & 0x1f); // 0.125…1.875
+    out.set("wscales", tensor("F8_E4M3", [n, k / g], codes));
+    out.set("tensor_scale", tensor("F32", [1], new Float32Array([0.003])));
+  } else {
+    const g = GROUP_SIZE_INT4;
+    out.set("wscales", tensor("F16", [n, k / g], smallF16(next, (n * k) / g, false)));
+  }
+  if (pol.method === "w4a16") return out;
+  out.set("smooth", tensor("F32", [k], uniform(next, k, 0.75, 1.25)));
+  out.set("lora_down", tensor("F16", [RANK, k], smallF16(next, RANK * k, true)));
+  out.set("lora_up", tensor("F16", [n, RANK], smallF16(next, n * RANK, true)));
+  return out;
+}
+
 const W4A4_SUFFIXES = ["qweight", "wscales", "smooth", "lora_down", "lora_up", "bias"];
 
 /**
@@ -209,13 +254,7 @@ export class RandomDiTSource implements ModelSource {
 
   /** The default DiT policy at this precision (everything float for "float"). */
   policyOf(base: string): LayerPolicyEntry {
-    const rule = policyFor(base, DEFAULT_DIT_POLICY);
-    if (this.precision === "float" || rule.method === "float") {
-      return { method: "float", format: "f16", r: 0 };
-    }
-    if (rule.method === "w4a16") return { method: "w4a16", format: "int4", r: 0 };
-    const actMode = this.precision === "nvfp4" ? "nvfp4" : rule.postGelu ? "int4_unsigned" : "int4";
-    return { method: rule.method, format: this.precision, r: RANK, actMode };
+    return benchPolicyEntry(policyFor(base, DEFAULT_DIT_POLICY), this.precision);
   }
 
   /** Whether tensor `name` exists at this precision. */
@@ -259,30 +298,14 @@ export class RandomDiTSource implements ModelSource {
     const nk = this.#linears.get(base);
     if (!nk) throw new FormatError(this.path, "the layer is missing", base);
     const [n, k] = nk;
-    const out = new Map<string, StoredTensor | Float32Array>();
     const pol = this.policyOf(base);
     if (pol.method === "float") {
+      const out = new Map<string, StoredTensor | Float32Array>();
       out.set("weight", await this.float(`${base}.weight`));
       out.set("bias", await this.float(`${base}.bias`));
       return out;
     }
-    const next = stream(base, this.#seed);
-    out.set("qweight", tensor("U32", [n, k / 8], randomWords(next, (n * k) / 8)));
-    out.set("bias", tensor("F32", [n], uniform(next, n, -0.02, 0.02)));
-    if (pol.format === "nvfp4") {
-      const g = GROUP_SIZE_NVFP4, codes = new Uint8Array((n * k) / g);
-      for (let i = 0; i < codes.length; i++) codes[i] = 0x20 | (next() & 0x1f); // 0.125…1.875
-      out.set("wscales", tensor("F8_E4M3", [n, k / g], codes));
-      out.set("tensor_scale", tensor("F32", [1], new Float32Array([0.003])));
-    } else {
-      const g = GROUP_SIZE_INT4;
-      out.set("wscales", tensor("F16", [n, k / g], smallF16(next, (n * k) / g, false)));
-    }
-    if (pol.method === "w4a16") return out;
-    out.set("smooth", tensor("F32", [k], uniform(next, k, 0.75, 1.25)));
-    out.set("lora_down", tensor("F16", [RANK, k], smallF16(next, RANK * k, true)));
-    out.set("lora_up", tensor("F16", [n, RANK], smallF16(next, n * RANK, true)));
-    return out;
+    return randomQuantLinear(stream(base, this.#seed), n, k, true, pol);
   }
 }
 

@@ -37,20 +37,17 @@ import type { ActDtype } from "../kernels/_wgsl.ts";
 import { timeKernel } from "../kernels/_gpu_time.ts";
 import type { LayerPolicyEntry } from "../formats/format.ts";
 import { FLUX_POLICY, fluxTensorList } from "../quant/flux_policy.ts";
-import { GROUP_SIZE_INT4, GROUP_SIZE_NVFP4 } from "../formats/packing.ts";
 import { policyFor } from "../quant/policy.ts";
 import { fail, runCli } from "../cli/_cli.ts";
-import { type Precision, PRECISIONS, randomWords, smallF16, stream, uniform } from "./dit_bench.ts";
-
-/** Low-rank rank of the W4A4 layers. */
-const RANK = 32;
-
-const bytesOf = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-const tensor = (dtype: string, shape: number[], data: ArrayBufferView): StoredTensor => ({
-  dtype,
-  shape,
-  data: bytesOf(data),
-});
+import {
+  benchPolicyEntry,
+  type Precision,
+  PRECISIONS,
+  randomQuantLinear,
+  RANK,
+  stream,
+  uniform,
+} from "./dit_bench.ts";
 
 /** A FLUX transformer with random weights at one precision (FLUX's policy for int4/nvfp4). */
 export class RandomFluxSource implements FluxSource {
@@ -80,13 +77,7 @@ export class RandomFluxSource implements FluxSource {
   }
 
   policyOf(base: string): LayerPolicyEntry {
-    const rule = policyFor(base, FLUX_POLICY);
-    if (this.precision === "float" || rule.method === "float") {
-      return { method: "float", format: "f16", r: 0 };
-    }
-    if (rule.method === "w4a16") return { method: "w4a16", format: "int4", r: 0 };
-    const actMode = this.precision === "nvfp4" ? "nvfp4" : rule.postGelu ? "int4_unsigned" : "int4";
-    return { method: rule.method, format: this.precision, r: RANK, actMode };
+    return benchPolicyEntry(policyFor(base, FLUX_POLICY), this.precision);
   }
 
   has(name: string): boolean {
@@ -113,30 +104,14 @@ export class RandomFluxSource implements FluxSource {
     const l = this.#linears.get(base);
     if (!l) throw new FormatError(this.path, "the layer is missing", base);
     const [n, k, hasBias] = l;
-    const out = new Map<string, StoredTensor | Float32Array>();
     const pol = this.policyOf(base);
     if (pol.method === "float") {
+      const out = new Map<string, StoredTensor | Float32Array>();
       out.set("weight", await this.float(`${base}.weight`));
       if (hasBias) out.set("bias", await this.float(`${base}.bias`));
       return out;
     }
-    const next = stream(base, 1);
-    out.set("qweight", tensor("U32", [n, k / 8], randomWords(next, (n * k) / 8)));
-    if (hasBias) out.set("bias", tensor("F32", [n], uniform(next, n, -0.02, 0.02)));
-    if (pol.format === "nvfp4") {
-      const g = GROUP_SIZE_NVFP4, codes = new Uint8Array((n * k) / g);
-      for (let i = 0; i < codes.length; i++) codes[i] = 0x20 | (next() & 0x1f);
-      out.set("wscales", tensor("F8_E4M3", [n, k / g], codes));
-      out.set("tensor_scale", tensor("F32", [1], new Float32Array([0.003])));
-    } else {
-      const g = GROUP_SIZE_INT4;
-      out.set("wscales", tensor("F16", [n, k / g], smallF16(next, (n * k) / g, false)));
-    }
-    if (pol.method === "w4a16") return out;
-    out.set("smooth", tensor("F32", [k], uniform(next, k, 0.75, 1.25)));
-    out.set("lora_down", tensor("F16", [RANK, k], smallF16(next, RANK * k, true)));
-    out.set("lora_up", tensor("F16", [n, RANK], smallF16(next, n * RANK, true)));
-    return out;
+    return randomQuantLinear(stream(base, 1), n, k, hasBias, pol);
   }
 }
 

@@ -18,11 +18,11 @@ import { parseArgs } from "node:util";
 import { syntheticStats } from "../quant/calib.ts";
 import { FLUX_POLICY, fluxTensorList } from "../quant/flux_policy.ts";
 import { quantizeLinear } from "../quant/layer.ts";
-import type { MatMul } from "../quant/linalg.ts";
 import type { WeightFormat } from "../formats/packing.ts";
 import { policyFor } from "../quant/policy.ts";
 import { FLUX1_CONFIG } from "../runtime/flux/config.ts";
 import { Rng } from "../gpu/_testing.ts";
+import { benchMatMul } from "./_matmul.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -37,15 +37,7 @@ const format = values.format as WeightFormat;
 const scale = Number(values.scale);
 const step = Number(values["alpha-step"]);
 const alphas = Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
-let matmul: MatMul | undefined;
-let where = "CPU (quant/linalg.ts)";
-if (values.gpu) {
-  const { gpuMatMul } = await import("../runtime/gpu_matmul.ts");
-  const { getGpu } = await import("../gpu/device.ts");
-  const gpu = await getGpu();
-  matmul = (await gpuMatMul(gpu)).matmul;
-  where = `GPU (${gpu.caps.adapter})`;
-}
+const { matmul, where } = await benchMatMul(values.gpu);
 
 /** Peak resident memory so far (Linux VmHWM), else the current RSS. */
 function peakRss(): number {

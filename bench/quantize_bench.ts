@@ -15,9 +15,9 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import { syntheticStats } from "../quant/calib.ts";
 import { quantizeLinear } from "../quant/layer.ts";
-import type { MatMul } from "../quant/linalg.ts";
 import type { WeightFormat } from "../formats/packing.ts";
 import { Rng } from "../gpu/_testing.ts";
+import { benchMatMul } from "./_matmul.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -35,15 +35,7 @@ const step = values["alpha-step"] === undefined ? undefined : Number(values["alp
 const alphas = step === undefined
   ? undefined
   : Array.from({ length: Math.round(1 / step) + 1 }, (_, i) => Math.min(1, i * step));
-let matmul: MatMul | undefined;
-let where = "CPU (quant/linalg.ts)";
-if (values.gpu) {
-  const { gpuMatMul } = await import("../runtime/gpu_matmul.ts");
-  const { getGpu } = await import("../gpu/device.ts");
-  const gpu = await getGpu();
-  matmul = (await gpuMatMul(gpu)).matmul;
-  where = `GPU (${gpu.caps.adapter})`;
-}
+const { matmul, where } = await benchMatMul(values.gpu);
 console.log(
   `quantizer benchmark: svdquant ${format}, R=32, α ${
     alphas ? `grid step ${step} (${alphas.length} values)` : "coarse-to-fine (0.25, then 0.05)"

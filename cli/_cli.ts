@@ -29,6 +29,33 @@ export function fail(message: string, usage?: string): never {
   throw new UsageError(message, usage);
 }
 
+/**
+ * Option `--<name>`'s value `v` as an integer in `lo..hi` (decimal digits only); else a
+ * {@linkcode UsageError}: `--<name> must be an integer in <lo>..<hi>, got "<v>"`.
+ */
+export function intOption(name: string, v: string, lo: number, hi: number): number {
+  const x = /^\d+$/.test(v.trim()) ? Number(v) : NaN;
+  if (!Number.isInteger(x) || x < lo || x > hi) {
+    fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`);
+  }
+  return x;
+}
+
+/**
+ * Write `data` to `path` through a temporary file beside it and a rename, so that `path` is
+ * either its old content or the whole new one; the temporary file is removed on failure.
+ */
+export async function writeFileReplacing(path: string, data: Uint8Array): Promise<void> {
+  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    await Deno.writeFile(tmp, data);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}
+
 const KNOWN = [
   FormatError,
   GpuUnavailableError,

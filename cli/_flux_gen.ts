@@ -17,7 +17,7 @@ import { conditioningOf } from "../runtime/flux/text.ts";
 import { FluxWeights } from "../runtime/flux/weights.ts";
 import { FLUX_T5_LENGTH, TextEncoders, truncationWarning } from "../runtime/text/encoders.ts";
 import { TEXT_WEIGHT_FORMATS, type TextWeightFormat } from "../runtime/text/_linears.ts";
-import { checkOutputFile, fail } from "./_cli.ts";
+import { checkOutputFile, fail, intOption, writeFileReplacing } from "./_cli.ts";
 import { resolveModel } from "./_resolve.ts";
 import { loadDecoder } from "./_decoder.ts";
 
@@ -84,13 +84,6 @@ export async function genFlux(args: string[]): Promise<void> {
     },
   });
   if (values.help) return console.log(FLUX_USAGE);
-  const int = (name: string, v: string, lo: number, hi: number) => {
-    const x = /^\d+$/.test(v.trim()) ? Number(v) : NaN;
-    if (!Number.isInteger(x) || x < lo || x > hi) {
-      fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`);
-    }
-    return x;
-  };
   if (positionals.length !== 1) {
     fail(
       positionals.length
@@ -100,14 +93,14 @@ export async function genFlux(args: string[]): Promise<void> {
     );
   }
   const prompt = positionals[0];
-  const n = int("n", values.n, 1, 16);
+  const n = intOption("n", values.n, 1, 16);
   const guidance = Number(values.guidance);
   if (!(guidance >= 0 && guidance <= 100)) {
     fail(`--guidance must be in 0..100, got "${values.guidance}"`);
   }
   const seed = values.seed === undefined
     ? (Math.random() * 2 ** 32) >>> 0
-    : int("seed", values.seed, 0, 0xffffffff);
+    : intOption("seed", values.seed, 0, 0xffffffff);
   const t5Weights = values["t5-weights"] as TextWeightFormat;
   if (!TEXT_WEIGHT_FORMATS.includes(t5Weights)) {
     fail(`--t5-weights must be one of ${TEXT_WEIGHT_FORMATS.join(", ")}, got "${t5Weights}"`);
@@ -127,7 +120,7 @@ export async function genFlux(args: string[]): Promise<void> {
   const w = await FluxWeights.open(parts.transformer);
   try {
     const cfg = w.config, variant = cfg.guidance_embed ? "dev" : "schnell";
-    const steps = int("steps", values.steps ?? (variant === "dev" ? "28" : "4"), 1, 1000);
+    const steps = intOption("steps", values.steps ?? (variant === "dev" ? "28" : "4"), 1, 1000);
     // the autoencoder's shape (factor, latent channels) from its config, before loading it
     const ck = await AeCheckpoint.open(parts.vae);
     const factor = 2 ** (ck.config.chMult.length - 1), z = ck.config.zChannels;
@@ -139,8 +132,8 @@ export async function genFlux(args: string[]): Promise<void> {
       );
     }
     const [dh, dw] = await fluxDefaultSize(parts.root, factor);
-    const width = int("width", values.width ?? String(dw), 2 * factor, 2048);
-    const height = int("height", values.height ?? String(dh), 2 * factor, 2048);
+    const width = intOption("width", values.width ?? String(dw), 2 * factor, 2048);
+    const height = intOption("height", values.height ?? String(dh), 2 * factor, 2048);
     const gpu = await getGpu();
     const dtype = gpu.caps.shaderF16 && !values.f32 ? "f16" : "f32";
     const t5Length = FLUX_T5_LENGTH[variant];
@@ -218,14 +211,7 @@ export async function genFlux(args: string[]): Promise<void> {
     }
     const { rgb, w: pw, h: ph } = rgbRow(pixels, n, width, height);
     const png = await encodePng(rgb, pw, ph);
-    const tmp = `${values.out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-    try {
-      await Deno.writeFile(tmp, png);
-      await Deno.rename(tmp, values.out);
-    } catch (e) {
-      await Deno.remove(tmp).catch(() => {});
-      throw e;
-    }
+    await writeFileReplacing(values.out, png);
     const mean = result.stepMs.reduce((a, b) => a + b, 0) / result.stepMs.length;
     console.log(
       `wrote ${values.out} (${pw}×${ph}); load + encode ${(loadMs / 1000).toFixed(2)} s, ` +

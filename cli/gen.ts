@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { getGpu } from "../gpu/device.ts";
 import { Pipeline, type SamplerName, SAMPLERS } from "../runtime/pipeline.ts";
 import { encodePng, toRgbGrid } from "../runtime/png.ts";
-import { checkOutputFile, fail, runCli } from "./_cli.ts";
+import { checkOutputFile, fail, intOption, runCli, writeFileReplacing } from "./_cli.ts";
 import { plural } from "./plural.ts";
 import { matchClass } from "./_classes.ts";
 import { modelFor, type Precision, PRECISIONS } from "./_models.ts";
@@ -68,20 +68,13 @@ async function main(args: string[]): Promise<void> {
     },
   });
   if (values.help) return console.log(USAGE);
-  const int = (name: string, v: string, lo: number, hi: number) => {
-    const x = /^\d+$/.test(v.trim()) ? Number(v) : NaN;
-    if (!Number.isInteger(x) || x < lo || x > hi) {
-      fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`);
-    }
-    return x;
-  };
-  const steps = int("steps", values.steps, 1, 1000);
-  const n = int("n", values.n, 1, 16);
+  const steps = intOption("steps", values.steps, 1, 1000);
+  const n = intOption("n", values.n, 1, 16);
   const cfg = Number(values.cfg);
   if (!(cfg >= 1 && cfg <= 50)) fail(`--cfg must be a number in 1..50, got "${values.cfg}"`);
   const seed = values.seed === undefined
     ? (Math.random() * 2 ** 32) >>> 0
-    : int("seed", values.seed, 0, 0xffffffff);
+    : intOption("seed", values.seed, 0, 0xffffffff);
   const precision = values.precision as Precision;
   if (!PRECISIONS.includes(precision)) {
     fail(`--precision must be one of ${PRECISIONS.join(", ")}, got "${precision}"`);
@@ -141,7 +134,7 @@ async function main(args: string[]): Promise<void> {
         );
       }
     }
-    const scale = int("scale", values.scale ?? (decoder ? "1" : "4"), 1, 16);
+    const scale = intOption("scale", values.scale ?? (decoder ? "1" : "4"), 1, 16);
     const cls = positionals.length
       ? matchClass(positionals[0], names)
       : Math.floor(Math.random() * names.length);
@@ -171,14 +164,7 @@ async function main(args: string[]): Promise<void> {
     }
     const { rgb, width, height } = toRgbGrid(pixels, n, S, n, scale);
     const png = await encodePng(rgb, width, height);
-    const tmp = `${values.out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-    try {
-      await Deno.writeFile(tmp, png);
-      await Deno.rename(tmp, values.out);
-    } catch (e) {
-      await Deno.remove(tmp).catch(() => {});
-      throw e;
-    }
+    await writeFileReplacing(values.out, png);
     const mean = stepMs.reduce((a, b) => a + b, 0) / stepMs.length;
     console.log(
       `wrote ${values.out} (${width}×${height}); load ${(loadMs / 1000).toFixed(2)} s, ` +

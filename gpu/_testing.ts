@@ -61,6 +61,23 @@ export function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return Math.sqrt(n / d);
 }
 
+/**
+ * Largest error relative to the reference's largest magnitude: max|a − b| / max|b| (b the
+ * reference). A NaN difference counts as an infinite error; throws when the lengths differ.
+ */
+export function relMax(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) {
+    throw new RangeError(`Cannot compare: length ${a.length}, expected ${b.length}`);
+  }
+  let d = 0, m = 0;
+  for (let i = 0; i < b.length; i++) {
+    const e = Math.abs(a[i] - b[i]);
+    d = Number.isNaN(e) ? Infinity : Math.max(d, e);
+    m = Math.max(m, Math.abs(b[i]));
+  }
+  return d / m;
+}
+
 /** Largest absolute and relative errors of `actual` against `expected`. */
 export function maxErrors(
   actual: ArrayLike<number>,

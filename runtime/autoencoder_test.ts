@@ -15,7 +15,7 @@ import { decodeTiled, tileStarts } from "./autoencoder_tiles.ts";
 import { FormatError } from "../gpu/errors.ts";
 import { psnr } from "./metrics.ts";
 import { SafetensorsReader, SafetensorsWriter } from "../formats/safetensors.ts";
-import { HAS_GPU, NO_GPU_REASON, relL2, Rng, testGpu } from "../gpu/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, relL2, relMax, Rng, testGpu } from "../gpu/_testing.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`autoencoder tests skipped: ${NO_GPU_REASON}`);
@@ -34,18 +34,6 @@ async function golden(): Promise<Map<string, { data: Float32Array; shape: number
     r.close();
   }
   return out;
-}
-
-/** max|a − b| / max|b|. */
-function relMax(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let d = 0, m = 0;
-  for (let i = 0; i < b.length; i++) {
-    const e = Math.abs(a[i] - b[i]);
-    d = Number.isNaN(e) ? Infinity : Math.max(d, e);
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return d / m;
 }
 
 function check(name: string, got: ArrayLike<number>, want: ArrayLike<number>, bound: number) {
@@ -218,6 +206,46 @@ async function writeDiffusers(path: string, oldAttn: boolean): Promise<void> {
   }
 }
 
+/**
+ * Write a copy of the fixture {@linkcode AE} to `path`, changed: tensors `keep` rejects dropped,
+ * each tensor's bytes passed through `edit`, the F32 tensors `extra` appended, and the metadata
+ * replaced by `metadata` (default the fixture's).
+ */
+async function writeAeVariant(path: string, opts: {
+  keep?: (name: string) => boolean;
+  edit?: (name: string, raw: Uint8Array) => Uint8Array;
+  extra?: [name: string, shape: number[], values: Float32Array][];
+  metadata?: Record<string, string>;
+}): Promise<void> {
+  const r = await SafetensorsReader.open(AE);
+  const keep = [...r.tensors.values()].filter((t) => opts.keep?.(t.name) ?? true);
+  const extra = opts.extra ?? [];
+  const w = await SafetensorsWriter.create(path, {
+    tensors: [
+      ...keep.map((t) => ({
+        name: t.name,
+        dtype: t.dtype,
+        shape: [...t.shape],
+        byteLength: t.end - t.begin,
+      })),
+      ...extra.map(([name, shape, v]) => ({
+        name,
+        dtype: "F32" as const,
+        shape,
+        byteLength: v.byteLength,
+      })),
+    ],
+    metadata: opts.metadata ?? r.metadata,
+  });
+  for (const t of keep) {
+    const raw = await r.readRaw(t.name);
+    await w.write(t.name, opts.edit ? opts.edit(t.name, raw) : raw);
+  }
+  for (const [name, , v] of extra) await w.write(name, new Uint8Array(v.buffer));
+  await w.commit();
+  r.close();
+}
+
 Deno.test({
   name: "autoencoder: the diffusers layout (renamed weights, config.json) decodes the same image",
   ignore,
@@ -299,22 +327,9 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     try {
       // Drop one tensor: a FormatError names it.
-      const r = await SafetensorsReader.open(AE);
-      const keep = [...r.tensors.values()].filter((t) =>
-        t.name !== "decoder.up.1.block.0.conv2.bias"
-      );
-      const w = await SafetensorsWriter.create(`${dir}/ae.safetensors`, {
-        tensors: keep.map((t) => ({
-          name: t.name,
-          dtype: t.dtype,
-          shape: [...t.shape],
-          byteLength: t.end - t.begin,
-        })),
-        metadata: r.metadata,
+      await writeAeVariant(`${dir}/ae.safetensors`, {
+        keep: (name) => name !== "decoder.up.1.block.0.conv2.bias",
       });
-      for (const t of keep) await w.write(t.name, await r.readRaw(t.name));
-      await w.commit();
-      r.close();
       await assert.rejects(
         () => Autoencoder.load(gpu, `${dir}/ae.safetensors`, { dtype: "f32" }),
         (e) => e instanceof FormatError && /decoder\.up\.1\.block\.0\.conv2\.bias/.test(e.message),
@@ -354,7 +369,6 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     try {
       // The fixture plus quant_conv = 2·I + b (8 ch) and post_quant_conv = 2·I (4 ch), 1×1.
-      const r = await SafetensorsReader.open(AE);
       const eye = (c: number, k: number) => {
         const w = new Float32Array(c * c);
         for (let i = 0; i < c; i++) w[i * c + i] = k;
@@ -367,28 +381,7 @@ Deno.test({
         ["post_quant_conv.weight", [4, 4, 1, 1], eye(4, 2)],
         ["post_quant_conv.bias", [4], new Float32Array(4)],
       ];
-      const old = [...r.tensors.values()];
-      const w = await SafetensorsWriter.create(`${dir}/sd_like.safetensors`, {
-        tensors: [
-          ...old.map((t) => ({
-            name: t.name,
-            dtype: t.dtype,
-            shape: [...t.shape],
-            byteLength: t.end - t.begin,
-          })),
-          ...extra.map(([name, shape, v]) => ({
-            name,
-            dtype: "F32" as const,
-            shape,
-            byteLength: v.byteLength,
-          })),
-        ],
-        metadata: r.metadata,
-      });
-      for (const t of old) await w.write(t.name, await r.readRaw(t.name));
-      for (const [name, , v] of extra) await w.write(name, new Uint8Array(v.buffer));
-      await w.commit();
-      r.close();
+      await writeAeVariant(`${dir}/sd_like.safetensors`, { extra });
       const g = await golden();
       const plain = await Autoencoder.load(gpu, AE, { dtype: "f32" });
       const sd = await Autoencoder.load(gpu, `${dir}/sd_like.safetensors`, { dtype: "f32" });
@@ -456,20 +449,7 @@ Deno.test({
     const gpu = (await testGpu())!;
     const dir = await Deno.makeTempDir();
     try {
-      const r = await SafetensorsReader.open(AE);
-      const all = [...r.tensors.values()];
-      const w = await SafetensorsWriter.create(`${dir}/ae.safetensors`, {
-        tensors: all.map((t) => ({
-          name: t.name,
-          dtype: t.dtype,
-          shape: [...t.shape],
-          byteLength: t.end - t.begin,
-        })),
-        metadata: { format: "pt" },
-      });
-      for (const t of all) await w.write(t.name, await r.readRaw(t.name));
-      await w.commit();
-      r.close();
+      await writeAeVariant(`${dir}/ae.safetensors`, { metadata: { format: "pt" } });
       const plain = await Autoencoder.load(gpu, `${dir}/ae.safetensors`, {
         dtype: "f32",
         parts: ["decoder"],
@@ -523,26 +503,12 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     try {
       // The fixture with conv_in's weights ×1e5: its output (|x| ~ 1e5) exceeds f16's 65504.
-      const r = await SafetensorsReader.open(AE);
-      const all = [...r.tensors.values()];
-      const w = await SafetensorsWriter.create(`${dir}/ae.safetensors`, {
-        tensors: all.map((t) => ({
-          name: t.name,
-          dtype: t.dtype,
-          shape: [...t.shape],
-          byteLength: t.end - t.begin,
-        })),
-        metadata: r.metadata,
+      await writeAeVariant(`${dir}/ae.safetensors`, {
+        edit: (name, raw) =>
+          name === "decoder.conv_in.weight"
+            ? new Uint8Array(new Float32Array(raw.slice().buffer).map((x) => x * 1e5).buffer)
+            : raw,
       });
-      for (const t of all) {
-        const raw = await r.readRaw(t.name);
-        if (t.name === "decoder.conv_in.weight") {
-          const v = new Float32Array(raw.slice().buffer).map((x) => x * 1e5);
-          await w.write(t.name, new Uint8Array(v.buffer));
-        } else await w.write(t.name, raw);
-      }
-      await w.commit();
-      r.close();
       const g = await golden();
       const z = g.get("decode.z")!;
       const ae = await Autoencoder.load(gpu, `${dir}/ae.safetensors`, {

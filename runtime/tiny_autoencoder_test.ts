@@ -9,20 +9,10 @@ import { readTinyDecoder, TinyDecoder } from "./tiny_autoencoder.ts";
 import { tinyDecoderRef } from "./tiny_autoencoder_ref.ts";
 import { FormatError } from "../gpu/errors.ts";
 import { randomTaesd, writeTensors as writeFile } from "../tests/_latent_fixtures.ts";
-import { HAS_GPU, NO_GPU_REASON, Rng, testGpu } from "../gpu/_testing.ts";
+import { HAS_GPU, NO_GPU_REASON, relMax, Rng, testGpu } from "../gpu/_testing.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`tiny decoder tests skipped: ${NO_GPU_REASON}`);
-
-function relMax(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0, m = 0;
-  for (let i = 0; i < b.length; i++) {
-    const e = Math.abs(a[i] - b[i]);
-    d = Number.isNaN(e) ? Infinity : Math.max(d, e);
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return d / m;
-}
 
 Deno.test({
   name: "tiny decoder (TAESD layouts) matches its float64 reference in f32 and f16",

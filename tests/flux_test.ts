@@ -10,7 +10,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { HAS_GPU, NO_GPU_REASON, testGpu } from "../gpu/_testing.ts";
+import { HAS_GPU, maxErrors, NO_GPU_REASON, relMax, testGpu } from "../gpu/_testing.ts";
 import { SafetensorsReader } from "../formats/safetensors.ts";
 import { jointIds, packLatents, ropeTable, unpackLatents } from "../runtime/flux/embed.ts";
 import { type FluxInputs, FluxTransformer } from "../runtime/flux/transformer.ts";
@@ -30,23 +30,6 @@ async function golden(): Promise<Map<string, Float32Array>> {
   for (const name of r.tensors.keys()) out.set(name, await r.readFloat32(name));
   r.close();
   return out;
-}
-
-/** max|a − b| / max|b| */
-function relMax(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let d = 0, m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return Number.isNaN(d) ? Infinity : d / m;
-}
-
-function absMax(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0;
-  for (let i = 0; i < b.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
-  return d;
 }
 
 function inputs(g: Map<string, Float32Array>): FluxInputs {
@@ -147,11 +130,17 @@ Deno.test({
           g.get("in.guidance")![b],
         );
         const part = (name: string, n: number) => g.get(name)!.subarray(b * n, (b + 1) * n);
-        assert.ok(absMax(c.timeEmb, part("mid.time_emb", 256)) <= 5e-4, "time_emb");
-        assert.ok(absMax(c.guidanceEmb!, part("mid.guidance_emb", 256)) <= 5e-4, "guidance_emb");
-        assert.ok(absMax(c.timeEmb, part("ref64.mid.time_emb", 256)) <= 1e-7, "time_emb vs ref64");
+        assert.ok(maxErrors(c.timeEmb, part("mid.time_emb", 256)).maxAbs <= 5e-4, "time_emb");
         assert.ok(
-          absMax(c.guidanceEmb!, part("ref64.mid.guidance_emb", 256)) <= 1e-7,
+          maxErrors(c.guidanceEmb!, part("mid.guidance_emb", 256)).maxAbs <= 5e-4,
+          "guidance_emb",
+        );
+        assert.ok(
+          maxErrors(c.timeEmb, part("ref64.mid.time_emb", 256)).maxAbs <= 1e-7,
+          "time_emb vs ref64",
+        );
+        assert.ok(
+          maxErrors(c.guidanceEmb!, part("ref64.mid.guidance_emb", 256)).maxAbs <= 1e-7,
           "guidance_emb vs ref64",
         );
         for (

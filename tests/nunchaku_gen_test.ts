@@ -8,24 +8,11 @@
  */
 import assert from "node:assert/strict";
 import { HAS_GPU, NO_GPU_REASON } from "../gpu/_testing.ts";
+import { REPO_ROOT as ROOT, runGenTask as gen } from "./_gen_task.ts";
 import { writeTinyNunchakuFlux } from "../quant/_nunchaku_testing.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`Nunchaku gen tests skipped: ${NO_GPU_REASON}`);
-
-const ROOT = new URL("..", import.meta.url).pathname;
-
-async function gen(args: string[]) {
-  const r = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "gen", ...args],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
-}
 
 Deno.test({
   name: "deno task gen --transformer <Nunchaku svdq file> imports it once and writes a PNG",

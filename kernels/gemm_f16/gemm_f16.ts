@@ -105,27 +105,16 @@ export class GemmF16 {
    */
   static async create(gpu: Gpu, shape: GemmF16Shape, kernel?: GemmKernel): Promise<GemmF16> {
     checkShape(gpu, shape);
-    const { m, k, n } = shape;
     const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), shape.dtype);
-    const common = { HAS_BIAS: shape.bias ? 1 : 0, GELU: shape.gelu ? 1 : 0 };
-    let pipeline: GPUComputePipeline;
-    let grid: [number, number];
-    if ((kernel ?? (m <= GEMV_MAX_M ? "gemv" : "tiled")) === "gemv") {
-      pipeline = await gpu.pipeline(`${NAME}_gemv_${shape.dtype}`, src, common, `${NAME}_gemv`);
-      grid = [m, Math.ceil(n / GEMV_COLS)];
-    } else {
-      const pad = tilePad(gpu, NAME);
-      pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, { ...common, PAD: pad }, NAME);
-      grid = [Math.ceil(n / TILE), Math.ceil(m / TILE)];
-    }
-    checkGrid(gpu, grid, {
-      kernel: NAME,
-      verb: "run",
-      dims: `[M=${m}, N=${n}]`,
-      fix: "split the GEMM",
+    const { pipeline, grid, params, dummy } = await buildGemmKernel(gpu, {
+      name: NAME,
+      src,
+      shape,
+      kernel,
+      defines: { HAS_BIAS: shape.bias ? 1 : 0, GELU: shape.gelu ? 1 : 0 },
+      gemvMaxM: GEMV_MAX_M,
+      gemvCols: GEMV_COLS,
     });
-    const params = await gpu.uniform(`buffer ${NAME} params`, new Uint32Array([m, k, n, 0]));
-    const dummy = await gpu.createBuffer(`buffer ${NAME} unused bias`, 16);
     return new GemmF16({ ...shape }, pipeline, params, dummy, grid);
   }
 
@@ -176,6 +165,62 @@ export function bufferSizes(s: GemmF16Shape): BufferRow<keyof GemmF16Buffers>[] 
     ["bias", s.bias ? n * 4 : 0, `[N=${n}] f32`],
     ["y", m * n * b, `[M=${m}, N=${n}] ${dtype}`],
   ];
+}
+
+/** What {@linkcode buildGemmKernel} built for one GEMM shape. */
+export interface GemmBuild {
+  /** The kernel chosen (or forced). */
+  which: GemmKernel;
+  /** Its pipeline. */
+  pipeline: GPUComputePipeline;
+  /** Its workgroup grid, checked against the device. */
+  grid: [number, number];
+  /** The uniform params `[M, K, N, 0]`. */
+  params: GPUBuffer;
+  /** A 16-byte placeholder bound where the shape has no bias. */
+  dummy: GPUBuffer;
+}
+
+/**
+ * The pipeline, grid and buffers of a GEMM launcher with a GEMV and a tiled kernel (gemm_f16,
+ * gemm_w4a16): `kernel` (by default `"gemv"` for M ≤ `gemvMaxM`, else `"tiled"`) picks the entry
+ * point `<name>_gemv` (defines + `gemvDefines`, grid [M, ⌈N / gemvCols⌉]) or `<name>` (defines +
+ * `PAD` from {@linkcode tilePad}, grid [⌈N / 128⌉, ⌈M / 128⌉]); the grid is checked against the
+ * device (`Cannot run <name>: …; split the GEMM`), then the params and placeholder are created.
+ * The shape must already be validated.
+ */
+export async function buildGemmKernel(gpu: Gpu, opts: {
+  name: string;
+  src: string;
+  shape: { m: number; k: number; n: number; dtype: ActDtype };
+  kernel?: GemmKernel;
+  defines: Record<string, number>;
+  gemvDefines?: Record<string, number>;
+  gemvMaxM: number;
+  gemvCols: number;
+}): Promise<GemmBuild> {
+  const { name, src, shape: { m, k, n, dtype } } = opts;
+  const which = opts.kernel ?? (m <= opts.gemvMaxM ? "gemv" : "tiled");
+  let pipeline: GPUComputePipeline;
+  let grid: [number, number];
+  if (which === "gemv") {
+    const defines = { ...opts.defines, ...opts.gemvDefines };
+    pipeline = await gpu.pipeline(`${name}_gemv_${dtype}`, src, defines, `${name}_gemv`);
+    grid = [m, Math.ceil(n / opts.gemvCols)];
+  } else {
+    const pad = tilePad(gpu, name);
+    pipeline = await gpu.pipeline(`${name}_${dtype}`, src, { ...opts.defines, PAD: pad }, name);
+    grid = [Math.ceil(n / TILE), Math.ceil(m / TILE)];
+  }
+  checkGrid(gpu, grid, {
+    kernel: name,
+    verb: "run",
+    dims: `[M=${m}, N=${n}]`,
+    fix: "split the GEMM",
+  });
+  const params = await gpu.uniform(`buffer ${name} params`, new Uint32Array([m, k, n, 0]));
+  const dummy = await gpu.createBuffer(`buffer ${name} unused bias`, 16);
+  return { which, pipeline, grid, params, dummy };
 }
 
 /**

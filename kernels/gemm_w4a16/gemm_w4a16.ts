@@ -14,12 +14,11 @@ import {
   type BufferRow,
   checkDims,
   checkDtype,
-  checkGrid,
   checkShaderF16,
   runOnce,
 } from "../_launch.ts";
 import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
-import { type GemmKernel, tilePad } from "../gemm_f16/gemm_f16.ts";
+import { buildGemmKernel, type GemmKernel } from "../gemm_f16/gemm_f16.ts";
 
 const NAME = "gemm_w4a16";
 
@@ -27,7 +26,6 @@ const NAME = "gemm_w4a16";
 export const GEMV_MAX_M = 32;
 const GEMV_KT = 32; // invocations per weight row in the GEMV (gemm_w4a16.wgsl GV_KT)
 const GEMV_COLS = (4 * 256) / GEMV_KT; // output columns per GEMV workgroup (GV_ROWS)
-const TILE = 128;
 
 export type { GemmKernel };
 
@@ -123,35 +121,21 @@ export class GemmW4A16 {
    */
   static async create(gpu: Gpu, shape: GemmW4A16Shape, kernel?: GemmKernel): Promise<GemmW4A16> {
     checkShape(gpu, shape);
-    const { m, k, n } = shape;
     const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), shape.dtype);
-    const common = {
-      HAS_BIAS: shape.bias ? 1 : 0,
-      GELU: shape.gelu ? 1 : 0,
-      ZERO_POINT: shape.zeroPoint ? 1 : 0,
-    };
-    const which = kernel ?? (m <= GEMV_MAX_M ? "gemv" : "tiled");
-    let pipeline: GPUComputePipeline;
-    let grid: [number, number];
-    if (which === "gemv") {
-      pipeline = await gpu.pipeline(`${NAME}_gemv_${shape.dtype}`, src, {
-        ...common,
-        GV_KT: GEMV_KT,
-      }, `${NAME}_gemv`);
-      grid = [m, Math.ceil(n / GEMV_COLS)];
-    } else {
-      const pad = tilePad(gpu, NAME);
-      pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, { ...common, PAD: pad }, NAME);
-      grid = [Math.ceil(n / TILE), Math.ceil(m / TILE)];
-    }
-    checkGrid(gpu, grid, {
-      kernel: NAME,
-      verb: "run",
-      dims: `[M=${m}, N=${n}]`,
-      fix: "split the GEMM",
+    const { which, pipeline, grid, params, dummy } = await buildGemmKernel(gpu, {
+      name: NAME,
+      src,
+      shape,
+      kernel,
+      defines: {
+        HAS_BIAS: shape.bias ? 1 : 0,
+        GELU: shape.gelu ? 1 : 0,
+        ZERO_POINT: shape.zeroPoint ? 1 : 0,
+      },
+      gemvDefines: { GV_KT: GEMV_KT },
+      gemvMaxM: GEMV_MAX_M,
+      gemvCols: GEMV_COLS,
     });
-    const params = await gpu.uniform(`buffer ${NAME} params`, new Uint32Array([m, k, n, 0]));
-    const dummy = await gpu.createBuffer(`buffer ${NAME} unused bias`, 16);
     return new GemmW4A16({ ...shape }, which, pipeline, params, dummy, grid);
   }
 

@@ -117,6 +117,34 @@ export function jointIds(txtTokens: number, h: number, w: number): Float64Array 
 }
 
 /**
+ * The 2×2 patchify map of {@linkcode packLatents}: calls `f(t, l)` for every element, `t` its
+ * index in the tokens [B, h·w, 4C] and `l` its index in the latents [B, C, 2h, 2w].
+ */
+function forEachPatchElement(
+  b: number,
+  c: number,
+  height: number,
+  width: number,
+  f: (t: number, l: number) => void,
+): void {
+  const h = height / 2, w = width / 2;
+  for (let bi = 0; bi < b; bi++) {
+    for (let r = 0; r < h; r++) {
+      for (let q = 0; q < w; q++) {
+        const tok = ((bi * h + r) * w + q) * 4 * c;
+        for (let ch = 0; ch < c; ch++) {
+          for (let i = 0; i < 2; i++) {
+            for (let j = 0; j < 2; j++) {
+              f(tok + ch * 4 + i * 2 + j, ((bi * c + ch) * height + 2 * r + i) * width + 2 * q + j);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+/**
  * Pack latents [B, C, 2h, 2w] into tokens [B, h·w, 4C]: `b c (h ph) (w pw) -> b (h w) (c ph pw)`.
  *
  * @example
@@ -135,22 +163,8 @@ export function packLatents(
   height: number,
   width: number,
 ): Float32Array {
-  const h = height / 2, w = width / 2, out = new Float32Array(b * c * height * width);
-  for (let bi = 0; bi < b; bi++) {
-    for (let r = 0; r < h; r++) {
-      for (let q = 0; q < w; q++) {
-        const tok = ((bi * h + r) * w + q) * 4 * c;
-        for (let ch = 0; ch < c; ch++) {
-          for (let i = 0; i < 2; i++) {
-            for (let j = 0; j < 2; j++) {
-              out[tok + ch * 4 + i * 2 + j] =
-                z[((bi * c + ch) * height + 2 * r + i) * width + 2 * q + j];
-            }
-          }
-        }
-      }
-    }
-  }
+  const out = new Float32Array(b * c * height * width);
+  forEachPatchElement(b, c, height, width, (t, l) => out[t] = z[l]);
   return out;
 }
 
@@ -162,22 +176,8 @@ export function unpackLatents(
   height: number,
   width: number,
 ): Float32Array {
-  const h = height / 2, w = width / 2, out = new Float32Array(b * c * height * width);
-  for (let bi = 0; bi < b; bi++) {
-    for (let r = 0; r < h; r++) {
-      for (let q = 0; q < w; q++) {
-        const tok = ((bi * h + r) * w + q) * 4 * c;
-        for (let ch = 0; ch < c; ch++) {
-          for (let i = 0; i < 2; i++) {
-            for (let j = 0; j < 2; j++) {
-              out[((bi * c + ch) * height + 2 * r + i) * width + 2 * q + j] =
-                tokens[tok + ch * 4 + i * 2 + j];
-            }
-          }
-        }
-      }
-    }
-  }
+  const out = new Float32Array(b * c * height * width);
+  forEachPatchElement(b, c, height, width, (t, l) => out[l] = tokens[t]);
   return out;
 }
 

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import assert from "node:assert/strict";
 import { SafetensorsReader, SafetensorsWriter } from "../../formats/safetensors.ts";
 
 /** Fixture folder URL. */
@@ -30,6 +31,25 @@ export async function readGolden(
     return out;
   } finally {
     r.close();
+  }
+}
+
+/**
+ * For each `[key, got]` of `checks`: log `<label> <key>: max abs err …, scaled …` against
+ * `want(key)`, and assert the scaled error ({@linkcode scaledError}) is at most `bound`.
+ */
+export function assertScaledErrors(
+  label: string,
+  checks: readonly (readonly [string, ArrayLike<number>])[],
+  want: (key: string) => ArrayLike<number>,
+  bound: number,
+): void {
+  for (const [key, got] of checks) {
+    const e = scaledError(got, want(key));
+    console.log(
+      `${label} ${key}: max abs err ${e.abs.toExponential(3)}, scaled ${e.rel.toExponential(3)}`,
+    );
+    assert.ok(e.rel <= bound, `${label} ${key}: scaled error ${e.rel} > ${bound}`);
   }
 }
 

@@ -42,6 +42,66 @@ export interface TextLinearSource {
 }
 
 /**
+ * The GPU resources an encoder build creates (buffers labelled `buffer <owner> <label>`, kernel
+ * ops, linear layers), collected so that a failed build releases them all with
+ * {@linkcode destroy}. The methods are bound (they may be destructured).
+ */
+export class EncoderResources {
+  /** Every op built (kernels and linears), in build order. */
+  readonly ops: { destroy(): void }[] = [];
+  /** Every buffer created. */
+  readonly bufs: GPUBuffer[] = [];
+  /** The linear layers (also in {@linkcode ops}). */
+  readonly linears: LinearOp[] = [];
+  readonly #gpu: Gpu;
+  readonly #owner: string;
+
+  /** Resources of `owner` (e.g. "CLIP"), the word after "buffer" in every label. */
+  constructor(gpu: Gpu, owner: string) {
+    this.#gpu = gpu;
+    this.#owner = owner;
+  }
+
+  /** Upload `data` into a new buffer `buffer <owner> <label>`. */
+  upload = async (label: string, data: ArrayBufferView): Promise<GPUBuffer> => {
+    const buf = await this.#gpu.upload(`buffer ${this.#owner} ${label}`, data);
+    this.bufs.push(buf);
+    return buf;
+  };
+
+  /** A new buffer `buffer <owner> <label>` of `bytes` bytes. */
+  alloc = async (label: string, bytes: number): Promise<GPUBuffer> => {
+    const buf = await this.#gpu.createBuffer(`buffer ${this.#owner} ${label}`, bytes);
+    this.bufs.push(buf);
+    return buf;
+  };
+
+  /** Keep the op `p` resolves to. */
+  kernel = async <T extends { destroy(): void }>(p: Promise<T>): Promise<T> => {
+    const op = await p;
+    this.ops.push(op);
+    return op;
+  };
+
+  /** {@linkcode buildTextLinear}, kept. */
+  linear = async (
+    src: TextLinearSource,
+    opts: { m: number; dtype: ActDtype; format: TextWeightFormat },
+  ): Promise<LinearOp> => {
+    const op = await buildTextLinear(this.#gpu, src, opts);
+    this.ops.push(op);
+    this.linears.push(op);
+    return op;
+  };
+
+  /** Destroy every op and buffer kept. */
+  destroy(): void {
+    for (const op of this.ops) op.destroy();
+    this.#gpu.destroy(...this.bufs);
+  }
+}
+
+/**
  * Upload one linear layer: `m` rows per call, activations in `dtype`, weights as `format`
  * (ignored for pre-quantized tensors, whose dtype says what they are).
  */

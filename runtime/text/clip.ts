@@ -26,9 +26,9 @@ import { Checkpoint } from "./checkpoint.ts";
 import { Serial } from "./_serial.ts";
 import { paddedHeadDim } from "./t5.ts";
 import {
-  buildTextLinear,
   compactTable,
   concatRows,
+  EncoderResources,
   padHeadCols,
   padHeadRows,
   padHeadVec,
@@ -274,42 +274,16 @@ async function build(gpu: Gpu, ck: Checkpoint, opts: ClipTextOptions): Promise<P
     throw new FormatError(ck.path, `hidden_size ${d} is not a multiple of ${h} heads`);
   }
   const f = cfg.intermediate;
-  const ops: { destroy(): void }[] = [];
-  const bufs: GPUBuffer[] = [];
-  const linears: LinearOp[] = [];
+  const res = new EncoderResources(gpu, "CLIP");
+  const { ops, bufs, linears, upload: up, alloc, kernel } = res;
   const pre = ck.has("text_model.embeddings.token_embedding.weight") ? "text_model." : "";
   const get = async (name: string, len: number) => {
     const v = await ck.float(pre + name);
     if (v.length !== len) throw new FormatError(ck.path, `expected ${len} values`, pre + name);
     return v;
   };
-  const up = async (label: string, data: ArrayBufferView) => {
-    const buf = await gpu.upload(`buffer CLIP ${label}`, data);
-    bufs.push(buf);
-    return buf;
-  };
-  const alloc = async (label: string, bytes: number) => {
-    const buf = await gpu.createBuffer(`buffer CLIP ${label}`, bytes);
-    bufs.push(buf);
-    return buf;
-  };
-  const kernel = async <T extends { destroy(): void }>(p: Promise<T>) => {
-    const op = await p;
-    ops.push(op);
-    return op;
-  };
-  const lin = async (
-    name: string,
-    n: number,
-    k: number,
-    values: Float32Array,
-    bias: Float32Array,
-  ) => {
-    const op = await buildTextLinear(gpu, { name, n, k, values, bias }, { m, dtype, format });
-    ops.push(op);
-    linears.push(op);
-    return op;
-  };
+  const lin = (name: string, n: number, k: number, values: Float32Array, bias: Float32Array) =>
+    res.linear({ name, n, k, values, bias }, { m, dtype, format });
   try {
     const tok = compactTable(await get("embeddings.token_embedding.weight", cfg.vocabSize * d));
     const pos = await get("embeddings.position_embedding.weight", cfg.maxPositions * d);
@@ -445,8 +419,7 @@ async function build(gpu: Gpu, ck: Checkpoint, opts: ClipTextOptions): Promise<P
       weightKind: linears[0]?.kind ?? format,
     };
   } catch (err) {
-    for (const op of ops) op.destroy();
-    gpu.destroy(...bufs);
+    res.destroy();
     throw err;
   }
 }

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { HAS_GPU, NO_GPU_REASON, testGpu } from "../../gpu/_testing.ts";
 import { clipConfigFrom, clipEosIndex, ClipTextEncoder } from "./clip.ts";
-import { fixturePath, readGolden, scaledError } from "./_golden.ts";
+import { assertScaledErrors, fixturePath, readGolden, scaledError } from "./_golden.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`CLIP GPU tests skipped: ${NO_GPU_REASON}`);
@@ -52,15 +52,7 @@ for (const dtype of ["f32", "f16"] as const) {
           ["last_hidden_state", out.lastHiddenState],
           ["pooler_output", out.pooled],
         ];
-        for (const [key, got] of checks) {
-          const e = scaledError(got, g(key));
-          console.log(
-            `${dtype} ${key}: max abs err ${e.abs.toExponential(3)}, scaled ${
-              e.rel.toExponential(3)
-            }`,
-          );
-          assert.ok(e.rel <= bound, `${dtype} ${key}: scaled error ${e.rel} > ${bound}`);
-        }
+        assertScaledErrors(dtype, checks, g, bound);
       } finally {
         clip.destroy();
       }

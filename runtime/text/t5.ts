@@ -31,9 +31,9 @@ import type { LinearOp } from "../linears.ts";
 import { Checkpoint } from "./checkpoint.ts";
 import { Serial } from "./_serial.ts";
 import {
-  buildTextLinear,
   compactTable,
   concatRows,
+  EncoderResources,
   padHeadCols,
   padHeadRows,
   roundUp,
@@ -342,25 +342,9 @@ async function build(gpu: Gpu, ck: Checkpoint, opts: T5EncoderOptions): Promise<
   // FFN width, zero-padded to whole quantization groups (a zero wi row gives gelu(0)·0 = 0).
   const f = quant && format === "w4a16" ? roundUp(cfg.dFf, W4A16_GROUP) : cfg.dFf;
   const woDtype: ActDtype = "f32";
-  const ops: { destroy(): void }[] = [];
-  const bufs: GPUBuffer[] = [];
-  const linears: LinearOp[] = [];
-  const lin = async (src: TextLinearSource, act: ActDtype) => {
-    const op = await buildTextLinear(gpu, src, { m, dtype: act, format });
-    ops.push(op);
-    linears.push(op);
-    return op;
-  };
-  const up = async (label: string, data: ArrayBufferView) => {
-    const buf = await gpu.upload(`buffer T5 ${label}`, data);
-    bufs.push(buf);
-    return buf;
-  };
-  const alloc = async (label: string, bytes: number) => {
-    const buf = await gpu.createBuffer(`buffer T5 ${label}`, bytes);
-    bufs.push(buf);
-    return buf;
-  };
+  const res = new EncoderResources(gpu, "T5");
+  const { ops, bufs, linears, upload: up, alloc, kernel } = res;
+  const lin = (src: TextLinearSource, act: ActDtype) => res.linear(src, { m, dtype: act, format });
   try {
     const embedName = ck.has("shared.weight") ? "shared.weight" : "encoder.embed_tokens.weight";
     const embed32 = await ck.float(embedName);
@@ -416,11 +400,6 @@ async function build(gpu: Gpu, ck: Checkpoint, opts: T5EncoderOptions): Promise<
 
     // Kernels.
     const eps = cfg.eps;
-    const kernel = async <T extends { destroy(): void }>(p: Promise<T>) => {
-      const op = await p;
-      ops.push(op);
-      return op;
-    };
     const attnShape = {
       b,
       t: l,
@@ -525,8 +504,7 @@ async function build(gpu: Gpu, ck: Checkpoint, opts: T5EncoderOptions): Promise<
       weightKind: linears[0]?.kind ?? format,
     };
   } catch (err) {
-    for (const op of ops) op.destroy();
-    gpu.destroy(...bufs);
+    res.destroy();
     throw err;
   }
 }

@@ -17,7 +17,13 @@ import {
 import { t5EncoderRef } from "./t5_ref.ts";
 import { numel, SafetensorsWriter } from "../../formats/safetensors.ts";
 import { Checkpoint } from "./checkpoint.ts";
-import { fixturePath, readGolden, scaledError, shardCheckpoint } from "./_golden.ts";
+import {
+  assertScaledErrors,
+  fixturePath,
+  readGolden,
+  scaledError,
+  shardCheckpoint,
+} from "./_golden.ts";
 
 const ignore = !HAS_GPU; // NO_GPU_REASON explains the skip
 if (ignore) console.warn(`T5 GPU tests skipped: ${NO_GPU_REASON}`);
@@ -76,15 +82,7 @@ for (const dtype of ["f32", "f16"] as const) {
             [`${run}.block_out.1`, out.blockOutputs![1]],
             [`${run}.last_hidden_state`, out.lastHiddenState],
           ];
-          for (const [key, got] of checks) {
-            const e = scaledError(got, g(key));
-            console.log(
-              `${dtype} ${key}: max abs err ${e.abs.toExponential(3)}, scaled ${
-                e.rel.toExponential(3)
-              }`,
-            );
-            assert.ok(e.rel <= bound, `${dtype} ${key}: scaled error ${e.rel} > ${bound}`);
-          }
+          assertScaledErrors(dtype, checks, g, bound);
         }
         // the mask matters: masked and unmasked outputs differ on the padded row
         const a = await t5.encode(ids), b = await t5.encode(ids, { mask });
