@@ -129,9 +129,13 @@ for (let b = 0; b < blocks; b++) {
 pool?.close();
 const perBlock = total / blocks;
 const blockLayers = cpuTotal;
-console.log(
-  `per block ${perBlock.toFixed(1)} s (CPU ${(blockLayers / blocks).toFixed(1)} s, all threads; ` +
-    `the load average says how busy the machine was); whole DiT-XL/2 (28 blocks) ≈ ${
-      (28 * perBlock / 60).toFixed(1)
-    } min (extrapolated from ${blocks} block${blocks > 1 ? "s" : ""})`,
-);
+if (blocks > 0) {
+  console.log(
+    `per block ${perBlock.toFixed(1)} s (CPU ${
+      (blockLayers / blocks).toFixed(1)
+    } s, all threads; ` +
+      `the load average says how busy the machine was); whole DiT-XL/2 (28 blocks) ≈ ${
+        (28 * perBlock / 60).toFixed(1)
+      } min (extrapolated from ${blocks} block${blocks > 1 ? "s" : ""})`,
+  );
+}
