@@ -6,8 +6,12 @@
  * extrapolated from the blocks measured (labelled as such).
  *
  * ```sh
- * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S] [--no-gptq]
+ * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S] [--no-gptq] [--workers N]
  * ```
+ *
+ * `--workers N` (N > 1) quantizes the layers of a block in parallel in a pool of N Web Workers
+ * (quant/pool.ts): per-layer lines then give each layer's wall time from its submission, and
+ * the block's CPU time is the process's (all threads).
  *
  * @module
  */
@@ -18,6 +22,7 @@ import { quantizeLinear } from "../quant/layer.ts";
 import type { WeightFormat } from "../formats/packing.ts";
 import { Rng } from "../gpu/_testing.ts";
 import { benchMatMul } from "./_matmul.ts";
+import { QuantizePool } from "../quant/pool.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -28,6 +33,7 @@ const { values } = parseArgs({
     "alpha-step": { type: "string" },
     "skip-large": { type: "boolean", default: false },
     "no-gptq": { type: "boolean", default: false },
+    workers: { type: "string", default: "1" },
   },
 });
 const format = values.format as WeightFormat;
@@ -43,6 +49,16 @@ console.log(
     `products on ${where}; ${new Date().toISOString()}`,
 );
 
+const workers = Number(values.workers);
+if (!(Number.isInteger(workers) && workers >= 1)) {
+  throw new RangeError(
+    `Cannot run the benchmark: --workers must be an integer ≥ 1, got ${values.workers}`,
+  );
+}
+if (workers > 1 && matmul) {
+  throw new TypeError("Cannot run the benchmark: --workers and --gpu do not combine; pick one");
+}
+const pool = workers > 1 ? new QuantizePool(workers) : null;
 const rng = new Rng(7);
 let cpuTotal = 0;
 async function layer(name: string, n: number, k: number, postGelu = false): Promise<number> {
@@ -54,7 +70,7 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
   }).layers.get(name)!;
   const method = name.includes("adaLN") ? "w4a16" : "svdquant";
   const t0 = performance.now(), c0 = process.cpuUsage();
-  const q = await quantizeLinear(name, w, bias, n, k, {
+  const q = await (pool ? pool.quantize.bind(pool) : quantizeLinear)(name, w, bias, n, k, {
     method,
     format,
     r: 32,
@@ -66,12 +82,11 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
   });
   const s = (performance.now() - t0) / 1000, c = process.cpuUsage(c0);
   const cpu = (c.user + c.system) / 1e6;
-  cpuTotal += cpu;
+  if (!pool) cpuTotal += cpu;
   console.log(
     `  ${name.padEnd(28)} [N=${n}, K=${k}] ${method.padEnd(8)} ${s.toFixed(1).padStart(7)} s` +
-      ` (CPU ${cpu.toFixed(1)} s)  rel.err ${q.relError.toFixed(4)}  load ${
-        Deno.loadavg()[0].toFixed(1)
-      }`,
+      (pool ? " (in parallel)" : ` (CPU ${cpu.toFixed(1)} s)`) +
+      `  rel.err ${q.relError.toFixed(4)}  load ${Deno.loadavg()[0].toFixed(1)}`,
   );
   return s;
 }
@@ -86,17 +101,33 @@ const H = 1152;
 let total = 0;
 console.log(`DiT-XL/2 blocks (hidden ${H}), ${blocks} of 28:`);
 for (let b = 0; b < blocks; b++) {
-  total += await layer(`blocks.${b}.attn.qkv`, 3 * H, H);
-  total += await layer(`blocks.${b}.attn.proj`, H, H);
-  total += await layer(`blocks.${b}.mlp.fc1`, 4 * H, H);
-  total += await layer(`blocks.${b}.mlp.fc2`, H, 4 * H, true);
-  total += await layer(`blocks.${b}.adaLN_modulation.1`, 6 * H, H);
+  const t0 = performance.now(), c0 = process.cpuUsage();
+  const shapes: [string, number, number, boolean][] = [
+    [`blocks.${b}.attn.qkv`, 3 * H, H, false],
+    [`blocks.${b}.attn.proj`, H, H, false],
+    [`blocks.${b}.mlp.fc1`, 4 * H, H, false],
+    [`blocks.${b}.mlp.fc2`, H, 4 * H, true],
+    [`blocks.${b}.adaLN_modulation.1`, 6 * H, H, false],
+  ];
+  // With a pool all five layers are in flight at once; serially one after the other.
+  if (pool) await Promise.all(shapes.map((a) => layer(...a)));
+  else for (const a of shapes) await layer(...a);
+  total += (performance.now() - t0) / 1000;
+  if (pool) {
+    const c = process.cpuUsage(c0);
+    cpuTotal += (c.user + c.system) / 1e6;
+  }
 }
+pool?.close();
 const perBlock = total / blocks;
 const blockLayers = cpuTotal;
-console.log(
-  `per block ${perBlock.toFixed(1)} s (CPU ${(blockLayers / blocks).toFixed(1)} s, all threads; ` +
-    `the load average says how busy the machine was); whole DiT-XL/2 (28 blocks) ≈ ${
-      (28 * perBlock / 60).toFixed(1)
-    } min (extrapolated from ${blocks} block${blocks > 1 ? "s" : ""})`,
-);
+if (blocks > 0) {
+  console.log(
+    `per block ${perBlock.toFixed(1)} s (CPU ${
+      (blockLayers / blocks).toFixed(1)
+    } s, all threads; ` +
+      `the load average says how busy the machine was); whole DiT-XL/2 (28 blocks) ≈ ${
+        (28 * perBlock / 60).toFixed(1)
+      } min (extrapolated from ${blocks} block${blocks > 1 ? "s" : ""})`,
+  );
+}

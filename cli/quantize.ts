@@ -42,6 +42,8 @@ Options:
   --alpha-step S           search alpha on a full grid of this step (default: coarse-to-fine, 0.25
                            then 0.05 around the best; the reference's full grid is 0.05)
   --rounds N               low-rank refinement rounds (default 3)
+  --workers N              quantize N layers at once in Web Workers (default 1; the file is
+                           byte-identical; ignored with --gpu and --budget)
   --budget BYTES|Nbits     per-layer format and rank under a budget for the W4A4 layers: BYTES of
                            their tensors, or N bits per weight (e.g. 4.6bits); each layer is measured
                            as int4/nvfp4 × rank 0/16/32/64 and the least total error that fits is kept
@@ -75,6 +77,7 @@ async function main(args: string[]): Promise<void> {
       "alpha-step": { type: "string" },
       budget: { type: "string" },
       rounds: { type: "string", default: "3" },
+      workers: { type: "string", default: "1" },
       gpu: { type: "boolean", default: false },
       paro: { type: "string" },
       "paro-tile": { type: "string" },
@@ -118,6 +121,10 @@ async function main(args: string[]): Promise<void> {
   const rounds = Number(values.rounds);
   if (!Number.isInteger(rounds) || rounds < 0 || rounds > 20) {
     fail(`--rounds must be an integer in 0..20, got "${values.rounds}"`);
+  }
+  const workers = Number(values.workers);
+  if (!Number.isInteger(workers) || workers < 1 || workers > 64) {
+    fail(`--workers must be an integer in 1..64, got "${values.workers}"`);
   }
   const alphas = step === undefined
     ? undefined
@@ -204,6 +211,7 @@ async function main(args: string[]): Promise<void> {
     alphas,
     rounds,
     matmul,
+    workers,
     paro,
     budget,
     onLayer: values.quiet ? undefined : (r, i, n) => console.log(bar.line(r, i, n)),

@@ -19,6 +19,7 @@ import {
   quantizeLinear,
   quantizeLinearRanks,
 } from "../quant/layer.ts";
+import { QuantizePool } from "../quant/pool.ts";
 import {
   type Budget,
   BUDGET_FORMATS,
@@ -62,6 +63,12 @@ export interface QuantizeModelOptions {
   rounds?: number;
   /** Big matrix products (e.g. a GPU GEMM); default CPU. */
   matmul?: MatMul;
+  /**
+   * Web Workers quantizing linear layers in parallel (quant/pool.ts; default 1 = serial, in this
+   * thread). The file is byte-identical either way; peak memory grows to about `workers` layers.
+   * Ignored with `matmul` (a GPU product stays in this thread) and with `budget`.
+   */
+  workers?: number;
   /** Called once per tensor written. */
   onLayer?: (report: LayerReport, index: number, total: number) => void;
   /**
@@ -132,7 +139,14 @@ export async function quantizeCheckpoint(
   }
   const rules = rulesFor(opts.policy ?? DEFAULT_DIT_POLICY, method);
   await checkInput(input, output);
+  const workers = opts.workers ?? 1;
+  if (!Number.isInteger(workers) || workers < 1) {
+    throw new RangeError(`Cannot quantize with ${workers} workers: use an integer ≥ 1`);
+  }
   const reader = await SafetensorsReader.open(input);
+  const pool = workers > 1 && !opts.matmul && opts.budget === undefined
+    ? new QuantizePool(workers)
+    : null;
   try {
     const family = reader.metadata.family ?? "dit";
     let modelConfig: Record<string, unknown> = {};
@@ -214,6 +228,73 @@ export async function quantizeCheckpoint(
       layers.forEach((l, i) => planned.set(l.name, l.choices[plan.pick[i]]));
     }
 
+    // One linear layer, read and quantized (on a worker when there is a pool).
+    const quantizeOne = async (name: string): Promise<QuantizedLinear> => {
+      const info = reader.tensors.get(name)!;
+      const base = name.slice(0, -7);
+      const rule = policyFor(base, rules);
+      const [n, k] = info.shape;
+      const w = await readFinite(reader, name);
+      const biasName = base + ".bias";
+      const bias = reader.tensors.has(biasName) ? await readFinite(reader, biasName) : null;
+      const layerMethod = rule.method;
+      const w4a4 = w4a4Methods.includes(layerMethod);
+      const plan = planned.get(base);
+      const layerFormat = plan?.format ?? rule.format ??
+        (rule.postGelu ? opts.geluFormat ?? (format === "nvfp4" ? "int4" : format) : format);
+      if (w4a4 && k % groupSize(layerFormat) !== 0) {
+        throw new FormatError(
+          input,
+          `in-features K=${k} is not a multiple of the ${layerFormat} group size ` +
+            `${groupSize(layerFormat)}; keep this layer 16-bit with a policy rule`,
+          name,
+        );
+      }
+      const layerOpts = {
+        method: layerMethod,
+        format: layerFormat,
+        stats: statsFor(opts.calib, base, k),
+        postGelu: rule.postGelu,
+        matmul: opts.matmul,
+        alphas: opts.alphas,
+        rounds: opts.rounds,
+        sourceBytes: sourceBytes(name),
+      };
+      // A planned choice is reproduced exactly: the same ladder of ranks up to it.
+      return plan
+        ? (await quantizeLinearRanks(
+          base,
+          w,
+          bias,
+          n,
+          k,
+          layerMethod === "svdquant" || layerMethod === "dilate"
+            ? BUDGET_RANKS.filter((r) => r <= plan.r)
+            : [0],
+          layerOpts,
+        )).at(-1)!
+        : pool
+        ? pool.quantize(base, w, bias, n, k, { ...layerOpts, r: rule.rank ?? rank })
+        : quantizeLinear(base, w, bias, n, k, { ...layerOpts, r: rule.rank ?? rank });
+    };
+    // With a pool, up to `workers` linear layers are in flight ahead of the one being written; the
+    // file is still written in name order, so it is byte-identical to the serial run.
+    const linearNames = names.filter((name) => isLinear(name));
+    const ahead = new Map<string, Promise<QuantizedLinear>>();
+    let nextAhead = 0;
+    const quantized = (name: string): Promise<QuantizedLinear> => {
+      if (!pool) return quantizeOne(name);
+      while (nextAhead < linearNames.length && ahead.size < pool.size) {
+        const next = linearNames[nextAhead++];
+        const p = quantizeOne(next);
+        p.catch(() => {}); // surfaced when awaited below, in order
+        ahead.set(next, p);
+      }
+      const p = ahead.get(name)!;
+      ahead.delete(name);
+      return p;
+    };
+
     const tensors = async function* (): AsyncGenerator<QuantTensor> {
       for (let i = 0; i < names.length; i++) {
         const name = names[i];
@@ -221,49 +302,8 @@ export async function quantizeCheckpoint(
         const t0 = performance.now();
         if (name.endsWith(".bias") && isLinear(name.slice(0, -5) + ".weight")) continue;
         const base = name.endsWith(".weight") ? name.slice(0, -7) : name;
-        const rule = policyFor(base, rules);
         if (isLinear(name)) {
-          const [n, k] = info.shape;
-          const w = await readFinite(reader, name);
-          const biasName = base + ".bias";
-          const bias = reader.tensors.has(biasName) ? await readFinite(reader, biasName) : null;
-          const layerMethod = rule.method;
-          const w4a4 = w4a4Methods.includes(layerMethod);
-          const plan = planned.get(base);
-          const layerFormat = plan?.format ?? rule.format ??
-            (rule.postGelu ? opts.geluFormat ?? (format === "nvfp4" ? "int4" : format) : format);
-          if (w4a4 && k % groupSize(layerFormat) !== 0) {
-            throw new FormatError(
-              input,
-              `in-features K=${k} is not a multiple of the ${layerFormat} group size ` +
-                `${groupSize(layerFormat)}; keep this layer 16-bit with a policy rule`,
-              name,
-            );
-          }
-          const layerOpts = {
-            method: layerMethod,
-            format: layerFormat,
-            stats: statsFor(opts.calib, base, k),
-            postGelu: rule.postGelu,
-            matmul: opts.matmul,
-            alphas: opts.alphas,
-            rounds: opts.rounds,
-            sourceBytes: sourceBytes(name),
-          };
-          // A planned choice is reproduced exactly: the same ladder of ranks up to it.
-          const q: QuantizedLinear = plan
-            ? (await quantizeLinearRanks(
-              base,
-              w,
-              bias,
-              n,
-              k,
-              layerMethod === "svdquant" || layerMethod === "dilate"
-                ? BUDGET_RANKS.filter((r) => r <= plan.r)
-                : [0],
-              layerOpts,
-            )).at(-1)!
-            : await quantizeLinear(base, w, bias, n, k, { ...layerOpts, r: rule.rank ?? rank });
+          const q: QuantizedLinear = await quantized(name);
           policy[base] = { method: q.method, format: q.format, r: q.r, actMode: q.actMode };
           for (const [suffix, t] of q.tensors) {
             checkOutput(input, `${base}.${suffix}`, t.dtype, t.data);
@@ -312,6 +352,7 @@ export async function quantizeCheckpoint(
     await writeQuantFile(output, { quantConfig, modelConfig, family, policy, extra }, tensors());
     return reports;
   } finally {
+    pool?.close();
     reader.close();
   }
 }

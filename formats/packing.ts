@@ -629,9 +629,21 @@ export function weightGroupScales(p: PackedWeight): Float32Array {
 
 /** Dequantized weight [N, K] (f32): `weightCode · weightGroupScale` per element. */
 export function dequantizeWeight(p: PackedWeight): Float32Array {
-  const codes = weightCodes(p), scales = weightGroupScales(p), G = groupSize(p.format);
-  const out = new Float32Array(codes.length);
-  for (let i = 0; i < out.length; i++) out[i] = codes[i] * scales[(i / G) | 0];
+  // Fused: no [N, K] code array. G is a multiple of 8, so the 8 codes of a u32 share one scale;
+  // each value is `weightCodes(p)[i] · weightGroupScales(p)[g]` exactly as the two-pass form.
+  const scales = weightGroupScales(p), G = groupSize(p.format), count = p.n * p.k;
+  const out = new Float32Array(count), q = p.qweight, wordsPerGroup = G >> 3;
+  if (p.format === "int4") {
+    for (let w = 0, i = 0; i < count; w++) {
+      const v = q[w], s = scales[(w / wordsPerGroup) | 0];
+      for (let j = 28; j >= 0; j -= 4, i++) out[i] = ((v << j) >> 28) * s;
+    }
+  } else {
+    for (let w = 0, i = 0; i < count; w++) {
+      const v = q[w], s = scales[(w / wordsPerGroup) | 0];
+      for (let j = 0; j < 32; j += 4, i++) out[i] = E2M1_TWICE[(v >>> j) & 15] * s;
+    }
+  }
   return out;
 }
 

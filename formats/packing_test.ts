@@ -629,3 +629,21 @@ Deno.test("per-group primitives reproduce quantizeWeight and dequantizeWeight gr
     assert.deepEqual(words, p.qweight);
   }
 });
+
+Deno.test("dequantizeWeight (fused) equals weightCodes · weightGroupScales bit for bit", () => {
+  const n = 24, k = 128;
+  const w = Float32Array.from({ length: n * k }, (_, i) => Math.sin(i * 0.71) ** 3 * (1 + (i % 7)));
+  for (const format of ["int4", "nvfp4"] as const) {
+    const p = quantizeWeight(w, n, k, format);
+    const codes = weightCodes(p), scales = weightGroupScales(p), G = groupSize(format);
+    const got = dequantizeWeight(p);
+    assert.equal(got.length, n * k);
+    let nonzero = 0;
+    for (let i = 0; i < got.length; i++) {
+      const want = Math.fround(codes[i] * scales[Math.floor(i / G)]);
+      assert.ok(Object.is(got[i], want), `${format} [${i}]: ${got[i]} vs ${want}`);
+      if (want !== 0) nonzero++;
+    }
+    assert.ok(nonzero > n * k / 2, `${format}: most values are nonzero (${nonzero})`);
+  }
+});

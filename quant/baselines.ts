@@ -28,15 +28,14 @@ import {
   actCodes,
   actGroupScales,
   type ActMode,
+  dequantizeWeight,
   GELU_SHIFT,
   groupSize,
   type PackedWeight,
   quantizeAct,
   quantizeWeight,
   roundHalfEven,
-  weightCodes,
   type WeightFormat,
-  weightGroupScales,
 } from "../formats/packing.ts";
 
 /** Tensor dtypes the quantizer writes. */
@@ -122,10 +121,7 @@ export async function floatOutput(
 
 /** Values `code · factor` of a packed weight, exactly as the GEMM multiplies them ([N, K]). */
 export function gemmWeightValues(p: PackedWeight): Float32Array {
-  const codes = weightCodes(p), scales = weightGroupScales(p), G = groupSize(p.format);
-  const out = new Float32Array(codes.length);
-  for (let i = 0; i < out.length; i++) out[i] = codes[i] * scales[(i / G) | 0];
-  return out;
+  return dequantizeWeight(p); // the same products, code · factor, in one pass
 }
 
 /**
