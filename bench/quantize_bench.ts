@@ -6,7 +6,7 @@
  * extrapolated from the blocks measured (labelled as such).
  *
  * ```sh
- * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S] [--no-gptq] [--workers N]
+ * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S] [--no-gptq] [--no-rank0-floor] [--workers N]
  * ```
  *
  * `--workers N` (N > 1) quantizes the layers of a block in parallel in a pool of N Web Workers
@@ -33,6 +33,7 @@ const { values } = parseArgs({
     "alpha-step": { type: "string" },
     "skip-large": { type: "boolean", default: false },
     "no-gptq": { type: "boolean", default: false },
+    "no-rank0-floor": { type: "boolean", default: false },
     workers: { type: "string", default: "1" },
   },
 });
@@ -79,6 +80,7 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
     alphas,
     matmul,
     gptq: !values["no-gptq"],
+    rankZeroFloor: !values["no-rank0-floor"],
   });
   const s = (performance.now() - t0) / 1000, c = process.cpuUsage(c0);
   const cpu = (c.user + c.system) / 1e6;

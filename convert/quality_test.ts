@@ -93,6 +93,52 @@ Deno.test("rank that never hurts: along the ranks the layer error never grows", 
   );
 });
 
+Deno.test("rank that never hurts, plain --rank: a layer where rank R is worse stores rank 0", async () => {
+  const base = "blocks.0.attn.qkv";
+  const { n, k, w: w0, bias } = await fixtureLayer(base);
+  const { stats } = await fixtureLayer(base);
+  // The fixture's weight and inputs snapped onto the INT4 g64 grids (power-of-two scales, a ±7
+  // in every group): rank 0 at λ = 1 is exact, while any rank R > 0 leaves an off-grid residual.
+  const snap = (v: Float32Array, scaleOf: (amax: number) => number) => {
+    for (let g = 0; g < v.length; g += 64) {
+      let amax = 0;
+      for (let i = 0; i < 64; i++) amax = Math.max(amax, Math.abs(v[g + i]));
+      const sc = scaleOf(amax);
+      for (let i = 0; i < 64; i++) {
+        v[g + i] = Math.max(-7, Math.min(7, Math.round(v[g + i] / sc))) * sc;
+      }
+      v[g] = 7 * sc;
+    }
+  };
+  const w = w0.slice();
+  snap(w, () => 1 / 16);
+  snap(stats.samples, (amax) => 2 ** Math.round(Math.log2(amax / 7)));
+  const opts = { method: "svdquant", format: "int4", stats, rounds: 1 } as const;
+  const zero = await quantizeLinear(base, w, bias, n, k, { ...opts, r: 0 });
+  const onlyR = await quantizeLinear(base, w, bias, n, k, { ...opts, r: 8, rankZeroFloor: false });
+  const plain = await quantizeLinear(base, w, bias, n, k, { ...opts, r: 8 });
+  console.log(
+    `rank 0 ${zero.relError}, rank 8 alone ${onlyR.relError}, plain --rank 8 ${plain.relError}`,
+  );
+  assert.ok(onlyR.relError > zero.relError, "the case under test: rank 8 alone is worse");
+  assert.ok(plain.relError <= zero.relError, `${plain.relError} > rank-0 ${zero.relError}`);
+  assert.equal(plain.r, 0);
+  // On an ordinary layer the rank-R fit wins and is what is stored.
+  const real = await fixtureLayer(base);
+  const r8 = await quantizeLinear(base, real.w, real.bias, n, k, {
+    ...opts,
+    stats: real.stats,
+    r: 8,
+  });
+  const r0 = await quantizeLinear(base, real.w, real.bias, n, k, {
+    ...opts,
+    stats: real.stats,
+    r: 0,
+  });
+  assert.equal(r8.r, 8);
+  assert.ok(r8.relError <= r0.relError);
+});
+
 Deno.test("coarse-to-fine α search: within 1% of the full 0.05 grid's error", async () => {
   for (const [base, postGelu] of LAYERS) {
     const { n, k, w, stats } = await fixtureLayer(base, postGelu);

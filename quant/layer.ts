@@ -126,6 +126,13 @@ export interface QuantizeLinearOptions {
    * along {@linkcode quantizeLinearRanks} a larger rank never gives a larger layer error.
    */
   floor?: QuantizedLinear;
+  /**
+   * With a rank R > 0 and no `floor` (svdquant, dilate): also fit the layer at rank 0 and keep
+   * whichever scores the lower output error on the calibration rows, so the stored layer is never
+   * worse than the rank-0 one (default true; the rank-0 fit needs no SVD, its cost is the
+   * smoothing search and the residual's GPTQ).
+   */
+  rankZeroFloor?: boolean;
   /** Calibration rows the smoothing search scores candidates on (default {@linkcode SEARCH_ROWS}). */
   searchRows?: number;
   /**
@@ -278,6 +285,11 @@ export async function quantizeLinear(
 
   const actMode = actModeFor(format, postGelu);
   const r = method === "svdquant" || method === "dilate" ? opts.r : 0;
+  // Rank that never hurts for a plain run: the rank-0 fit is the floor unless one was given.
+  let floor = opts.floor;
+  if (!floor && r > 0 && (opts.rankZeroFloor ?? true)) {
+    floor = await quantizeLinear(name, w, bias, n, k, { ...opts, r: 0, rankZeroFloor: false });
+  }
   const scorer = new LayerScorer(x, s, yRef, matmul);
   // The smoothing search scores its candidates on a strided subset of the rows (the final fit
   // and the reported error use them all).
@@ -356,7 +368,6 @@ export async function quantizeLinear(
     relError: best.error,
     ...(alpha !== undefined ? { alpha, beta } : {}),
   });
-  const floor = opts.floor;
   return floor && floor.relError < q.relError ? floor : q;
 }
 
