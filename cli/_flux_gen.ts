@@ -15,7 +15,12 @@ import { fluxDefaultSize, resolveFluxModel } from "../runtime/flux/model_folder.
 import { FluxPipeline } from "../runtime/flux/pipeline.ts";
 import { conditioningOf } from "../runtime/flux/text.ts";
 import { FluxWeights } from "../runtime/flux/weights.ts";
-import { FLUX_T5_LENGTH, TextEncoders, truncationWarning } from "../runtime/text/encoders.ts";
+import {
+  DEFAULT_T5_WEIGHTS,
+  FLUX_T5_LENGTH,
+  TextEncoders,
+  truncationWarning,
+} from "../runtime/text/encoders.ts";
 import { TEXT_WEIGHT_FORMATS, type TextWeightFormat } from "../runtime/text/_linears.ts";
 import { checkOutputFile, fail, intOption, writeFileReplacing } from "./_cli.ts";
 import { resolveModel } from "./_resolve.ts";
@@ -37,7 +42,8 @@ export const FLUX_USAGE = `Usage: deno task gen "<prompt>" --model <FLUX.1 folde
   --guidance X           guidance embedding value of FLUX.1-dev (default 3.5; schnell has none)
   --seed N               noise seed, 0..4294967295 (default: random)
   --n N                  images side by side in one PNG (default 1)
-  --t5-weights W         float | w4a16 | w8a16 for T5-XXL (default float; a pre-quantized T5 wins)
+  --t5-weights W         float | w4a16 | w8a16 for T5-XXL (default w8a16, the smallest whose encoder
+                         output keeps cosine ≥ 0.99; a pre-quantized T5 wins)
   --vram GB              refuse before loading when the plan needs more than this
   --offload-text         free the text encoders' GPU memory right after encoding, before the
                          transformer loads. Always on for gen (one prompt per run, the parts are
@@ -75,7 +81,7 @@ export async function genFlux(args: string[]): Promise<void> {
       guidance: { type: "string", default: "3.5" },
       seed: { type: "string" },
       n: { type: "string", default: "1" },
-      "t5-weights": { type: "string", default: "float" },
+      "t5-weights": { type: "string", default: DEFAULT_T5_WEIGHTS },
       vram: { type: "string" },
       "offload-text": { type: "boolean", default: true }, // gen always offloads: see the usage
       f32: { type: "boolean", default: false },
