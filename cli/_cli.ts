@@ -31,12 +31,19 @@ export function fail(message: string, usage?: string): never {
 
 /**
  * Option `--<name>`'s value `v` as an integer in `lo..hi` (decimal digits only); else a
- * {@linkcode UsageError}: `--<name> must be an integer in <lo>..<hi>, got "<v>"`.
+ * {@linkcode UsageError}: `--<name> must be an integer in <lo>..<hi>, got "<v>"` (followed by
+ * `usage` when given).
  */
-export function intOption(name: string, v: string, lo: number, hi: number): number {
+export function intOption(
+  name: string,
+  v: string,
+  lo: number,
+  hi: number,
+  usage?: string,
+): number {
   const x = /^\d+$/.test(v.trim()) ? Number(v) : NaN;
   if (!Number.isInteger(x) || x < lo || x > hi) {
-    fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`);
+    fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`, usage);
   }
   return x;
 }

@@ -7,7 +7,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { fail, runCli } from "../cli/_cli.ts";
+import { fail, intOption, runCli } from "../cli/_cli.ts";
 import { resolveModel } from "../cli/_resolve.ts";
 import { cachedPath, FLOAT_MODEL, modelBaseName, modelFor, PRECISIONS } from "../cli/_models.ts";
 import { createApp } from "./app.ts";
@@ -101,13 +101,8 @@ async function main(args: string[]): Promise<void> {
     },
   });
   if (values.help) return console.log(USAGE);
-  const int = (name: string, v: string, lo: number, hi: number) => {
-    const x = /^\d+$/.test(v.trim()) ? Number(v) : NaN;
-    if (!Number.isInteger(x) || x < lo || x > hi) {
-      fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`, USAGE);
-    }
-    return x;
-  };
+  const int = (name: string, v: string, lo: number, hi: number) =>
+    intOption(name, v, lo, hi, USAGE);
   const port = int("port", values.port ?? Deno.env.get("PORT") ?? "8000", 0, 65535);
   const queue = {
     limit: int("queue", values.queue, 0, 10000),

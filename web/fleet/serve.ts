@@ -6,7 +6,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { fail } from "../../cli/_cli.ts";
+import { intOption } from "../../cli/_cli.ts";
 import { createApp } from "../app.ts";
 import { connectNats, NATS_ARGS, NATS_USAGE, natsOptionsFrom } from "./connect.ts";
 import { FleetEngine } from "./front.ts";
@@ -40,13 +40,8 @@ export async function serveFleet(args: string[]): Promise<void> {
     },
   });
   if (values.help) return console.log(USAGE);
-  const int = (name: string, v: string, lo: number, hi: number) => {
-    const x = Number(v);
-    if (!Number.isInteger(x) || x < lo || x > hi) {
-      fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`, USAGE);
-    }
-    return x;
-  };
+  const int = (name: string, v: string, lo: number, hi: number) =>
+    intOption(name, v, lo, hi, USAGE);
   const port = int("port", values.port ?? Deno.env.get("PORT") ?? "8000", 0, 65535);
   const maxPending = int("queue", values.queue, 1, 100000);
   const perCaller = values["per-caller"] === undefined

@@ -7,7 +7,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { fail, runCli } from "../../cli/_cli.ts";
+import { fail, intOption, runCli } from "../../cli/_cli.ts";
 import { PipelineEngine, type RegistryEntry } from "../engine.ts";
 import { defaultRegistry, idFor } from "../main.ts";
 import { connectNats, NATS_ARGS, NATS_USAGE, natsOptionsFrom } from "./connect.ts";
@@ -40,13 +40,8 @@ async function main(args: string[]): Promise<void> {
     },
   });
   if (values.help) return console.log(USAGE);
-  const int = (name: string, v: string, lo: number, hi: number) => {
-    const x = Number(v);
-    if (!Number.isInteger(x) || x < lo || x > hi) {
-      fail(`--${name} must be an integer in ${lo}..${hi}, got "${v}"`, USAGE);
-    }
-    return x;
-  };
+  const int = (name: string, v: string, lo: number, hi: number) =>
+    intOption(name, v, lo, hi, USAGE);
   if (values.id !== undefined && !WORKER_ID.test(values.id)) {
     fail(`--id must use letters, digits, "-", "_" (64 at most), got "${values.id}"`, USAGE);
   }
