@@ -20,9 +20,8 @@ import { AttentionStage, type SparseAttentionChoice } from "./attention.ts";
 import type { Dispatch, Gpu } from "../gpu/device.ts";
 import { silu } from "../gpu/activations.ts";
 import { FormatError } from "../gpu/errors.ts";
-import { createLinear, type LinearOp } from "./linears.ts";
+import { createLinear, type LinearOp, policySpec } from "./linears.ts";
 import type { ModelSource } from "./model_file.ts";
-import type { ActMode, WeightFormat } from "../formats/packing.ts";
 
 /** DiT hyper-parameters, as the checkpoint's `model_config` names them. */
 export interface DiTConfig {
@@ -190,9 +189,7 @@ export class DiT {
         k,
         dtype,
         gelu,
-        method: pol.method,
-        format: pol.format as WeightFormat,
-        actMode: pol.actMode as ActMode | undefined,
+        ...policySpec(pol),
       }, await file.linearTensors(base));
       ops.push(op);
       opts.onProgress?.(++done, total, base);

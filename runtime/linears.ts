@@ -9,6 +9,7 @@ import { GemmF16 } from "../kernels/gemm_f16/gemm_f16.ts";
 import { GemmW4A16 } from "../kernels/gemm_w4a16/gemm_w4a16.ts";
 import type { ActDtype } from "../kernels/_wgsl.ts";
 import type { ActConvention, ActMode, WeightFormat } from "../formats/packing.ts";
+import type { LayerPolicyEntry } from "../formats/format.ts";
 import type { Dispatch, Gpu } from "../gpu/device.ts";
 import { type StoredTensor, W4A4Linear, type W4A4Scratch } from "./linear.ts";
 
@@ -44,6 +45,18 @@ export interface LinearSpec {
   scratch?: W4A4Scratch;
   /** W4A4 activation rounding convention (the policy entry's `convention`; default "w4"). */
   convention?: ActConvention;
+}
+
+/** The part of a {@linkcode LinearSpec} that a layer's policy entry in the model file decides. */
+export function policySpec(
+  pol: LayerPolicyEntry,
+): Pick<LinearSpec, "method" | "format" | "actMode" | "convention"> {
+  return {
+    method: pol.method,
+    format: pol.format as WeightFormat,
+    actMode: pol.actMode as ActMode | undefined,
+    convention: pol.convention as ActConvention | undefined,
+  };
 }
 
 /**

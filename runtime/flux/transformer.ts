@@ -23,10 +23,9 @@ import { GateResidual } from "../../kernels/gate_residual/gate_residual.ts";
 import { LayernormModulate } from "../../kernels/layernorm_modulate/layernorm_modulate.ts";
 import { QkNormRope } from "../../kernels/qk_norm_rope/qk_norm_rope.ts";
 import { type ActDtype, fromActBytes, toActArray } from "../../kernels/_wgsl.ts";
-import type { ActConvention, ActMode, WeightFormat } from "../../formats/packing.ts";
 import { silu } from "../../gpu/activations.ts";
 import type { Dispatch, Gpu } from "../../gpu/device.ts";
-import { createLinear, type LinearOp } from "../linears.ts";
+import { createLinear, type LinearOp, policySpec } from "../linears.ts";
 import { fluxTensorList } from "../../quant/flux_policy.ts";
 import { type FluxConfig, headDim, mlpWidth } from "./config.ts";
 import {
@@ -186,11 +185,8 @@ export class FluxTransformer {
         k,
         dtype,
         gelu,
-        method: pol.method,
-        format: pol.format as WeightFormat,
-        actMode: pol.actMode as ActMode | undefined,
-        // "nunchaku" on layers imported from Nunchaku checkpoints (quant/nunchaku_flux.ts)
-        convention: pol.convention as ActConvention | undefined,
+        // convention: "nunchaku" on layers imported from Nunchaku checkpoints (quant/nunchaku_flux.ts)
+        ...policySpec(pol),
         scratch,
       }, await w.linearTensors(base));
       ops.push(op);
