@@ -6,7 +6,7 @@
  *
  * @module
  */
-import * as esbuild from "esbuild";
+import { bundleScript } from "./_bundle.ts";
 
 /** Where the bundle goes. */
 export const CLIENT_JS: string = new URL("./dist/client.js", import.meta.url).pathname;
@@ -20,26 +20,8 @@ export const CLIENT_JS: string = new URL("./dist/client.js", import.meta.url).pa
  * const js = await buildClient();
  * ```
  */
-export async function buildClient(out: string | null = CLIENT_JS): Promise<string> {
-  try {
-    const r = await esbuild.build({
-      entryPoints: [new URL("./client.ts", import.meta.url).pathname],
-      bundle: true,
-      format: "esm",
-      target: "es2022",
-      minify: true,
-      write: false,
-      logLevel: "silent",
-    });
-    const js = r.outputFiles[0].text;
-    if (out) {
-      await Deno.mkdir(out.slice(0, out.lastIndexOf("/")), { recursive: true });
-      await Deno.writeTextFile(out, js);
-    }
-    return js;
-  } finally {
-    await esbuild.stop();
-  }
+export function buildClient(out: string | null = CLIENT_JS): Promise<string> {
+  return bundleScript(new URL("./client.ts", import.meta.url).pathname, out);
 }
 
 if (import.meta.main) {

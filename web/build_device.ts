@@ -7,7 +7,8 @@
  *
  * @module
  */
-import * as esbuild from "esbuild";
+import type * as esbuild from "esbuild";
+import { bundleScript } from "./_bundle.ts";
 
 /** Where the bundle goes. */
 export const DEVICE_JS: string = new URL("./dist/device.js", import.meta.url).pathname;
@@ -61,29 +62,9 @@ const browserPlugin: esbuild.Plugin = {
  * const js = await buildDevice(null);
  * ```
  */
-export async function buildDevice(
+export function buildDevice(
   out: string | null = DEVICE_JS,
   entry = `${ROOT}web/device_client.ts`,
 ): Promise<string> {
-  try {
-    const r = await esbuild.build({
-      entryPoints: [entry],
-      bundle: true,
-      format: "esm",
-      target: "es2022",
-      minify: true,
-      write: false,
-      logLevel: "silent",
-      loader: { ".wgsl": "text" },
-      plugins: [browserPlugin],
-    });
-    const js = r.outputFiles[0].text;
-    if (out) {
-      await Deno.mkdir(out.slice(0, out.lastIndexOf("/")), { recursive: true });
-      await Deno.writeTextFile(out, js);
-    }
-    return js;
-  } finally {
-    await esbuild.stop();
-  }
+  return bundleScript(entry, out, { loader: { ".wgsl": "text" }, plugins: [browserPlugin] });
 }
