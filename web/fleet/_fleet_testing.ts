@@ -157,7 +157,8 @@ export async function fleet(
     engine,
     queue: engine.queueOptions(60_000),
     previewEveryMs: 0,
-    log: () => {},
+    // an unexpected failure (a 500) shows in the test output, where CI keeps it
+    log: (l: string) => /^(unexpected )?error/.test(l) && console.error(`app: ${l}`),
   });
   const http = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
   const f: Fleet = {

@@ -38,6 +38,7 @@ import {
   jobSubject,
   type Progress,
   progressSubject,
+  retrying,
   type WorkerBeat,
   WORKERS_BUCKET,
 } from "./protocol.ts";
@@ -319,6 +320,11 @@ export class FleetEngine implements Engine {
     this.#perCallerNow.set(caller, mine + 1);
     try {
       return await this.#generate(req, info, caller);
+    } catch (e) {
+      // what is not already an answer (HTTP error, queue full, the client's abort) is NATS failing
+      // under us: a 503 with Retry-After, not an internal error
+      if (e instanceof HttpError || e instanceof QueueFullError || req.signal.aborted) throw e;
+      throw unreachable(e, this.#opts.log);
     } finally {
       const n = (this.#perCallerNow.get(caller) ?? 1) - 1;
       if (n > 0) this.#perCallerNow.set(caller, n);
@@ -466,7 +472,14 @@ export class FleetEngine implements Engine {
   }
 
   async #result(id: string, rec: JobRecord): Promise<EngineResult> {
-    const blob = await this.#infra.images.getBlob(id);
+    // read again while the server is away or mid-restart (a worker that retried its upload may
+    // be replacing the object's chunks): the record says done, so the image is there
+    let blob: Uint8Array | null;
+    try {
+      blob = await retrying(() => this.#infra.images.getBlob(id));
+    } catch (e) {
+      throw unreachable(e, this.#opts.log);
+    }
     if (!blob) {
       throw new HttpError(503, "Cannot return the image: it expired from the store; retry");
     }

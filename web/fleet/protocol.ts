@@ -209,3 +209,24 @@ export function decodePreview(s: string, expect: number): Float32Array {
 export const enc = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
 /** Decode a JSON payload. */
 export const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
+
+/**
+ * Run `fn` until it succeeds: `tries` attempts at most (default 8), waiting 100 ms, 200 ms, …
+ * 2 s between them, so a NATS server that restarts (≈ 1–5 s away, JetStream recovering its
+ * streams) is ridden out; the last failure is thrown. For steps that are idempotent.
+ */
+export async function retrying<T>(
+  fn: () => Promise<T>,
+  o: { tries?: number; waitMs?: (k: number) => number } = {},
+): Promise<T> {
+  const tries = o.tries ?? 8;
+  const wait = o.waitMs ?? ((k: number) => Math.min(2000, 100 * 2 ** k));
+  for (let k = 0;; k++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (k >= tries - 1) throw e;
+      await new Promise((r) => setTimeout(r, wait(k)));
+    }
+  }
+}

@@ -13,6 +13,7 @@ import {
   jobSubject,
   parseJob,
   progressSubject,
+  retrying,
 } from "./protocol.ts";
 
 const models = new FakeEngine().models();
@@ -83,4 +84,22 @@ Deno.test("previews survive the trip as base64 of their floats; a wrong size is 
   const x = new Float32Array(48).map((_, i) => Math.sin(i) * 0.9);
   assert.deepEqual(decodePreview(encodePreview(x), 48), x);
   assert.throws(() => decodePreview(encodePreview(x), 12), /expected 48/);
+});
+
+Deno.test("retrying: rides out failures, then gives up with the last error", async () => {
+  let calls = 0;
+  const waits: number[] = [];
+  const v = await retrying(async () => {
+    if (++calls < 3) throw new Error(`away ${calls}`);
+    return await Promise.resolve("image");
+  }, { waitMs: (k) => (waits.push(k), 1) });
+  assert.equal(v, "image");
+  assert.equal(calls, 3);
+  assert.deepEqual(waits, [0, 1]);
+  calls = 0;
+  await assert.rejects(
+    retrying(() => Promise.reject(new Error(`away ${++calls}`)), { tries: 4, waitMs: () => 1 }),
+    /away 4/,
+  );
+  assert.equal(calls, 4, "four tries, no more");
 });

@@ -29,6 +29,7 @@ import {
   parseJob,
   type Progress,
   progressSubject,
+  retrying,
   type WorkerBeat,
 } from "./protocol.ts";
 
@@ -352,7 +353,7 @@ export class FleetWorker {
     // the message kept alive meanwhile; each step is idempotent
     const image = png;
     try {
-      await this.#retry(async () => {
+      await retrying(async () => {
         if (image) await images.putBlob({ name: job.id }, image);
         await jobs.put(job.id, enc(end));
         await msg.ackAck();
@@ -367,17 +368,5 @@ export class FleetWorker {
       clearInterval(keepAlive);
     }
     this.#heartbeat();
-  }
-
-  /** Run `fn` until it succeeds, 8 tries at most, waiting 100 ms, 200 ms, … 2 s between. */
-  async #retry(fn: () => Promise<void>): Promise<void> {
-    for (let k = 0;; k++) {
-      try {
-        return await fn();
-      } catch (e) {
-        if (k >= 7) throw e;
-        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** k)));
-      }
-    }
   }
 }
