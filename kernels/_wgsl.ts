@@ -57,6 +57,27 @@ export function withActDtype(source: string, dtype: ActDtype): string {
   return "enable f16;\n" + source.replace(ALIAS_LINE, "alias ACT = f16;");
 }
 
+/**
+ * Specialise a shader that declares a second storage type as `alias <name> = ACT;` (a residual
+ * stream kept in f32 under f16 activations, a copy's destination): `ACT` as
+ * {@linkcode withActDtype} does, and `<name>` as `aliasDtype` (`enable f16;` on top when either
+ * is f16). With `aliasDtype === dtype` the result is exactly `withActDtype(source, dtype)`.
+ */
+export function withAliasDtype(
+  source: string,
+  dtype: ActDtype,
+  alias: string,
+  aliasDtype: ActDtype,
+): string {
+  if (aliasDtype === dtype) return withActDtype(source, dtype);
+  const line = new RegExp(`^alias ${alias} = ACT;$`, "m");
+  if (!line.test(source)) {
+    throw new TypeError(`Cannot specialise shader: it has no \`alias ${alias} = ACT;\` line`);
+  }
+  const out = withActDtype(source.replace(line, `alias ${alias} = ${aliasDtype};`), dtype);
+  return dtype === "f32" ? "enable f16;\n" + out : out; // aliasDtype is f16 here
+}
+
 /** Bytes per element of an activation dtype. */
 export function actBytes(dtype: ActDtype): number {
   return dtype === "f16" ? 2 : 4;

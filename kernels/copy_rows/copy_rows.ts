@@ -5,9 +5,10 @@
  * of the single blocks, splits joint attention's output back into the two streams of a double
  * block, and takes the image tokens out for the final layer with it.
  *
- * Buffers (ACT = the shape's dtype, row-major):
- * - `src` [B·srcRows, width]
- * - `dst` [B·dstRows, width]: only the copied rows are written.
+ * Buffers (ACT = the shape's dtype, DST = its `dstDtype`, by default ACT; row-major):
+ * - `src` ACT [B·srcRows, width]
+ * - `dst` DST [B·dstRows, width]: only the copied rows are written. A different DST converts:
+ *   FLUX's img_in / txt_in outputs (f16) into its residual streams (f32).
  *
  * @module
  */
@@ -22,7 +23,7 @@ import {
   checkShaderF16,
   runOnce,
 } from "../_launch.ts";
-import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
+import { actBytes, type ActDtype, loadWgsl, withAliasDtype } from "../_wgsl.ts";
 
 const NAME = "copy_rows";
 const WG = 256;
@@ -43,15 +44,20 @@ export interface CopyRowsShape {
   dstRows: number;
   /** First destination row within each image. */
   dstOffset: number;
-  /** Storage dtype of both buffers. */
+  /** Storage dtype of `src`, and of `dst` unless `dstDtype` says otherwise. */
   dtype: ActDtype;
+  /**
+   * Storage dtype of `dst`; default `dtype` (a bit-exact copy). f16 → f32 converts exactly,
+   * f32 → f16 rounds and saturates at ±65504.
+   */
+  dstDtype?: ActDtype;
 }
 
 /** Buffers of one dispatch, in binding order (binding 0 is the uniform params). */
 export interface CopyRowsBuffers {
   /** ACT [B·srcRows, width]. */
   src: GPUBuffer;
-  /** ACT [B·dstRows, width]. */
+  /** DST [B·dstRows, width]. */
   dst: GPUBuffer;
 }
 
@@ -100,9 +106,22 @@ export class CopyRows {
     const count = (shape.b * shape.n * shape.width) / vec;
     const max = Math.min(gridLimit ?? Infinity, gpu.caps.maxComputeWorkgroupsPerDimension);
     const workgroups = Math.min(Math.ceil(count / WG), max);
-    const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), shape.dtype);
+    const dst = shape.dstDtype ?? shape.dtype;
+    const src = withAliasDtype(
+      await loadWgsl(`./${NAME}.wgsl`, import.meta.url),
+      shape.dtype,
+      "DST",
+      dst,
+    );
     const entry = vec === 4 ? NAME : `${NAME}_any`;
-    const pipeline = await gpu.pipeline(`${entry}_${shape.dtype}`, src, { WG }, entry);
+    const pipeline = dst === shape.dtype
+      ? await gpu.pipeline(`${entry}_${shape.dtype}`, src, { WG }, entry)
+      : await gpu.pipeline(
+        `${entry}_${shape.dtype}_to_${dst}`,
+        src,
+        { WG, SATURATE: dst === "f16" ? 1 : 0 },
+        entry,
+      );
     const params = await gpu.uniform(
       `buffer ${NAME} params`,
       new Uint32Array([
@@ -142,10 +161,10 @@ export function copyRows(gpu: Gpu, shape: CopyRowsShape, buffers: CopyRowsBuffer
 
 /** Required byte sizes of the buffers, in binding order: [name, bytes, description]. */
 export function bufferSizes(s: CopyRowsShape): BufferRow<keyof CopyRowsBuffers>[] {
-  const e = actBytes(s.dtype);
+  const e = actBytes(s.dtype), dt = s.dstDtype ?? s.dtype, de = actBytes(dt);
   return [
     ["src", s.b * s.srcRows * s.width * e, `[B·srcRows=${s.b * s.srcRows}, ${s.width}] ${s.dtype}`],
-    ["dst", s.b * s.dstRows * s.width * e, `[B·dstRows=${s.b * s.dstRows}, ${s.width}] ${s.dtype}`],
+    ["dst", s.b * s.dstRows * s.width * de, `[B·dstRows=${s.b * s.dstRows}, ${s.width}] ${dt}`],
   ];
 }
 
@@ -159,10 +178,15 @@ function checkShape(gpu: Gpu, s: CopyRowsShape): void {
     }
   }
   checkDtype(NAME, s.dtype);
+  const dst = s.dstDtype ?? s.dtype;
+  if (dst !== "f16" && dst !== "f32") {
+    throw new TypeError(`Cannot build ${NAME}: dstDtype "${dst}" must be "f16" or "f32"`);
+  }
   checkBindingSizes(gpu, bufferSizes(s), {
     kernel: NAME,
-    elementBytes: actBytes(s.dtype),
+    elementBytes: Math.min(actBytes(s.dtype), actBytes(dst)),
     maxLog2: 32,
   });
   checkShaderF16(gpu, NAME, s.dtype);
+  checkShaderF16(gpu, NAME, dst);
 }

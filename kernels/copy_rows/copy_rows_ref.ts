@@ -5,9 +5,14 @@
  */
 import type { CopyRowsShape } from "./copy_rows.ts";
 
+/** f16's largest finite value. */
+const F16_MAX = 65504;
+
 /**
  * Copy rows `srcOffset .. + n` of each image of `src` to rows `dstOffset .. + n` of the same
- * image of `dst` (modified in place; other rows untouched).
+ * image of `dst` (modified in place; other rows untouched). Values are copied as they are; an
+ * f32 → f16 copy (`dtype` f32, `dstDtype` f16) clamps them to ±65504 (the f16 rounding itself is
+ * left to the caller's comparison).
  *
  * @example
  * ```ts
@@ -24,11 +29,14 @@ export function copyRowsRef(
   src: ArrayLike<number>,
   dst: Float64Array | Float32Array,
 ): void {
+  const narrow = s.dtype === "f32" && s.dstDtype === "f16";
   for (let b = 0; b < s.b; b++) {
     for (let t = 0; t < s.n; t++) {
       const si = (b * s.srcRows + s.srcOffset + t) * s.width;
       const di = (b * s.dstRows + s.dstOffset + t) * s.width;
-      for (let c = 0; c < s.width; c++) dst[di + c] = src[si + c];
+      for (let c = 0; c < s.width; c++) {
+        dst[di + c] = narrow ? Math.max(-F16_MAX, Math.min(F16_MAX, src[si + c])) : src[si + c];
+      }
     }
   }
 }

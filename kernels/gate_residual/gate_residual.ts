@@ -3,8 +3,9 @@
  * `x[r, :] += mod[b, gate chunk] · y[r, :]` with `b = ⌊r / T⌋`, computed in f32 (see
  * gate_residual.wgsl).
  *
- * Buffers (ACT = the shape's dtype, row-major):
- * - `x` [B·T, D]: the residual stream, read and written (B images of T tokens).
+ * Buffers (ACT = the shape's dtype, RES = its `residualDtype`, by default ACT; row-major):
+ * - `x` RES [B·T, D]: the residual stream, read and written (B images of T tokens). FLUX keeps it
+ *   in f32 under f16 activations (ARCHITECTURE.md, "FLUX.1").
  * - `y` [B·T, D]: the branch output (attention or MLP projection); a different buffer from `x`.
  * - `mod` [B, modWidth·D]: the adaLN linear's output, D-wide chunks in DiT order (shift_msa,
  *   scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp); `gateChunk` picks the gate (2 or 5).
@@ -22,7 +23,7 @@ import {
   checkShaderF16,
   runOnce,
 } from "../_launch.ts";
-import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
+import { actBytes, type ActDtype, loadWgsl, withAliasDtype } from "../_wgsl.ts";
 
 const NAME = "gate_residual";
 const SIZES = [64, 128, 256];
@@ -35,8 +36,13 @@ export interface GateResidualShape {
   t: number;
   /** Hidden size D (any; D % 4 == 0 runs vec4 code). */
   d: number;
-  /** Storage dtype of x, y and mod (f16 needs the `shader-f16` feature). */
+  /** Storage dtype of y and mod, and of x unless `residualDtype` says otherwise (f16 needs `shader-f16`). */
   dtype: ActDtype;
+  /**
+   * Storage dtype of the residual `x`; default `dtype`. "f32" with an f16 `dtype` adds the f16
+   * branch output into a residual stream kept in f32 (values beyond f16's range).
+   */
+  residualDtype?: ActDtype;
   /** D-wide chunks per image in `mod` (6 for a DiT block). */
   modWidth: number;
   /** Chunk index of the gate (2 = gate_msa, 5 = gate_mlp). */
@@ -47,7 +53,7 @@ export interface GateResidualShape {
 
 /** Buffers of one dispatch, in binding order (binding 0 is the uniform params). */
 export interface GateResidualBuffers {
-  /** ACT [B·T, D] residual stream, updated in place. */
+  /** RES [B·T, D] residual stream, updated in place. */
   x: GPUBuffer;
   /** ACT [B·T, D] branch output. */
   y: GPUBuffer;
@@ -109,9 +115,16 @@ export class GateResidual {
     const count = (b * t * d) / vec;
     const max = Math.min(gridLimit ?? Infinity, gpu.caps.maxComputeWorkgroupsPerDimension);
     const workgroups = Math.min(Math.ceil(count / wg), max);
-    const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), dtype);
+    const res = shape.residualDtype ?? dtype;
+    const src = withAliasDtype(
+      await loadWgsl(`./${NAME}.wgsl`, import.meta.url),
+      dtype,
+      "RES",
+      res,
+    );
     const entry = vec === 4 ? NAME : `${NAME}_any`;
-    const pipeline = await gpu.pipeline(`${entry}_${dtype}`, src, { WG: wg }, entry);
+    const key = `${entry}_${dtype}${res !== dtype ? `_res_${res}` : ""}`;
+    const pipeline = await gpu.pipeline(key, src, { WG: wg }, entry);
     const words = new Uint32Array([
       count,
       t,
@@ -171,10 +184,10 @@ export function bufferSizes(
   s: GateResidualShape,
 ): BufferRow<keyof GateResidualBuffers>[] {
   const rows = s.b * s.t;
-  const e = actBytes(s.dtype);
+  const e = actBytes(s.dtype), res = s.residualDtype ?? s.dtype;
   const act = `[B·T=${rows}, D=${s.d}] ${s.dtype}`;
   return [
-    ["x", rows * s.d * e, act],
+    ["x", rows * s.d * actBytes(res), `[B·T=${rows}, D=${s.d}] ${res}`],
     ["y", rows * s.d * e, act],
     [
       "mod",
@@ -199,11 +212,16 @@ function checkShape(gpu: Gpu, s: GateResidualShape): void {
     );
   }
   checkDtype(NAME, s.dtype);
+  const res = s.residualDtype ?? s.dtype;
+  if (res !== "f16" && res !== "f32") {
+    throw new TypeError(`Cannot build ${NAME}: residualDtype "${res}" must be "f16" or "f32"`);
+  }
   // below 2^31 elements, so the grid-stride index i + stride never wraps a u32
   checkBindingSizes(gpu, bufferSizes(s), {
     kernel: NAME,
-    elementBytes: actBytes(s.dtype),
+    elementBytes: Math.min(actBytes(s.dtype), actBytes(res)),
     maxLog2: 31,
   });
   checkShaderF16(gpu, NAME, s.dtype);
+  checkShaderF16(gpu, NAME, res);
 }

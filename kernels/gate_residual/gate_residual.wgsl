@@ -1,6 +1,8 @@
 // gate_residual: the gated residual add of a DiT block (adaLN-Zero), in place,
 //   x[r, :] += mod[b, gate_off + :] · y[r, :],  b = r / T,
-// computed in f32 (one fma) and stored as ACT (f16 with shader-f16, else f32).
+// computed in f32 (one fma) and stored as RES. y and mod are ACT (f16 with shader-f16, else f32);
+// x is RES, ACT unless the launcher's residualDtype makes it f32 (FLUX: the residual stream kept
+// in f32 under f16 activations, so sums beyond ±65504 stay finite; nothing to saturate there).
 //
 // Elementwise and memory-bound: each invocation walks units i, i + stride, ... (a grid-stride
 // loop, so any B·T·D fits a 1-D grid of at most 65535 workgroups). Two entry points, picked by
@@ -10,6 +12,7 @@
 // The gate row (D values per image) is re-read for every token; it stays in cache.
 
 alias ACT = f32;
+alias RES = ACT;
 
 struct Params {
   count: u32, // units in x: B·T·D / VEC
@@ -24,11 +27,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 // `mod` is a WGSL reserved word: the descriptor's `mod` is bound as `mod_`.
-@group(0) @binding(1) var<storage, read_write> x: array<ACT>;
+@group(0) @binding(1) var<storage, read_write> x: array<RES>;
 @group(0) @binding(2) var<storage, read> y: array<ACT>;
 @group(0) @binding(3) var<storage, read> mod_: array<ACT>;
 // vec4 views of the same bindings (only the D % 4 == 0 entry point uses them).
-@group(0) @binding(1) var<storage, read_write> x4: array<vec4<ACT>>;
+@group(0) @binding(1) var<storage, read_write> x4: array<vec4<RES>>;
 @group(0) @binding(2) var<storage, read> y4: array<vec4<ACT>>;
 @group(0) @binding(3) var<storage, read> mod4: array<vec4<ACT>>;
 
@@ -45,7 +48,7 @@ fn gate_index(i: u32) -> u32 {
 fn gate_residual(@builtin(global_invocation_id) gid: vec3u) {
   for (var i = gid.x; i < params.count; i += params.stride) {
     let g = vec4<f32>(mod4[gate_index(i)]);
-    x4[i] = vec4<ACT>(fma(g, vec4<f32>(y4[i]), vec4<f32>(x4[i])));
+    x4[i] = vec4<RES>(fma(g, vec4<f32>(y4[i]), vec4<f32>(x4[i])));
   }
 }
 
@@ -53,6 +56,6 @@ fn gate_residual(@builtin(global_invocation_id) gid: vec3u) {
 fn gate_residual_any(@builtin(global_invocation_id) gid: vec3u) {
   for (var i = gid.x; i < params.count; i += params.stride) {
     let g = f32(mod_[gate_index(i)]);
-    x[i] = ACT(fma(g, f32(y[i]), f32(x[i])));
+    x[i] = RES(fma(g, f32(y[i]), f32(x[i])));
   }
 }

@@ -1,6 +1,7 @@
 /**
  * CPU reference of `gate_residual` (the specification): float64 loops over the inputs exactly as
- * stored (f16-rounded values for the f16 dtype).
+ * stored (f16-rounded values for the f16 dtype; with an f32 `residualDtype`, x is f32 values while
+ * y and mod are f16-rounded, and the result is not rounded to f16: it may exceed ±65504).
  *
  * @module
  */

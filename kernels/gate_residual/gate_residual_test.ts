@@ -10,6 +10,11 @@
  * to f16: one ulp, 2⁻¹⁰·|x'| (Vulkan leaves the rounding direction to the driver), and 2⁻²⁴ for
  * subnormals.
  *
+ * The residual dtype (`res=`, FLUX's f32 residual under f16 activations): x is drawn beyond the
+ * f16 range (σ = 1e5) and stored as f32, y large in f16 (|y| to 6e4), so the sums pass ±65504 and
+ * must come back exact to the f32 bound (no f16 rounding of the output); f32 with an f16 residual
+ * covers the other mixed specialisation (its output rounds to f16).
+ *
  * @module
  */
 import assert from "node:assert/strict";
@@ -45,6 +50,11 @@ const CASES: Case[] = [
   "1 1 1 f32 mod=1:0",
   "2 64 100 f32 grid=3", // scalar: 12 800 elements, 768 invocations
   "2 64 1152 f16 grid=5 wg=128", // vec4: 36 864 vec4, 640 invocations
+  "2 7 72 f16 res=f32", // FLUX: f32 residual beyond f16, f16 branch and gate
+  "1 7 100 f16 res=f32 mod=3:2", // scalar
+  "2 64 1152 f16 res=f32 grid=5",
+  "2 7 72 f32 res=f32", // same dtype: the default pipeline
+  "1 7 100 f32 res=f16",
 ].map(parseCase);
 
 function parseCase(text: string): Case {
@@ -59,6 +69,7 @@ function parseCase(text: string): Case {
     t: Number(t),
     d: Number(d),
     dtype: dtype as "f16" | "f32",
+    residualDtype: flag("res") as "f16" | "f32" | undefined,
     modWidth,
     gateChunk,
     workgroupSize: wg ? Number(wg) as 64 : undefined,
@@ -67,7 +78,8 @@ function parseCase(text: string): Case {
 }
 
 function caseName(c: Case): string {
-  return `gate_residual B=${c.b} T=${c.t} D=${c.d} ${c.dtype} mod=${c.modWidth}:${c.gateChunk}` +
+  return `gate_residual B=${c.b} T=${c.t} D=${c.d} ${c.dtype}` +
+    `${c.residualDtype ? ` residual ${c.residualDtype}` : ""} mod=${c.modWidth}:${c.gateChunk}` +
     `${c.workgroupSize ? ` wg=${c.workgroupSize}` : ""}` +
     `${c.grid ? ` grid=${c.grid}` : ""}`;
 }
@@ -78,11 +90,12 @@ function inputs(name: string, c: Case) {
   const rows = c.b * c.t;
   const awayFromZero = (n: number, lo: number, hi: number) =>
     Float32Array.from({ length: n }, () => (rng.next() < 0.5 ? -1 : 1) * rng.uniform(lo, hi));
-  const x = rng.normals(rows * c.d, 2);
-  const y = awayFromZero(rows * c.d, 0.5, 3);
+  const big = c.residualDtype === "f32" && c.dtype === "f16"; // sums beyond f16
+  const x = rng.normals(rows * c.d, big ? 1e5 : 2);
+  const y = big ? awayFromZero(rows * c.d, 1e4, 6e4) : awayFromZero(rows * c.d, 0.5, 3);
   const mod = awayFromZero(c.b * c.modWidth * c.d, 0.25, 1.5);
   return {
-    x: toActArray(x, c.dtype),
+    x: toActArray(x, c.residualDtype ?? c.dtype),
     y: toActArray(y, c.dtype),
     mod: toActArray(mod, c.dtype),
   };
@@ -95,9 +108,11 @@ for (const c of CASES) {
     ignore,
     async fn() {
       const gpu = (await testGpu())!;
-      if (c.dtype === "f16" && !gpu.caps.shaderF16) return; // covered by the feature test
+      const f16 = c.dtype === "f16" || c.residualDtype === "f16";
+      if (f16 && !gpu.caps.shaderF16) return; // covered by the feature test
       const { x, y, mod } = inputs(name, c);
-      const xBytes = c.b * c.t * c.d * actBytes(c.dtype);
+      const res = c.residualDtype ?? c.dtype;
+      const xBytes = c.b * c.t * c.d * actBytes(res);
       const init = poison(xBytes + TAIL);
       init.set(new Uint8Array(x.buffer, 0, xBytes));
       const bx = await gpu.upload("buffer test x", init);
@@ -107,7 +122,7 @@ for (const c of CASES) {
       try {
         await gpu.runChecked(`run ${name}`, [op.dispatch({ x: bx, y: by, mod: bm })]);
         const bytes = await gpu.read(bx);
-        const got = fromActBytes(bytes, c.dtype, c.b * c.t * c.d);
+        const got = fromActBytes(bytes, res, c.b * c.t * c.d);
         const tail = new Uint8Array(bytes, bytes.byteLength - TAIL);
         assert.ok(tail.every((v) => v === 0xff), `${name}: wrote past the end of x`);
         const ref = gateResidualRef({ ...c, x, y, mod });
@@ -130,8 +145,8 @@ function checkOutput(
   y: ArrayLike<number>,
   mod: ArrayLike<number>,
 ): void {
-  const f16 = c.dtype === "f16";
-  let worst = 0, rel = 0;
+  const f16 = (c.residualDtype ?? c.dtype) === "f16"; // the output's rounding
+  let worst = 0, rel = 0, top = 0;
   for (let r = 0; r < c.b * c.t; r++) {
     const gate = Math.floor(r / c.t) * c.modWidth * c.d + c.gateChunk * c.d;
     for (let i = 0; i < c.d; i++) {
@@ -147,12 +162,16 @@ function checkOutput(
       }
       worst = Math.max(worst, err / bound);
       rel = Math.max(rel, err / s);
+      top = Math.max(top, Math.abs(got[k]));
     }
   }
   console.log(
     `${name}: max |err| / (|x| + |g·y|) = ${rel.toExponential(2)}, max |err| / bound = ` +
-      worst.toFixed(3),
+      `${worst.toFixed(3)}, max |x'| = ${top.toExponential(2)}`,
   );
+  if (c.residualDtype === "f32" && c.dtype === "f16") {
+    assert.ok(top > 65504, `${name}: the sums must pass the f16 range (max ${top})`);
+  }
 }
 
 Deno.test({

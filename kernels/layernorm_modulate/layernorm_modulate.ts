@@ -5,8 +5,9 @@
  * two-pass algorithm that stays accurate for rows with a large common offset (see
  * layernorm_modulate.wgsl).
  *
- * Buffers (ACT = the shape's dtype, row-major):
- * - `x` [B·T, D]: the residual stream, B images of T tokens.
+ * Buffers (ACT = the shape's dtype, RES = its `residualDtype`, by default ACT; row-major):
+ * - `x` RES [B·T, D]: the residual stream, B images of T tokens. FLUX keeps it in f32 under f16
+ *   activations (ARCHITECTURE.md, "FLUX.1"); `h` then saturates at ±65504.
  * - `mod` [B, modWidth·D]: the adaLN linear's output, D-wide chunks in DiT order (a block:
  *   shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp; the final layer: shift,
  *   scale). `shiftChunk` / `scaleChunk` pick the chunks.
@@ -25,7 +26,7 @@ import {
   checkShaderF16,
   runOnce,
 } from "../_launch.ts";
-import { actBytes, type ActDtype, loadWgsl, withActDtype } from "../_wgsl.ts";
+import { actBytes, type ActDtype, loadWgsl, withAliasDtype } from "../_wgsl.ts";
 
 const NAME = "layernorm_modulate";
 
@@ -44,8 +45,13 @@ export interface LayernormModulateShape {
   t: number;
   /** Hidden size D, 1..{@linkcode LAYERNORM_MODULATE_MAX_D} (any; D % 4 == 0 runs vec4 code). */
   d: number;
-  /** Storage dtype of x, mod and h (f16 needs the `shader-f16` feature). */
+  /** Storage dtype of mod and h, and of x unless `residualDtype` says otherwise (f16 needs `shader-f16`). */
   dtype: ActDtype;
+  /**
+   * Storage dtype of the residual `x`; default `dtype`. "f32" with an f16 `dtype` reads a residual
+   * stream kept in f32 (values beyond f16's range) and stores `h` saturated to ±65504.
+   */
+  residualDtype?: ActDtype;
   /** D-wide chunks per image in `mod`: 6 for a DiT block, 2 for the final layer. */
   modWidth: number;
   /** Chunk index of the shift (0 = shift_msa, 3 = shift_mlp; 0 in the final layer). */
@@ -60,7 +66,7 @@ export interface LayernormModulateShape {
 
 /** Buffers of one dispatch, in binding order (binding 0 is the uniform params). */
 export interface LayernormModulateBuffers {
-  /** ACT [B·T, D] input. */
+  /** RES [B·T, D] input (the residual stream). */
   x: GPUBuffer;
   /** ACT [B, modWidth·D] adaLN modulation (bound as `mod_` in WGSL: `mod` is reserved there). */
   mod: GPUBuffer;
@@ -145,9 +151,22 @@ export class LayernormModulate {
           "split the batch",
       );
     }
-    const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), dtype);
+    const res = shape.residualDtype ?? dtype;
+    const src = withAliasDtype(
+      await loadWgsl(`./${NAME}.wgsl`, import.meta.url),
+      dtype,
+      "RES",
+      res,
+    );
     const entry = vec4 ? NAME : `${NAME}_any`;
-    const pipeline = await gpu.pipeline(`${entry}_${dtype}`, src, { WG: wg, SLOTS: slots }, entry);
+    // an f32 residual under f16 activations: h saturates (the default pipeline is unchanged)
+    const mixed = res !== dtype;
+    const pipeline = await gpu.pipeline(
+      `${entry}_${dtype}${mixed ? `_res_${res}` : ""}`,
+      src,
+      { WG: wg, SLOTS: slots, ...(mixed ? { SATURATE: dtype === "f16" ? 1 : 0 } : {}) },
+      entry,
+    );
     const words = new Uint32Array([
       rows,
       t,
@@ -209,10 +228,10 @@ export function bufferSizes(
   s: LayernormModulateShape,
 ): BufferRow<keyof LayernormModulateBuffers>[] {
   const rows = s.b * s.t;
-  const e = actBytes(s.dtype);
+  const e = actBytes(s.dtype), res = s.residualDtype ?? s.dtype;
   const act = `[B·T=${rows}, D=${s.d}] ${s.dtype}`;
   return [
-    ["x", rows * s.d * e, act],
+    ["x", rows * s.d * actBytes(res), `[B·T=${rows}, D=${s.d}] ${res}`],
     [
       "mod",
       s.b * s.modWidth * s.d * e,
@@ -243,10 +262,15 @@ function checkShape(gpu: Gpu, s: LayernormModulateShape): void {
     throw new RangeError(`Cannot build ${NAME}: eps=${s.eps} must be a finite positive number`);
   }
   checkDtype(NAME, s.dtype);
+  const res = s.residualDtype ?? s.dtype;
+  if (res !== "f16" && res !== "f32") {
+    throw new TypeError(`Cannot build ${NAME}: residualDtype "${res}" must be "f16" or "f32"`);
+  }
   checkBindingSizes(gpu, bufferSizes(s), {
     kernel: NAME,
-    elementBytes: actBytes(s.dtype),
+    elementBytes: Math.min(actBytes(s.dtype), actBytes(res)),
     maxLog2: 32,
   });
   checkShaderF16(gpu, NAME, s.dtype);
+  checkShaderF16(gpu, NAME, res);
 }

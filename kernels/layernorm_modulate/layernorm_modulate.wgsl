@@ -1,7 +1,9 @@
 // layernorm_modulate: the adaLN modulation of a DiT block,
 //   h[r, :] = LN(x[r, :]) · (1 + mod[b, scale_off + :]) + mod[b, shift_off + :],  b = r / T,
 // LN without affine parameters: (x − mean) / sqrt(var + eps), statistics in f32.
-// x, mod, h in ACT (f16 with shader-f16, else f32).
+// mod, h in ACT (f16 with shader-f16, else f32); x in RES, ACT unless the launcher's
+// residualDtype makes it f32 (FLUX: the residual stream kept in f32 under f16 activations; then
+// SATURATE stores an f16 h beyond ±65504 as ±65504, see to_act4).
 //
 // One workgroup per row (row = wid.y · grid_x + wid.x, a 2-D grid past 65535 rows). The row is
 // loaded once into SLOTS named vec4 registers per invocation (SLOTS ≤ 4, WG ≤ 256: D ≤ 4096) and
@@ -19,6 +21,7 @@
 //                           is element (4k + c)·WG + i.
 
 alias ACT = f32;
+alias RES = ACT;
 
 struct Params {
   rows: u32, // B·T
@@ -33,16 +36,30 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 // `mod` is a WGSL reserved word: the descriptor's `mod` is bound as `mod_`.
-@group(0) @binding(1) var<storage, read> x: array<ACT>;
+@group(0) @binding(1) var<storage, read> x: array<RES>;
 @group(0) @binding(2) var<storage, read> mod_: array<ACT>;
 @group(0) @binding(3) var<storage, read_write> h: array<ACT>;
 // vec4 views of the same bindings (only the D % 4 == 0 entry point uses them).
-@group(0) @binding(1) var<storage, read> x4: array<vec4<ACT>>;
+@group(0) @binding(1) var<storage, read> x4: array<vec4<RES>>;
 @group(0) @binding(2) var<storage, read> mod4: array<vec4<ACT>>;
 @group(0) @binding(3) var<storage, read_write> h4: array<vec4<ACT>>;
 
 override WG: u32 = 256; // invocations per workgroup: 64, 128 or 256 (a power of two)
 override SLOTS: u32 = 4; // vec4 registers of the row in use per invocation, 1..4
+override SATURATE: bool = false; // h is f16 and must saturate (set with an f32 residual)
+
+const F16_MAX: f32 = 65504.0;
+
+// f32 → ACT. With SATURATE a value beyond f16's range is stored as ±65504: WGSL does not define
+// an out-of-range f32 → f16 conversion (most drivers give ±inf). NaN stays NaN (the comparison is
+// false), so a broken row still shows.
+fn to_act4(v: vec4<f32>) -> vec4<ACT> {
+  return vec4<ACT>(select(v, sign(v) * F16_MAX, vec4(SATURATE) & (abs(v) > vec4(F16_MAX))));
+}
+
+fn to_act(v: f32) -> ACT {
+  return ACT(select(v, sign(v) * F16_MAX, SATURATE && abs(v) > F16_MAX));
+}
 
 var<workgroup> red: array<vec2<f32>, WG>;
 
@@ -102,7 +119,7 @@ fn out4(st: Stats, v: vec4<f32>, xrow: u32, mrow: u32, j: u32, n4: u32) {
     let scale = vec4<f32>(mod4[mrow + params.scale_off / 4u + j]);
     let shift = vec4<f32>(mod4[mrow + params.shift_off / 4u + j]);
     let n = ((v - st.m) - st.corr) * st.rstd;
-    h4[xrow + j] = vec4<ACT>(fma(n, 1.0 + scale, shift));
+    h4[xrow + j] = to_act4(fma(n, 1.0 + scale, shift));
   }
 }
 
@@ -166,7 +183,7 @@ fn out1(st: Stats, v: f32, xrow: u32, mrow: u32, e: u32, d: u32) {
     let scale = f32(mod_[mrow + params.scale_off + e]);
     let shift = f32(mod_[mrow + params.shift_off + e]);
     let n = ((v - st.m) - st.corr) * st.rstd;
-    h[xrow + e] = ACT(fma(n, 1.0 + scale, shift));
+    h[xrow + e] = to_act(fma(n, 1.0 + scale, shift));
   }
 }
 

@@ -15,15 +15,24 @@ export interface LayernormModulateRefInputs {
   scaleChunk: number;
   /** Default 1e-6 (DiT's). */
   eps?: number;
+  /**
+   * Clamp h to ±65504, f16's largest finite value: the kernel's f16 output under an f32 residual
+   * (`residualDtype: "f32"`), which saturates instead of overflowing. Default false.
+   */
+  saturate?: boolean;
   x: ArrayLike<number>;
   mod: ArrayLike<number>;
 }
+
+/** f16's largest finite value. */
+const F16_MAX = 65504;
 
 /**
  * `h[r, i] = (x[r, i] − μ_r) / √(σ²_r + eps) · (1 + scale[b, i]) + shift[b, i]`, with
  * `μ_r`, `σ²_r` the mean and (biased) variance of row r, `b = ⌊r / T⌋`,
  * `scale[b, i] = mod[b, scaleChunk·D + i]`, `shift[b, i] = mod[b, shiftChunk·D + i]`; float64.
- * Also returns the normalized values `n[r, i] = (x[r, i] − μ_r) / √(σ²_r + eps)`.
+ * Also returns the normalized values `n[r, i] = (x[r, i] − μ_r) / √(σ²_r + eps)`. With
+ * `saturate`, h is clamped to ±65504.
  *
  * @example
  * ```ts
@@ -54,7 +63,8 @@ export function layernormModulateRef(
     for (let i = 0; i < d; i++) {
       const v = (x[r * d + i] - mean) * rstd;
       n[r * d + i] = v;
-      h[r * d + i] = v * (1 + mod[img + p.scaleChunk * d + i]) + mod[img + p.shiftChunk * d + i];
+      const out = v * (1 + mod[img + p.scaleChunk * d + i]) + mod[img + p.shiftChunk * d + i];
+      h[r * d + i] = p.saturate ? Math.max(-F16_MAX, Math.min(F16_MAX, out)) : out;
     }
   }
   return { h, n };

@@ -5,6 +5,11 @@
  * every row (|offset| up to 1000 in f32, 300 in f16, spread 1): the one-pass formula
  * E[x²] − E[x]² in f32 would lose ~1e-1 of the variance there and fail the bound.
  *
+ * The residual dtype (`res=`, FLUX's f32 residual under f16 activations): x is drawn beyond the
+ * f16 range (offsets to 1e5, spreads to 3e4) and stored as f32; with `sat` the modulation is drawn
+ * large (σ = 2e4) so that many outputs pass ±65504, which an f16 h must store as ±65504 (the
+ * reference clamps them too); f32 with an f16 residual covers the other mixed specialisation.
+ *
  * Error bound, per element, from the same (already rounded) inputs the reference used, with
  * n = the reference's normalized value, s and sh its scale and shift, u = 2⁻²⁴ and
  * row scale S = |1 + s|·(|n| + 1) + |sh|:
@@ -43,9 +48,13 @@ interface Case extends LayernormModulateShape {
   constant: boolean;
   /** Workgroups per grid dimension (forces the 2-D row grid). */
   grid?: number;
+  /** Spread of a row around its offset (default: 1 with an offset, else random around 1). */
+  spread?: number;
+  /** Modulation drawn with σ = 2e4 (outputs past f16's range). */
+  sat: boolean;
 }
 
-/** "B T D dtype [off=O] [mod=W:S:C] [eps=E] [wg=N] [grid=L] [const]" */
+/** "B T D dtype [res=R] [off=O] [spread=S] [mod=W:S:C] [eps=E] [wg=N] [grid=L] [const] [sat]" */
 const CASES: Case[] = [
   "1 1 8 f32",
   "2 7 1 f32 mod=2:0:1", // D=1: zero variance, h = shift
@@ -66,6 +75,12 @@ const CASES: Case[] = [
   "1 64 100 f16 grid=10", // 10×7 workgroups for 64 rows,
   "2 7 1152 f32 const",
   "1 7 100 f16 const",
+  "2 7 72 f16 res=f32 off=100000", // FLUX: an f32 residual beyond f16, f16 h
+  "1 64 256 f16 res=f32 spread=30000 mod=6:3:4",
+  "2 7 100 f16 res=f32 spread=30000 sat", // scalar; h past ±65504 saturates
+  "1 7 1152 f16 res=f32 off=1000 sat",
+  "2 7 72 f32 res=f32 spread=30000", // same dtype: the default pipeline
+  "1 7 100 f32 res=f16 off=300",
 ].map(parseCase);
 
 function parseCase(text: string): Case {
@@ -81,6 +96,7 @@ function parseCase(text: string): Case {
     t: Number(t),
     d: Number(d),
     dtype: dtype as "f16" | "f32",
+    residualDtype: flag("res") as "f16" | "f32" | undefined,
     modWidth,
     shiftChunk,
     scaleChunk,
@@ -89,12 +105,16 @@ function parseCase(text: string): Case {
     offset: Number(flag("off") ?? 0),
     constant: flags.includes("const"),
     grid: grid ? Number(grid) : undefined,
+    spread: flag("spread") ? Number(flag("spread")) : undefined,
+    sat: flags.includes("sat"),
   };
 }
 
 function caseName(c: Case): string {
-  return `layernorm_modulate B=${c.b} T=${c.t} D=${c.d} ${c.dtype} mod=${c.modWidth}:` +
+  return `layernorm_modulate B=${c.b} T=${c.t} D=${c.d} ${c.dtype}` +
+    `${c.residualDtype ? ` residual ${c.residualDtype}` : ""} mod=${c.modWidth}:` +
     `${c.shiftChunk}:${c.scaleChunk}${c.offset ? ` offset=${c.offset}` : ""}` +
+    `${c.spread ? ` spread=${c.spread}` : ""}${c.sat ? " saturating" : ""}` +
     `${c.eps ? ` eps=${c.eps}` : ""}${c.workgroupSize ? ` wg=${c.workgroupSize}` : ""}` +
     `${c.grid ? ` grid≤${c.grid}` : ""}${c.constant ? " constant rows" : ""}`;
 }
@@ -107,14 +127,16 @@ function inputs(name: string, c: Case) {
   for (let r = 0; r < rows; r++) {
     const sign = rng.next() < 0.5 ? -1 : 1;
     const offset = c.offset ? sign * c.offset * rng.uniform(0.5, 1) : rng.normal();
-    const spread = c.offset ? 1 : Math.exp(rng.uniform(-1, 1));
+    const spread = c.spread ?? (c.offset ? 1 : Math.exp(rng.uniform(-1, 1)));
     const level = rng.int(-8, 8);
     for (let i = 0; i < c.d; i++) {
       x[r * c.d + i] = c.constant ? level : offset + spread * rng.normal();
     }
   }
-  const mod = rng.normals(c.b * c.modWidth * c.d, 0.5);
-  return { x: toActArray(x, c.dtype), mod: toActArray(mod, c.dtype) };
+  // large draws stay inside f16 (|mod| ≤ 6e4): an infinite scale would leave nothing to check
+  const mod = rng.normals(c.b * c.modWidth * c.d, c.sat ? 2e4 : 0.5)
+    .map((v) => Math.max(-6e4, Math.min(6e4, v)));
+  return { x: toActArray(x, c.residualDtype ?? c.dtype), mod: toActArray(mod, c.dtype) };
 }
 
 for (const c of CASES) {
@@ -124,7 +146,8 @@ for (const c of CASES) {
     ignore,
     async fn() {
       const gpu = (await testGpu())!;
-      if (c.dtype === "f16" && !gpu.caps.shaderF16) return; // covered by the feature test
+      const f16 = c.dtype === "f16" || c.residualDtype === "f16";
+      if (f16 && !gpu.caps.shaderF16) return; // covered by the feature test
       const { x, mod } = inputs(name, c);
       const hBytes = c.b * c.t * c.d * actBytes(c.dtype);
       const bx = await gpu.upload("buffer test x", x);
@@ -137,7 +160,13 @@ for (const c of CASES) {
         const got = fromActBytes(bytes, c.dtype, c.b * c.t * c.d);
         const tail = new Uint8Array(bytes, bytes.byteLength - TAIL);
         assert.ok(tail.every((v) => v === 0xff), `${name}: wrote past the end of h`);
-        const ref = layernormModulateRef({ ...c, x, mod });
+        const saturate = c.dtype === "f16" && c.residualDtype === "f32";
+        const ref = layernormModulateRef({ ...c, x, mod, saturate });
+        if (c.sat) {
+          const n = ref.h.filter((v) => Math.abs(v) === 65504).length;
+          assert.ok(n > 0, `${name}: no output reached ±65504`);
+          console.log(`${name}: ${n} of ${ref.h.length} outputs saturated`);
+        }
         checkOutput(name, c, got, ref.h, ref.n, mod);
       } finally {
         op.destroy();

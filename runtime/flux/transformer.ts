@@ -15,6 +15,13 @@
  * `copy_rows` splits its output back. The single blocks run on the joint stream `x` [B·L, D].
  * Scratch buffers are shared between the streams (they are used one after the other).
  *
+ * Numerics: the residual streams (`xi`, `xt`, `x`) are f32 whatever the activation dtype. Real
+ * FLUX.1 weights push the text stream of the double blocks and the joint stream of the single
+ * blocks past f16's ±65504; `layernorm_modulate` reads the f32 residual (statistics in f32) and
+ * writes the f16 GEMM input, saturating; `gate_residual` adds the f16 branch output into it;
+ * `copy_rows` converts img_in / txt_in's f16 outputs into the f32 streams (ARCHITECTURE.md,
+ * "FLUX.1"). With f32 activations the graph is the plain one.
+ *
  * @module
  */
 import { CopyRows } from "../../kernels/copy_rows/copy_rows.ts";
@@ -22,7 +29,7 @@ import { FlashAttention } from "../../kernels/flash_attention/flash_attention.ts
 import { GateResidual } from "../../kernels/gate_residual/gate_residual.ts";
 import { LayernormModulate } from "../../kernels/layernorm_modulate/layernorm_modulate.ts";
 import { QkNormRope } from "../../kernels/qk_norm_rope/qk_norm_rope.ts";
-import { type ActDtype, fromActBytes, toActArray } from "../../kernels/_wgsl.ts";
+import { actBytes, type ActDtype, fromActBytes, toActArray } from "../../kernels/_wgsl.ts";
 import { silu } from "../../gpu/activations.ts";
 import type { Dispatch, Gpu } from "../../gpu/device.ts";
 import { createLinear, type LinearOp, policySpec } from "../linears.ts";
@@ -73,7 +80,7 @@ interface Step {
   /** Which part of the model the step belongs to: embed, double.N, join, single.N, final. */
   segment: string;
   /** After the step, the named stream state (for {@linkcode FluxTransformer.forwardTrace}). */
-  mark?: { name: string; buf: GPUBuffer; rows: number }[];
+  mark?: { name: string; buf: GPUBuffer; rows: number; dtype: ActDtype }[];
   probe?: { name: string; buf: GPUBuffer; m: number; k: number };
 }
 
@@ -220,14 +227,16 @@ export class FluxTransformer {
           : undefined,
       };
       const eb = dtype === "f16" ? 2 : 4;
-      const buf = async (name: string, elems: number) =>
-        bufs[name] = await gpu.createBuffer(`buffer flux.${name}`, elems * eb);
+      // the residual streams' dtype: f32 always (f16 would overflow with real weights)
+      const res: ActDtype = "f32";
+      const buf = async (name: string, elems: number, bytes = eb) =>
+        bufs[name] = await gpu.createBuffer(`buffer flux.${name}`, elems * bytes);
       await buf("img", B * Li * cfg.in_channels);
       await buf("txt", B * Lt * cfg.context_in_dim);
       await buf("c", B * D);
-      await buf("xi", B * Li * D);
-      await buf("xt", B * Lt * D);
-      await buf("x", B * L * D);
+      await buf("xi", B * Li * D, 4);
+      await buf("xt", B * Lt * D, 4);
+      await buf("x", B * L * D, 4);
       await buf("h", B * L * D);
       await buf("y", B * L * D);
       await buf("o", B * L * D);
@@ -257,12 +266,21 @@ export class FluxTransformer {
           t,
           d: D,
           dtype,
+          residualDtype: res,
           modWidth: width,
           shiftChunk: shift,
           scaleChunk: sc,
         }));
       const gate = (t: number, width: number, chunk: number) =>
-        op(GateResidual.create(gpu, { b: B, t, d: D, dtype, modWidth: width, gateChunk: chunk }));
+        op(GateResidual.create(gpu, {
+          b: B,
+          t,
+          d: D,
+          dtype,
+          residualDtype: res,
+          modWidth: width,
+          gateChunk: chunk,
+        }));
       const rope = (n: number, off: number) =>
         op(QkNormRope.create(gpu, {
           b: B,
@@ -274,7 +292,14 @@ export class FluxTransformer {
           srcStride: 3 * D,
           dtype,
         }));
-      const copy = (n: number, sr: number, so: number, dr: number, dof: number) =>
+      const copy = (
+        n: number,
+        sr: number,
+        so: number,
+        dr: number,
+        dof: number,
+        types: { dtype: ActDtype; dstDtype?: ActDtype } = { dtype },
+      ) =>
         op(CopyRows.create(gpu, {
           b: B,
           n,
@@ -283,8 +308,18 @@ export class FluxTransformer {
           srcOffset: so,
           dstRows: dr,
           dstOffset: dof,
-          dtype,
+          ...types,
         }));
+      // a GEMM's output (activation dtype, n rows per image) into a residual stream: direct when
+      // the dtypes agree, else through h and a converting copy
+      const intoResidual = async (lin: LinearOp, input: GPUBuffer, dst: GPUBuffer, n: number) =>
+        dtype === res ? lin.dispatch(input, dst) : [
+          ...lin.dispatch(input, bufs.h),
+          (await copy(n, n, 0, n, 0, { dtype, dstDtype: res })).dispatch({
+            src: bufs.h,
+            dst,
+          }),
+        ];
       const attn = await op(FlashAttention.create(gpu, { b: B, t: L, h: H, d: hd, dtype }));
       const streams = [
         {
@@ -320,15 +355,15 @@ export class FluxTransformer {
       const push = (st: Omit<Step, "segment">) => void steps.push({ ...st, segment: seg });
       const imgIn = await linear("img_in", B * Li, D, cfg.in_channels);
       push({
-        d: imgIn.dispatch(bufs.img, bufs.xi),
+        d: await intoResidual(imgIn, bufs.img, bufs.xi, Li),
         probe: probe("img_in", bufs.img, B * Li, cfg.in_channels),
-        mark: [{ name: "img_in", buf: bufs.xi, rows: B * Li }],
+        mark: [{ name: "img_in", buf: bufs.xi, rows: B * Li, dtype: res }],
       });
       const txtIn = await linear("txt_in", B * Lt, D, cfg.context_in_dim);
       push({
-        d: txtIn.dispatch(bufs.txt, bufs.xt),
+        d: await intoResidual(txtIn, bufs.txt, bufs.xt, Lt),
         probe: probe("txt_in", bufs.txt, B * Lt, cfg.context_in_dim),
-        mark: [{ name: "txt_in", buf: bufs.xt, rows: B * Lt }],
+        mark: [{ name: "txt_in", buf: bufs.xt, rows: B * Lt, dtype: res }],
       });
       for (let i = 0; i < cfg.depth; i++) {
         const p = `double_blocks.${i}`;
@@ -368,12 +403,13 @@ export class FluxTransformer {
           });
         }
         steps[steps.length - 1].mark = [
-          { name: `double.${i}.img`, buf: bufs.xi, rows: B * Li },
-          { name: `double.${i}.txt`, buf: bufs.xt, rows: B * Lt },
+          { name: `double.${i}.img`, buf: bufs.xi, rows: B * Li, dtype: res },
+          { name: `double.${i}.txt`, buf: bufs.xt, rows: B * Lt, dtype: res },
         ];
       }
       seg = "join";
-      const joinT = await copy(Lt, Lt, 0, L, 0), joinI = await copy(Li, Li, 0, L, Lt);
+      const joinT = await copy(Lt, Lt, 0, L, 0, { dtype: res });
+      const joinI = await copy(Li, Li, 0, L, Lt, { dtype: res });
       push({
         d: [
           joinT.dispatch({ src: bufs.xt, dst: bufs.x }),
@@ -411,14 +447,14 @@ export class FluxTransformer {
         push({
           d: [...l2m.dispatch(f, y), sGate.dispatch({ x, y, mod: ms })],
           probe: probe(names.mlpOut, f, B * L, mlp),
-          mark: [{ name: `single.${i}`, buf: x, rows: B * L }],
+          mark: [{ name: `single.${i}`, buf: x, rows: B * L, dtype: res }],
         });
       }
       seg = "final";
-      const take = await copy(Li, L, Lt, Li, 0);
+      const take = await copy(Li, L, Lt, Li, 0, { dtype: res });
       push({
         d: [take.dispatch({ src: x, dst: bufs.xi })],
-        mark: [{ name: "final_in", buf: bufs.xi, rows: B * Li }],
+        mark: [{ name: "final_in", buf: bufs.xi, rows: B * Li, dtype: res }],
       });
       const fMod = await linear("final_layer.adaLN_modulation.1", B, 2 * D, D);
       const fLn = await lnMod(Li, 2, 0, 1);
@@ -489,13 +525,13 @@ export class FluxTransformer {
    */
   async forwardTrace(inp: FluxInputs): Promise<Map<string, Float32Array>> {
     this.#upload(inp);
-    const gpu = this.#gpu, eb = this.dtype === "f16" ? 2 : 4, D = this.config.hidden_size;
+    const gpu = this.#gpu, D = this.config.hidden_size;
     const out = new Map<string, Float32Array>();
     for (const s of this.#steps) {
       gpu.run(s.d, "flux trace");
       for (const m of s.mark ?? []) {
         const n = m.rows * D;
-        out.set(m.name, fromActBytes(await gpu.read(m.buf, n * eb), this.dtype, n));
+        out.set(m.name, fromActBytes(await gpu.read(m.buf, n * actBytes(m.dtype)), m.dtype, n));
       }
     }
     out.set("out", await this.#readOutput());
