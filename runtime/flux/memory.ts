@@ -108,7 +108,9 @@ export function fluxMemoryPlan(cfg: FluxConfig, o: FluxPlanOptions): FluxMemoryP
   const bufs: [string, number][] = [
     ["img tokens", B * Li * cfg.in_channels * eb],
     ["txt tokens", B * Lt * cfg.context_in_dim * eb],
-    ["streams (img, txt, joint, norm, branch, attention out)", 6 * B * L * D * eb],
+    // the residual streams are f32 whatever the activation dtype (ARCHITECTURE.md, "FLUX.1")
+    ["residual streams (img + txt, joint; f32)", 2 * B * L * D * 4],
+    ["streams (norm, branch, attention out)", 3 * B * L * D * eb],
     ["qkv (GEMM out + joint)", 2 * B * L * 3 * D * eb],
     ["MLP hidden", B * L * mlp * eb],
     ["modulation", 12 * B * D * eb],
