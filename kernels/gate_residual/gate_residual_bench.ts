@@ -19,6 +19,8 @@ export interface GateResidualBenchShape {
   t: number;
   d: number;
   dtype: ActDtype;
+  /** Storage dtype of the residual x (default `dtype`; FLUX: f32 under f16 activations). */
+  residualDtype?: ActDtype;
   /** Invocations per workgroup (default 256). */
   workgroupSize?: 64 | 128 | 256;
   /** Dispatches per timed pass (default 8); the timing is per dispatch. */
@@ -43,12 +45,13 @@ export async function benchGateResidual(
   gpu: Gpu,
   shape: GateResidualBenchShape,
 ): Promise<KernelTiming> {
-  const { b, t, d, dtype, workgroupSize } = shape;
-  const s = { b, t, d, dtype, modWidth: 6, gateChunk: 2, workgroupSize };
+  const { b, t, d, dtype, residualDtype, workgroupSize } = shape;
+  const res = actBytes(residualDtype ?? dtype);
+  const s = { b, t, d, dtype, residualDtype, modWidth: 6, gateChunk: 2, workgroupSize };
   return await timeOp(gpu, await GateResidual.create(gpu, s), {
     rows: bufferSizes(s),
     ops: 2 * b * t * d,
-    bytes: (3 * b * t * d + b * d) * actBytes(dtype),
+    bytes: 2 * b * t * d * res + (b * t * d + b * d) * actBytes(dtype),
     repeat: shape.repeat,
   });
 }
@@ -64,11 +67,17 @@ if (import.meta.main) {
           { b: 2, t: 1024, d: 1152, dtype, workgroupSize: 128 },
           { b: 8, t: 1024, d: 1152, dtype },
           { b: 2, t: 4096, d: 3072, dtype },
+          { b: 1, t: 4608, d: 3072, dtype, residualDtype: "f32" }, // FLUX.1 at 1024²
         ]
-        : [{ b: 2, t: 64, d: 256, dtype, repeat: 2 }, { b: 2, t: 64, d: 1152, dtype, repeat: 2 }],
+        : [
+          { b: 2, t: 64, d: 256, dtype, repeat: 2 },
+          { b: 2, t: 64, d: 1152, dtype, repeat: 2 },
+          { b: 2, t: 64, d: 1152, dtype, residualDtype: "f32", repeat: 2 },
+        ],
     bench: benchGateResidual,
     label: (s) =>
-      `B=${s.b} T=${s.t} D=${s.d} ${s.dtype}${s.workgroupSize ? ` wg=${s.workgroupSize}` : ""}`,
+      `B=${s.b} T=${s.t} D=${s.d} ${s.dtype}${s.residualDtype ? ` res=${s.residualDtype}` : ""}` +
+      `${s.workgroupSize ? ` wg=${s.workgroupSize}` : ""}`,
     width: 32,
   });
 }

@@ -19,6 +19,8 @@ export interface LayernormModulateBenchShape {
   t: number;
   d: number;
   dtype: ActDtype;
+  /** Storage dtype of the residual x (default `dtype`; FLUX: f32 under f16 activations). */
+  residualDtype?: ActDtype;
   /** Invocations per workgroup (default: the launcher's choice). */
   workgroupSize?: 64 | 128 | 256;
   /** Dispatches per timed pass (default 8); the timing is per dispatch. */
@@ -44,12 +46,23 @@ export async function benchLayernormModulate(
   gpu: Gpu,
   shape: LayernormModulateBenchShape,
 ): Promise<KernelTiming> {
-  const { b, t, d, dtype, workgroupSize } = shape;
-  const s = { b, t, d, dtype, modWidth: 6, shiftChunk: 0, scaleChunk: 1, workgroupSize };
+  const { b, t, d, dtype, residualDtype, workgroupSize } = shape;
+  const res = actBytes(residualDtype ?? dtype);
+  const s = {
+    b,
+    t,
+    d,
+    dtype,
+    residualDtype,
+    modWidth: 6,
+    shiftChunk: 0,
+    scaleChunk: 1,
+    workgroupSize,
+  };
   return await timeOp(gpu, await LayernormModulate.create(gpu, s), {
     rows: bufferSizes(s),
     ops: 8 * b * t * d,
-    bytes: (2 * b * t * d + 2 * b * d) * actBytes(dtype),
+    bytes: b * t * d * res + (b * t * d + 2 * b * d) * actBytes(dtype),
     repeat: shape.repeat,
   });
 }
@@ -65,11 +78,17 @@ if (import.meta.main) {
           { b: 2, t: 1024, d: 1152, dtype, workgroupSize: 256 },
           { b: 8, t: 1024, d: 1152, dtype },
           { b: 2, t: 4096, d: 3072, dtype },
+          { b: 1, t: 4608, d: 3072, dtype, residualDtype: "f32" }, // FLUX.1 at 1024²
         ]
-        : [{ b: 2, t: 64, d: 256, dtype, repeat: 2 }, { b: 2, t: 64, d: 1152, dtype, repeat: 2 }],
+        : [
+          { b: 2, t: 64, d: 256, dtype, repeat: 2 },
+          { b: 2, t: 64, d: 1152, dtype, repeat: 2 },
+          { b: 2, t: 64, d: 1152, dtype, residualDtype: "f32", repeat: 2 },
+        ],
     bench: benchLayernormModulate,
     label: (s) =>
-      `B=${s.b} T=${s.t} D=${s.d} ${s.dtype}${s.workgroupSize ? ` wg=${s.workgroupSize}` : ""}`,
+      `B=${s.b} T=${s.t} D=${s.d} ${s.dtype}${s.residualDtype ? ` res=${s.residualDtype}` : ""}` +
+      `${s.workgroupSize ? ` wg=${s.workgroupSize}` : ""}`,
     width: 32,
   });
 }
