@@ -234,9 +234,9 @@ export class FluxTransformer {
       await buf("img", B * Li * cfg.in_channels);
       await buf("txt", B * Lt * cfg.context_in_dim);
       await buf("c", B * D);
-      await buf("xi", B * Li * D, 4);
-      await buf("xt", B * Lt * D, 4);
-      await buf("x", B * L * D, 4);
+      await buf("xi", B * Li * D, actBytes(res));
+      await buf("xt", B * Lt * D, actBytes(res));
+      await buf("x", B * L * D, actBytes(res));
       await buf("h", B * L * D);
       await buf("y", B * L * D);
       await buf("o", B * L * D);
