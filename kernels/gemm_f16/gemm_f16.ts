@@ -111,7 +111,11 @@ export class GemmF16 {
       src,
       shape,
       kernel,
-      defines: { HAS_BIAS: shape.bias ? 1 : 0, GELU: shape.gelu ? 1 : 0 },
+      defines: {
+        HAS_BIAS: shape.bias ? 1 : 0,
+        GELU: shape.gelu ? 1 : 0,
+        SATURATE: shape.dtype === "f16" ? 1 : 0,
+      },
       gemvMaxM: GEMV_MAX_M,
       gemvCols: GEMV_COLS,
     });

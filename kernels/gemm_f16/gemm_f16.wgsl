@@ -36,6 +36,14 @@ struct Params {
 
 override HAS_BIAS: bool = false;
 override GELU: bool = false;
+// f16 output: a value beyond ±65504 is stored as ±65504 (WGSL leaves an out-of-range f32 → f16
+// conversion undefined; most drivers give ±inf). NaN stays NaN (the comparison is false).
+override SATURATE: bool = false;
+const F16_MAX: f32 = 65504.0;
+
+fn to_act(v: f32) -> ACT {
+  return ACT(select(v, sign(v) * F16_MAX, SATURATE && abs(v) > F16_MAX));
+}
 
 // ---- tiled GEMM ----
 
@@ -78,7 +86,7 @@ fn store4(row: u32, col: u32, v: vec4<f32>) {
   for (var j = 0u; j < 4u; j++) {
     let c = col + j;
     if (c < params.n) {
-      y[base + c] = ACT(epilogue(v[j], c));
+      y[base + c] = to_act(epilogue(v[j], c));
     }
   }
 }
@@ -272,7 +280,7 @@ fn gemm_f16_gemv(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_i
     // tid = r·8 + s holds column 32b + s + 8r
     let n = wid.y * GV_ROWS + tid;
     if (n < N) {
-      y[m * N + n] = ACT(epilogue(red[tid * GV_LANES], n));
+      y[m * N + n] = to_act(epilogue(red[tid * GV_LANES], n));
     }
   }
 }

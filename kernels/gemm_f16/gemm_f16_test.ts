@@ -139,3 +139,46 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "gemm_f16 f16 output saturates at ±65504 (no inf), both kernels, other outputs unchanged",
+  ignore,
+  async fn() {
+    const gpu = (await testGpu())!;
+    if (!gpu.caps.shaderF16) return; // the f16 output needs shader-f16 (feature test above)
+    for (const kernel of ["gemv", "tiled"] as const) {
+      const c: GemmF16Shape = { m: 7, k: 64, n: 40, dtype: "f16", bias: true };
+      const name = `gemm_f16 saturate (${kernel})`;
+      const { x, w, bias } = inputs(name, c);
+      // f16 inputs cannot exceed 65504 themselves; large products and sums can: scale row 0 of x
+      // and every fourth weight row so their outputs pass the range
+      for (let l = 0; l < c.k; l++) x[l] = 3000;
+      for (let j = 0; j < c.n; j += 4) for (let l = 0; l < c.k; l++) w[j * c.k + l] = 2;
+      const xa = toActArray(x, "f16"), wa = toActArray(w, "f16");
+      const bx = await gpu.upload("buffer test x", xa);
+      const bw = await gpu.upload("buffer test w", wa);
+      const bb = await gpu.upload("buffer test bias", bias!);
+      const by = await gpu.upload("buffer test y", poison(c.m * c.n * 2));
+      const op = await GemmF16.create(gpu, c, kernel);
+      try {
+        await gpu.runChecked(`run ${name}`, [op.dispatch({ x: bx, w: bw, bias: bb, y: by })]);
+        const got = fromActBytes(await gpu.read(by), "f16", c.m * c.n);
+        const ref = gemmF16Ref({ ...c, x: xa, w: wa, bias });
+        const s = absProducts(c.m, c.k, c.n, xa, wa, bias);
+        let saturated = 0;
+        const g: number[] = [], r: number[] = [], a: number[] = [];
+        for (let i = 0; i < ref.length; i++) {
+          if (Math.abs(ref[i]) > 65520) {
+            assert.equal(got[i], Math.sign(ref[i]) * 65504, `${name}: y[${i}] (ref ${ref[i]})`);
+            saturated++;
+          } else g.push(got[i]), r.push(ref[i]), a.push(s[i]);
+        }
+        assert.ok(saturated > 0 && g.length > 0, `${name}: ${saturated} saturated outputs`);
+        checkGemmOutput(name, g, r, a, true);
+      } finally {
+        op.destroy();
+        gpu.destroy(bx, bw, bb, by);
+      }
+    }
+  },
+});

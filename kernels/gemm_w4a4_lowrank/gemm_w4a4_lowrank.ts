@@ -128,6 +128,7 @@ export class GemmW4A4Lowrank {
     const pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, {
       MODE: MODE[shape.actMode],
       GELU: shape.gelu ? 1 : 0,
+      SATURATE: shape.dtype === "f16" ? 1 : 0,
       CHANNEL_SCALE: shape.channelScale ? 1 : 0,
       WG_X: tile.wgX,
       WG_Y: tile.wgY,

@@ -50,6 +50,10 @@ struct Params {
 // 0 = INT4 weights × signed INT4 act, 1 = INT4 weights × unsigned INT4 act, 2 = NVFP4 × NVFP4.
 override MODE: u32 = 0u;
 override GELU: bool = false;
+// f16 output: a value beyond ±65504 is stored as ±65504 (WGSL leaves an out-of-range f32 → f16
+// conversion undefined; most drivers give ±inf). NaN stays NaN (the comparison is false).
+override SATURATE: bool = false;
+const F16_MAX: f32 = 65504.0;
 // Invocations per workgroup along N (x) and M (y), each owning 8 × 8 outputs.
 override WG_X: u32 = 16u;
 override WG_Y: u32 = 16u;
@@ -229,7 +233,7 @@ fn store(m: u32, n: u32, x: f32) {
     if (GELU) {
       v = gelu_tanh(v);
     }
-    y[m * params.n + n] = ACT(v);
+    y[m * params.n + n] = ACT(select(v, sign(v) * F16_MAX, SATURATE && abs(v) > F16_MAX));
   }
 }
 

@@ -12,6 +12,7 @@
  * @module
  */
 import type { Gpu } from "../../gpu/device.ts";
+import assert from "node:assert/strict";
 import {
   type ActMode,
   type PackedWeight,
@@ -338,6 +339,49 @@ Deno.test({
     } finally {
       op.destroy();
       gpu.destroy(...made);
+    }
+  },
+});
+
+Deno.test({
+  name: "gemm_w4a4_lowrank f16 output saturates at ±65504 (no inf), other outputs unchanged",
+  ignore: !HAS_GPU,
+  async fn() {
+    const gpu = (await testGpu())!;
+    if (!gpu.caps.shaderF16) return; // the f16 output needs shader-f16 (feature test elsewhere)
+    const rng = freshRng("gemm_w4a4_lowrank saturate");
+    for (const text of ["64 192 100 16 int4/int4 f16 bias", "7 64 72 16 nvfp4/nvfp4 f16 bias"]) {
+      const c = parseCase(text);
+      const inp = makeInputs(rng, c);
+      // every fifth column's bias far beyond f16's range (FLUX's residual branches can get there)
+      for (let j = 0; j < c.n; j += 5) inp.bias[j] = j % 10 === 0 ? 1e5 : -1e5;
+      const y = await runGpu(gpu, shapeOf(c, inp), inp);
+      const { y: ref, absSum } = gemmW4A4LowrankRef({
+        act: inp.act,
+        weight: inp.weight,
+        r: c.r,
+        loraAct: inp.loraAct,
+        loraUp: inp.loraUp,
+        bias: inp.bias,
+        gelu: false,
+        channelScale: inp.channelScale,
+      });
+      const keep = [], got = [], refIn = [], absIn = [];
+      for (let i = 0; i < ref.length; i++) {
+        if (Math.abs(ref[i]) > 65520) {
+          assert.equal(y[i], Math.sign(ref[i]) * 65504, `${text}: y[${i}] (ref ${ref[i]})`);
+        } else {
+          keep.push(i), got.push(y[i]), refIn.push(ref[i]), absIn.push(absSum[i]);
+        }
+      }
+      assert.ok(keep.length > 0 && keep.length < ref.length, "both kinds of output occur");
+      check(
+        `${text} (in-range outputs)`,
+        c,
+        got,
+        Float64Array.from(refIn),
+        Float64Array.from(absIn),
+      );
     }
   },
 });
