@@ -38,6 +38,15 @@ export interface AutoencoderOptions {
    * f16). Quality on the fixture: see README.
    */
   weights?: "act" | "int8";
+  /**
+   * What an f16 decode whose activations overflow (non-finite output; the original SDXL VAE does,
+   * diffusers upcasts every VAE for this) does: `"upcast"` (default) loads the same file in f32
+   * once, decodes again there and keeps using f32 (the f16 weights are freed), after one call of
+   * `onWarning`; `"error"` throws a RangeError saying so.
+   */
+  overflow?: "upcast" | "error";
+  /** Called once when an f16 overflow switches decoding to f32 (default `console.warn`). */
+  onWarning?: (message: string) => void;
 }
 
 /** Options of {@linkcode Autoencoder.decode}. */
@@ -52,6 +61,11 @@ export interface DecodeOptions {
   overlap?: number;
   /** Largest activation allowed in one pass, in bytes (default: the adapter's limits). */
   maxActivationBytes?: number;
+}
+
+/** An f16 pass whose activations overflowed (a RangeError, as before; `decode` may upcast). */
+class F16OverflowError extends RangeError {
+  override name = "RangeError";
 }
 
 /** `[B, C, H, W]`. */
@@ -76,8 +90,11 @@ export class Autoencoder {
   readonly config: Readonly<AeConfig>;
   /** The file's key layout. */
   readonly layout: AeLayout;
-  /** Activation and weight dtype. */
-  readonly dtype: ActDtype;
+  /** Activation and weight dtype (f32 once an f16 overflow made it upcast, see `overflow`). */
+  get dtype(): ActDtype {
+    return this.#upcast?.dtype ?? this.#dtype;
+  }
+  readonly #dtype: ActDtype;
   /** Image pixels per latent pixel along each side (2^(levels − 1); 8 for every released VAE). */
   readonly factor: number;
   /** The halves loaded. */
@@ -85,6 +102,10 @@ export class Autoencoder {
   readonly #gpu: Gpu;
   readonly #weights: AeWeights;
   readonly #graphs = new Map<string, AeGraph>();
+  readonly #source: string;
+  readonly #opts: AutoencoderOptions;
+  /** The f32 twin that decodes after an f16 overflow (see `overflow`). */
+  #upcast: Autoencoder | null = null;
 
   private constructor(
     gpu: Gpu,
@@ -92,12 +113,16 @@ export class Autoencoder {
     weights: AeWeights,
     dtype: ActDtype,
     parts: AePart[],
+    source: string,
+    opts: AutoencoderOptions,
   ) {
     this.#gpu = gpu;
+    this.#source = source;
+    this.#opts = opts;
     this.config = ckpt.config;
     this.layout = ckpt.layout;
     this.#weights = weights;
-    this.dtype = dtype;
+    this.#dtype = dtype;
     this.parts = parts;
     this.factor = 2 ** (ckpt.config.chMult.length - 1);
   }
@@ -121,7 +146,7 @@ export class Autoencoder {
         }
       }
       const weights = await AeWeights.load(gpu, ckpt, parts, dtype, opts.weights ?? "act");
-      return new Autoencoder(gpu, ckpt, weights, dtype, parts);
+      return new Autoencoder(gpu, ckpt, weights, dtype, parts, source, opts);
     } finally {
       ckpt.close();
     }
@@ -132,6 +157,30 @@ export class Autoencoder {
    * shifted) to images `[B, outChannels, h·factor, w·factor]`, about [-1, 1] (not clamped).
    */
   async decode(latent: Float32Array, shape: Nchw, opts: DecodeOptions = {}): Promise<Float32Array> {
+    if (this.#upcast) return await this.#upcast.decode(latent, shape, opts);
+    try {
+      return await this.#decode(latent, shape, opts);
+    } catch (e) {
+      if (!(e instanceof F16OverflowError) || (this.#opts.overflow ?? "upcast") === "error") {
+        throw e;
+      }
+      // the work that made the latents is not lost: decode them again in f32
+      (this.#opts.onWarning ?? console.warn)(
+        `The autoencoder's f16 activations overflowed (${e.message.split(";")[0]}); ` +
+          "decoding in f32 from now on (about twice the activation memory)",
+      );
+      const twin = await Autoencoder.load(this.#gpu, this.#source, {
+        ...this.#opts,
+        dtype: "f32",
+        parts: [...this.parts],
+      });
+      this.#release();
+      this.#upcast = twin;
+      return await twin.decode(latent, shape, opts);
+    }
+  }
+
+  async #decode(latent: Float32Array, shape: Nchw, opts: DecodeOptions): Promise<Float32Array> {
     this.#check("decoder", latent, shape, this.config.zChannels);
     const [, , h, w] = shape;
     const bytes = this.dtype === "f16" ? 2 : 4;
@@ -182,6 +231,7 @@ export class Autoencoder {
     shape: Nchw,
     capture: readonly string[] = [],
   ): Promise<{ image: Float32Array; maps: Map<string, Float32Array> }> {
+    if (this.#upcast) return await this.#upcast.decodeDetailed(latent, shape, capture);
     const { zChannels: z, scale, shift } = this.config;
     this.#check("decoder", latent, shape, z);
     const [b, , h, w] = shape;
@@ -198,6 +248,7 @@ export class Autoencoder {
    * expects (`scale · (mean − shift)`); no sampling.
    */
   async encode(image: Float32Array, shape: Nchw): Promise<Float32Array> {
+    if (this.#upcast) return await this.#upcast.encode(image, shape);
     const { zChannels: z, scale, shift, inChannels } = this.config;
     this.#check("encoder", image, shape, inChannels);
     const [b, , hh, ww] = shape;
@@ -224,6 +275,11 @@ export class Autoencoder {
 
   /** Release the weights and every built pass. */
   destroy(): void {
+    this.#release();
+    this.#upcast?.destroy();
+  }
+
+  #release(): void {
     for (const g of this.#graphs.values()) g.destroy();
     this.#graphs.clear();
     this.#weights.destroy();
@@ -234,12 +290,15 @@ export class Autoencoder {
   #checkFinite(verb: string, out: Float32Array): void {
     const bad = out.findIndex((v) => !Number.isFinite(v));
     if (bad < 0) return;
+    if (this.dtype === "f16") {
+      throw new F16OverflowError(
+        `Cannot ${verb}: the output has non-finite values (first at ${bad}); the activations ` +
+          'overflowed f16: load the autoencoder with dtype "f32" (or an fp16-fixed VAE)',
+      );
+    }
     throw new RangeError(
-      this.dtype === "f16"
-        ? `Cannot ${verb}: the output has non-finite values (first at ${bad}); the activations ` +
-          'overflowed f16: load the autoencoder with dtype "f32" (or an fp16-fixed VAE)'
-        : `Cannot ${verb}: the output has non-finite values (first at ${bad}); check the input ` +
-          "for NaN or infinite values",
+      `Cannot ${verb}: the output has non-finite values (first at ${bad}); check the input ` +
+        "for NaN or infinite values",
     );
   }
 
