@@ -318,11 +318,16 @@ function progressLine(r: LayerReport, i: number, n: number): string {
   const idx = `[${String(i + 1).padStart(String(n).length)}/${n}]`;
   const what = r.method === "copy"
     ? `copy ${r.format}`
-    : `${r.method} ${r.format}${r.r ? ` r=${r.r}` : ""}`;
+    : `${methodCell(r)} ${r.format}${r.r ? ` r=${r.r}` : ""}`;
   const err = Number.isNaN(r.relError) ? "" : ` err ${r.relError.toFixed(4)}`;
   return `${idx} ${r.name} ${what}${err} ${formatBytes(r.bytesBefore)} → ${
     formatBytes(r.bytesAfter)
   } (${r.seconds.toFixed(1)} s)`;
+}
+
+/** The method column: W4A16 layers with their activation-aware scaling's α (`w4a16 α0.2`). */
+function methodCell(r: LayerReport): string {
+  return r.alpha === undefined ? r.method : `${r.method} α${r.alpha}`;
 }
 
 function table(reports: LayerReport[], seconds: number, out: string): string {
@@ -330,14 +335,14 @@ function table(reports: LayerReport[], seconds: number, out: string): string {
   const w = Math.max(5, ...rows.map((r) => r.name.length));
   const lines = [
     "",
-    `${"layer".padEnd(w)}  ${"method".padEnd(9)} ${"format".padEnd(6)} ${"rank".padStart(4)} ${
+    `${"layer".padEnd(w)}  ${"method".padEnd(13)} ${"format".padEnd(6)} ${"rank".padStart(4)} ${
       "rel.err".padStart(8)
     } ${"before".padStart(10)} ${"after".padStart(10)}`,
   ];
   for (const r of rows) {
     const err = Number.isNaN(r.relError) ? "–" : r.relError.toFixed(4);
     lines.push(
-      `${r.name.padEnd(w)}  ${r.method.padEnd(9)} ${r.format.padEnd(6)} ${
+      `${r.name.padEnd(w)}  ${methodCell(r).padEnd(13)} ${r.format.padEnd(6)} ${
         String(r.r).padStart(4)
       } ${err.padStart(8)} ` +
         `${formatBytes(r.bytesBefore).padStart(10)} ${formatBytes(r.bytesAfter).padStart(10)}`,
@@ -349,7 +354,7 @@ function table(reports: LayerReport[], seconds: number, out: string): string {
     .filter((e) => !Number.isNaN(e));
   const meanErr = errs.length ? errs.reduce((a, b) => a + b, 0) / errs.length : NaN;
   lines.push(
-    `${"total".padEnd(w)}  ${String(rows.length + " layers").padEnd(21)} ${
+    `${"total".padEnd(w)}  ${String(rows.length + " layers").padEnd(25)} ${
       (Number.isNaN(meanErr) ? "–" : meanErr.toFixed(4)).padStart(8)
     } ` +
       `${formatBytes(before).padStart(10)} ${formatBytes(after).padStart(10)}`,

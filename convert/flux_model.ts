@@ -120,6 +120,7 @@ export async function quantizeFlux(
           bytesBefore: q.bytesBefore,
           bytesAfter: q.bytesAfter,
           seconds: (performance.now() - t0) / 1000,
+          alpha: q.method === "w4a16" ? q.alpha : undefined,
         });
       }
       for (const o of others) {

@@ -107,6 +107,8 @@ export interface LayerReport {
   bytesAfter: number;
   /** Wall-clock seconds spent on it (reading, quantizing, writing). */
   seconds: number;
+  /** W4A16 layers: the α of the activation-aware scaling kept (quant/awq.ts; 0: none). */
+  alpha?: number;
 }
 
 /** Policy rules with the W4A4 method replaced by `method`. */
@@ -318,6 +320,7 @@ export async function quantizeCheckpoint(
             bytesBefore: q.bytesBefore,
             bytesAfter: q.bytesAfter,
             seconds: (performance.now() - t0) / 1000,
+            alpha: q.method === "w4a16" ? q.alpha : undefined,
           }, i);
         } else {
           const copy = await copyTensor(reader, name);
