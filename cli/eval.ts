@@ -18,15 +18,21 @@ import { fail, formatBytes, runCli } from "./_cli.ts";
 import { buildQuantized, cachedPath, FLOAT_MODEL } from "./_models.ts";
 
 /** The rows of the table: label, how the file is built (null = the float model itself). */
-const VARIANTS: { label: string; precision?: "int4" | "nvfp4" | "w4a16"; method?: ModelMethod }[] =
-  [
-    { label: "float (f16 activations)" },
-    { label: "SVDQuant INT4 (W4A4 + LR)", precision: "int4", method: "svdquant" },
-    { label: "SVDQuant NVFP4 (W4A4 + LR)", precision: "nvfp4", method: "svdquant" },
-    { label: "dilation INT4 (W4A4 + LR)", precision: "int4", method: "dilate" },
-    { label: "RTN INT4 (W4A4)", precision: "int4", method: "rtn" },
-    { label: "W4A16 INT4", precision: "w4a16", method: "w4a16" },
-  ];
+const VARIANTS: {
+  label: string;
+  precision?: "int4" | "nvfp4" | "w4a16";
+  method?: ModelMethod;
+  /** W4A16 with the activation-aware scaling search (quantize --awq). */
+  awq?: boolean;
+}[] = [
+  { label: "float (f16 activations)" },
+  { label: "SVDQuant INT4 (W4A4 + LR)", precision: "int4", method: "svdquant" },
+  { label: "SVDQuant NVFP4 (W4A4 + LR)", precision: "nvfp4", method: "svdquant" },
+  { label: "dilation INT4 (W4A4 + LR)", precision: "int4", method: "dilate" },
+  { label: "RTN INT4 (W4A4)", precision: "int4", method: "rtn" },
+  { label: "W4A16 INT4", precision: "w4a16", method: "w4a16" },
+  { label: "W4A16 INT4 + AWQ scaling", precision: "w4a16", method: "w4a16", awq: true },
+];
 
 const VARIANT_KEYS = [
   ...new Set(VARIANTS.flatMap((v) => (v.precision ? [v.method!, v.precision] : []))),
@@ -64,12 +70,13 @@ async function main(args: string[]): Promise<void> {
   for (const v of variants) {
     let path = float;
     if (v.precision) {
-      path = await cachedPath(float, `${v.method}.${v.precision}.safetensors`, "eval/");
+      const name = `${v.method}${v.awq ? "-awq" : ""}.${v.precision}.safetensors`;
+      path = await cachedPath(float, name, "eval/");
       try {
         await Deno.stat(path);
       } catch {
         log(`building ${v.label} → ${path}`);
-        await buildQuantized(float, v.precision, path, log, { method: v.method });
+        await buildQuantized(float, v.precision, path, log, { method: v.method, awq: v.awq });
       }
     }
     const pipe = await Pipeline.load(gpu, path, { images: seeds });

@@ -42,6 +42,9 @@ Options:
   --alpha-step S           search alpha on a full grid of this step (default: coarse-to-fine, 0.25
                            then 0.05 around the best; the reference's full grid is 0.05)
   --rounds N               low-rank refinement rounds (default 3)
+  --awq                    W4A16 layers: search an activation-aware per-channel scale (AWQ-style,
+                           alpha 0..1 by calibration error; stored as <layer>.smooth). Off by
+                           default: on the bundled model it lowers layer errors, not image quality
   --workers N              quantize N layers at once in Web Workers (default 1; the file is
                            byte-identical; ignored with --gpu and --budget)
   --budget BYTES|Nbits     per-layer format and rank under a budget for the W4A4 layers: BYTES of
@@ -77,6 +80,7 @@ async function main(args: string[]): Promise<void> {
       "alpha-step": { type: "string" },
       budget: { type: "string" },
       rounds: { type: "string", default: "3" },
+      awq: { type: "boolean" },
       workers: { type: "string", default: "1" },
       gpu: { type: "boolean", default: false },
       paro: { type: "string" },
@@ -157,6 +161,7 @@ async function main(args: string[]): Promise<void> {
       rank,
       alphas,
       rounds,
+      awq: values.awq,
       gpu: values.gpu,
       quiet: values.quiet,
       calib: values.calib,
@@ -210,6 +215,7 @@ async function main(args: string[]): Promise<void> {
     policy,
     alphas,
     rounds,
+    awq: values.awq,
     matmul,
     workers,
     paro,
@@ -239,6 +245,7 @@ async function quantizeFluxCli(input: string, out: string, o: {
   rank: number;
   alphas?: number[];
   rounds: number;
+  awq?: boolean;
   gpu: boolean;
   quiet: boolean;
   calib?: string;
@@ -283,6 +290,7 @@ async function quantizeFluxCli(input: string, out: string, o: {
     policy,
     alphas: o.alphas,
     rounds: o.rounds,
+    awq: o.awq,
     matmul,
     onLayer: o.quiet ? undefined : (r, i, n) => console.log(progressLine(r, i, n)),
   }).finally(closeGpu);

@@ -61,6 +61,8 @@ export interface QuantizeModelOptions {
   alphas?: readonly number[];
   /** Low-rank refinement rounds of the final fit (default 3). */
   rounds?: number;
+  /** W4A16 layers: search the activation-aware scaling (quant/awq.ts; default false). */
+  awq?: boolean;
   /** Big matrix products (e.g. a GPU GEMM); default CPU. */
   matmul?: MatMul;
   /**
@@ -260,6 +262,7 @@ export async function quantizeCheckpoint(
         matmul: opts.matmul,
         alphas: opts.alphas,
         rounds: opts.rounds,
+        awq: opts.awq,
         sourceBytes: sourceBytes(name),
       };
       // A planned choice is reproduced exactly: the same ladder of ranks up to it.

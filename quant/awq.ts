@@ -11,6 +11,10 @@
  * the calibration rows. α = 0 is the plain W4A16 result, so the kept result is never worse on
  * those rows; the factors are stored (tensor `smooth` F32 [K]) only when α > 0.
  *
+ * Opt-in (`deno task quantize --awq`, quant/layer.ts `awq`): on the bundled model it lowers the
+ * layer errors (calibration rows and held-out rows) but raises the model's one-step output error
+ * and lowers the eval's PSNR (bench/RESULTS.md, "W4A16 activation-aware scaling").
+ *
  * @module
  */
 import type { BaselineInput, BaselineResult } from "./baselines.ts";

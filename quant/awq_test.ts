@@ -81,17 +81,23 @@ Deno.test("quantizeW4A16Awq: never worse than α = 0, which it keeps when scalin
   }
 });
 
-Deno.test("quantizeLinear w4a16: the AWQ α is reported and the stored smooth reproduces relError", async () => {
+Deno.test("quantizeLinear w4a16 --awq: the α is reported and the stored smooth reproduces relError", async () => {
   const { n, k, s, w, bias, x } = outlierLayer(18, true);
   const amax = new Float32Array(k);
   for (let i = 0; i < x.length; i++) amax[i % k] = Math.max(amax[i % k], Math.abs(x[i]));
-  const q = await quantizeLinear("blocks.0.attn.proj", w, bias, n, k, {
-    method: "w4a16",
-    format: "int4",
+  const opts = {
+    method: "w4a16" as const,
+    format: "int4" as const,
     r: 0,
     stats: { k, amax: [amax], samples: x, s },
-  });
+  };
+  // off by default: plain W4A16, no smooth
+  const plain = await quantizeLinear("blocks.0.attn.proj", w, bias, n, k, opts);
+  assert.equal(plain.alpha, 0);
+  assert.ok(!plain.tensors.has("smooth"));
+  const q = await quantizeLinear("blocks.0.attn.proj", w, bias, n, k, { ...opts, awq: true });
   assert.ok(q.alpha! > 0);
+  assert.ok(q.relError < plain.relError);
   assert.ok(q.tensors.has("smooth"));
   const yRef = await floatOutput(w, bias, x, { m: s, n, k });
   assert.equal(relativeError(await evaluateQuantized(q, x, s), yRef), q.relError);

@@ -142,6 +142,12 @@ export interface QuantizeLinearOptions {
   /** Calibration rows the smoothing search scores candidates on (default {@linkcode SEARCH_ROWS}). */
   searchRows?: number;
   /**
+   * W4A16: search the activation-aware scaling (quant/awq.ts; stores `smooth` when α > 0).
+   * Default false: on the bundled model it lowers the layer errors but raises the model's output
+   * error (bench/RESULTS.md, "W4A16 activation-aware scaling").
+   */
+  awq?: boolean;
+  /**
    * GPTQ for the W4A4 residual in the final fit (default true; layers with K ≤ quant/gptq.ts
    * `GPTQ_MAX_K`): each refinement round keeps the lower-scoring of the clipped and the GPTQ
    * residual.
@@ -281,7 +287,7 @@ export async function quantizeLinear(
     // W4A16: activation-aware scaling searched (quant/awq.ts), α = 0 being plain W4A16
     const amax = stats.amax.length ? amaxOverBuckets(stats) : undefined;
     const f = method === "w4a16"
-      ? (i: BaselineInput) => quantizeW4A16Awq(i, { amax })
+      ? (i: BaselineInput) => quantizeW4A16Awq(i, { amax, alphas: opts.awq ? undefined : [0] })
       : method === "w8a8"
       ? quantizeW8A8
       : quantizeFloat;

@@ -1,7 +1,7 @@
 /**
- * W4A16 with activation-aware scaling, end to end: the tiny fixture model is quantized with
- * calibration rows whose adaLN inputs carry planted outlier channels, so its W4A16 layers store
- * `smooth`; the file is opened by the runtime, the layer built by runtime/linears.ts and run on the
+ * W4A16 with activation-aware scaling, end to end: the tiny fixture model is quantized (`awq`)
+ * with calibration rows whose adaLN inputs carry planted outlier channels, so its W4A16 layers
+ * store `smooth`; the file is opened by the runtime, the layer built by runtime/linears.ts and run on the
  * GPU (GEMV and tiled paths, f32 and f16), and compared with (a) the float64 reference of the
  * stored tensors (kernels/gemm_w4a16 bounds, ../kernels/gemm_f16/_gemm_check.ts) and (b) the
  * quantizer's own CPU simulation of the same weights (quant/layer.ts `evaluateQuantized`, f32:
@@ -153,6 +153,7 @@ Deno.test({
         format: "int4",
         rank: 0,
         calib: calib(),
+        awq: true,
       });
       const rep = reports.find((r) => r.name === LAYER)!;
       assert.equal(rep.method, "w4a16");
@@ -222,6 +223,7 @@ Deno.test("W4A16 smooth of the wrong shape or dtype: FormatError naming the tens
       format: "int4",
       rank: 0,
       calib: calib(),
+      awq: true,
     });
     const good = decode(await Deno.readFile(out));
     const name = `${LAYER}.smooth`;
