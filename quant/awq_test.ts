@@ -93,7 +93,7 @@ Deno.test("quantizeLinear w4a16 --awq: the α is reported and the stored smooth 
   };
   // off by default: plain W4A16, no smooth
   const plain = await quantizeLinear("blocks.0.attn.proj", w, bias, n, k, opts);
-  assert.equal(plain.alpha, 0);
+  assert.equal(plain.alpha, undefined);
   assert.ok(!plain.tensors.has("smooth"));
   const q = await quantizeLinear("blocks.0.attn.proj", w, bias, n, k, { ...opts, awq: true });
   assert.ok(q.alpha! > 0);

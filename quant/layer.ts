@@ -9,7 +9,7 @@
  * | `dilate`   | dilation             | rank R   | 4-bit, clipped   | 4-bit                  |
  * | `smooth`   | smoothing (searched) | none     | 4-bit, clipped   | 4-bit                  |
  * | `rtn`      | none                 | none     | 4-bit, RTN       | 4-bit                  |
- * | `w4a16`    | AWQ (α searched)     | none     | INT4 g64 clipped | 16-bit                 |
+ * | `w4a16`    | none (AWQ: `awq`)    | none     | INT4 g64 clipped | 16-bit                 |
  * | `w8a8`     | none                 | none     | int8 per channel | int8 per token         |
  * | `float`    | none                 | none     | f16              | 16-bit                 |
  *
@@ -298,7 +298,7 @@ export async function quantizeLinear(
       r: 0,
       tensors: res.tensors,
       relError: res.relError,
-      alpha: res.alpha,
+      alpha: opts.awq ? res.alpha : undefined, // reported only when searched
     });
   }
 
