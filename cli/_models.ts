@@ -149,7 +149,14 @@ export async function buildQuantized(
   precision: Exclude<Precision, "float">,
   out: string,
   log: (line: string) => void,
-  opts: { method?: ModelMethod; rank?: number; paro?: ParoChoice; onProgress?: BuildProgress } = {},
+  opts: {
+    method?: ModelMethod;
+    rank?: number;
+    paro?: ParoChoice;
+    onProgress?: BuildProgress;
+    /** W4A16 layers: search the activation-aware scaling (quant/awq.ts). */
+    awq?: boolean;
+  } = {},
 ): Promise<void> {
   await exists(float, "the float model");
   const calib = await calibration(float, log, opts.onProgress);
@@ -164,6 +171,7 @@ export async function buildQuantized(
     format,
     rank: opts.rank ?? BUNDLED_RANK,
     calib,
+    awq: opts.awq,
     paro: paro && paroTensors(paro),
     onLayer: (r, i, n) => {
       tensors = n;

@@ -1,7 +1,8 @@
 /**
- * `deno task eval [--seeds N] [--steps N] [--model float.safetensors]`: image quality of every
- * precision and method against the float model on the same seeds — PSNR and SSIM of the final
- * images, weight bytes on the GPU, and time per step — printed as a Markdown table.
+ * `deno task eval [--seeds N] [--steps N] [--model float.safetensors] [--only w4a16,rtn,…]`: image
+ * quality of every precision and method (or of those `--only` names, by method or precision)
+ * against the float model on the same seeds — PSNR and SSIM of the final images, weight bytes on
+ * the GPU, and time per step — printed as a Markdown table.
  *
  * Quantized files are built on first use (calibration on the float model, then the quantizer)
  * and cached under models/.cache/.
@@ -17,15 +18,25 @@ import { fail, formatBytes, runCli } from "./_cli.ts";
 import { buildQuantized, cachedPath, FLOAT_MODEL } from "./_models.ts";
 
 /** The rows of the table: label, how the file is built (null = the float model itself). */
-const VARIANTS: { label: string; precision?: "int4" | "nvfp4" | "w4a16"; method?: ModelMethod }[] =
-  [
-    { label: "float (f16 activations)" },
-    { label: "SVDQuant INT4 (W4A4 + LR)", precision: "int4", method: "svdquant" },
-    { label: "SVDQuant NVFP4 (W4A4 + LR)", precision: "nvfp4", method: "svdquant" },
-    { label: "dilation INT4 (W4A4 + LR)", precision: "int4", method: "dilate" },
-    { label: "RTN INT4 (W4A4)", precision: "int4", method: "rtn" },
-    { label: "W4A16 INT4", precision: "w4a16", method: "w4a16" },
-  ];
+const VARIANTS: {
+  label: string;
+  precision?: "int4" | "nvfp4" | "w4a16";
+  method?: ModelMethod;
+  /** W4A16 with the activation-aware scaling search (quantize --awq). */
+  awq?: boolean;
+}[] = [
+  { label: "float (f16 activations)" },
+  { label: "SVDQuant INT4 (W4A4 + LR)", precision: "int4", method: "svdquant" },
+  { label: "SVDQuant NVFP4 (W4A4 + LR)", precision: "nvfp4", method: "svdquant" },
+  { label: "dilation INT4 (W4A4 + LR)", precision: "int4", method: "dilate" },
+  { label: "RTN INT4 (W4A4)", precision: "int4", method: "rtn" },
+  { label: "W4A16 INT4", precision: "w4a16", method: "w4a16" },
+  { label: "W4A16 INT4 + AWQ scaling", precision: "w4a16", method: "w4a16", awq: true },
+];
+
+const VARIANT_KEYS = [
+  ...new Set(VARIANTS.flatMap((v) => (v.precision ? [v.method!, v.precision] : []))),
+].join(", ");
 
 async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -35,26 +46,37 @@ async function main(args: string[]): Promise<void> {
       steps: { type: "string", default: "20" },
       cfg: { type: "string", default: "4" },
       model: { type: "string" },
+      only: { type: "string" },
     },
   });
   const seeds = Number(values.seeds), steps = Number(values.steps), cfg = Number(values.cfg);
   if (!Number.isInteger(seeds) || seeds < 1 || seeds > 64) fail("--seeds must be in 1..64");
   if (!Number.isInteger(steps) || steps < 1 || steps > 1000) fail("--steps must be in 1..1000");
+  // --only: a comma-separated list of methods or precisions (e.g. "w4a16", "svdquant,rtn");
+  // the float reference always runs
+  const only = values.only?.split(",").map((s) => s.trim()).filter(Boolean);
+  const variants = VARIANTS.filter((v) =>
+    !v.precision || !only || only.includes(v.method!) || only.includes(v.precision)
+  );
+  if (only && variants.length === 1) {
+    fail(`--only ${values.only} matches no precision or method (${VARIANT_KEYS})`);
+  }
   const float = values.model ?? FLOAT_MODEL;
   const gpu = await getGpu();
   const log = (s: string) => console.error(s);
 
   let reference: Float32Array[] = [];
   const rows: string[] = [];
-  for (const v of VARIANTS) {
+  for (const v of variants) {
     let path = float;
     if (v.precision) {
-      path = await cachedPath(float, `${v.method}.${v.precision}.safetensors`, "eval/");
+      const name = `${v.method}${v.awq ? "-awq" : ""}.${v.precision}.safetensors`;
+      path = await cachedPath(float, name, "eval/");
       try {
         await Deno.stat(path);
       } catch {
         log(`building ${v.label} → ${path}`);
-        await buildQuantized(float, v.precision, path, log, { method: v.method });
+        await buildQuantized(float, v.precision, path, log, { method: v.method, awq: v.awq });
       }
     }
     const pipe = await Pipeline.load(gpu, path, { images: seeds });

@@ -42,6 +42,9 @@ Options:
   --alpha-step S           search alpha on a full grid of this step (default: coarse-to-fine, 0.25
                            then 0.05 around the best; the reference's full grid is 0.05)
   --rounds N               low-rank refinement rounds (default 3)
+  --awq                    W4A16 layers: search an activation-aware per-channel scale (AWQ-style,
+                           alpha 0..1 by calibration error; stored as <layer>.smooth). Off by
+                           default: on the bundled model it lowers layer errors, not image quality
   --workers N              quantize N layers at once in Web Workers (default 1; the file is
                            byte-identical; ignored with --gpu and --budget)
   --budget BYTES|Nbits     per-layer format and rank under a budget for the W4A4 layers: BYTES of
@@ -77,6 +80,7 @@ async function main(args: string[]): Promise<void> {
       "alpha-step": { type: "string" },
       budget: { type: "string" },
       rounds: { type: "string", default: "3" },
+      awq: { type: "boolean" },
       workers: { type: "string", default: "1" },
       gpu: { type: "boolean", default: false },
       paro: { type: "string" },
@@ -157,6 +161,7 @@ async function main(args: string[]): Promise<void> {
       rank,
       alphas,
       rounds,
+      awq: values.awq,
       gpu: values.gpu,
       quiet: values.quiet,
       calib: values.calib,
@@ -210,6 +215,7 @@ async function main(args: string[]): Promise<void> {
     policy,
     alphas,
     rounds,
+    awq: values.awq,
     matmul,
     workers,
     paro,
@@ -239,6 +245,7 @@ async function quantizeFluxCli(input: string, out: string, o: {
   rank: number;
   alphas?: number[];
   rounds: number;
+  awq?: boolean;
   gpu: boolean;
   quiet: boolean;
   calib?: string;
@@ -283,6 +290,7 @@ async function quantizeFluxCli(input: string, out: string, o: {
     policy,
     alphas: o.alphas,
     rounds: o.rounds,
+    awq: o.awq,
     matmul,
     onLayer: o.quiet ? undefined : (r, i, n) => console.log(progressLine(r, i, n)),
   }).finally(closeGpu);
@@ -318,11 +326,16 @@ function progressLine(r: LayerReport, i: number, n: number): string {
   const idx = `[${String(i + 1).padStart(String(n).length)}/${n}]`;
   const what = r.method === "copy"
     ? `copy ${r.format}`
-    : `${r.method} ${r.format}${r.r ? ` r=${r.r}` : ""}`;
+    : `${methodCell(r)} ${r.format}${r.r ? ` r=${r.r}` : ""}`;
   const err = Number.isNaN(r.relError) ? "" : ` err ${r.relError.toFixed(4)}`;
   return `${idx} ${r.name} ${what}${err} ${formatBytes(r.bytesBefore)} → ${
     formatBytes(r.bytesAfter)
   } (${r.seconds.toFixed(1)} s)`;
+}
+
+/** The method column: W4A16 layers with their activation-aware scaling's α (`w4a16 α0.2`). */
+function methodCell(r: LayerReport): string {
+  return r.alpha === undefined ? r.method : `${r.method} α${r.alpha}`;
 }
 
 function table(reports: LayerReport[], seconds: number, out: string): string {
@@ -330,14 +343,14 @@ function table(reports: LayerReport[], seconds: number, out: string): string {
   const w = Math.max(5, ...rows.map((r) => r.name.length));
   const lines = [
     "",
-    `${"layer".padEnd(w)}  ${"method".padEnd(9)} ${"format".padEnd(6)} ${"rank".padStart(4)} ${
+    `${"layer".padEnd(w)}  ${"method".padEnd(13)} ${"format".padEnd(6)} ${"rank".padStart(4)} ${
       "rel.err".padStart(8)
     } ${"before".padStart(10)} ${"after".padStart(10)}`,
   ];
   for (const r of rows) {
     const err = Number.isNaN(r.relError) ? "–" : r.relError.toFixed(4);
     lines.push(
-      `${r.name.padEnd(w)}  ${r.method.padEnd(9)} ${r.format.padEnd(6)} ${
+      `${r.name.padEnd(w)}  ${methodCell(r).padEnd(13)} ${r.format.padEnd(6)} ${
         String(r.r).padStart(4)
       } ${err.padStart(8)} ` +
         `${formatBytes(r.bytesBefore).padStart(10)} ${formatBytes(r.bytesAfter).padStart(10)}`,
@@ -349,7 +362,7 @@ function table(reports: LayerReport[], seconds: number, out: string): string {
     .filter((e) => !Number.isNaN(e));
   const meanErr = errs.length ? errs.reduce((a, b) => a + b, 0) / errs.length : NaN;
   lines.push(
-    `${"total".padEnd(w)}  ${String(rows.length + " layers").padEnd(21)} ${
+    `${"total".padEnd(w)}  ${String(rows.length + " layers").padEnd(25)} ${
       (Number.isNaN(meanErr) ? "–" : meanErr.toFixed(4)).padStart(8)
     } ` +
       `${formatBytes(before).padStart(10)} ${formatBytes(after).padStart(10)}`,

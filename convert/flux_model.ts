@@ -39,6 +39,8 @@ export interface QuantizeFluxOptions {
   alphas?: readonly number[];
   /** Low-rank refinement rounds (default 3). */
   rounds?: number;
+  /** W4A16 (modulation) layers: search the activation-aware scaling (quant/awq.ts; default false). */
+  awq?: boolean;
   /** Big matrix products (e.g. a GPU GEMM); default CPU. */
   matmul?: MatMul;
   /** Called once per layer / tensor written. */
@@ -105,6 +107,7 @@ export async function quantizeFlux(
           matmul: opts.matmul,
           alphas: opts.alphas,
           rounds: opts.rounds,
+          awq: opts.awq,
           sourceBytes: 2,
         });
         policy[l.base] = { method: q.method, format: q.format, r: q.r, actMode: q.actMode };
@@ -120,6 +123,7 @@ export async function quantizeFlux(
           bytesBefore: q.bytesBefore,
           bytesAfter: q.bytesAfter,
           seconds: (performance.now() - t0) / 1000,
+          alpha: q.method === "w4a16" ? q.alpha : undefined,
         });
       }
       for (const o of others) {

@@ -61,6 +61,8 @@ export interface QuantizeModelOptions {
   alphas?: readonly number[];
   /** Low-rank refinement rounds of the final fit (default 3). */
   rounds?: number;
+  /** W4A16 layers: search the activation-aware scaling (quant/awq.ts; default false). */
+  awq?: boolean;
   /** Big matrix products (e.g. a GPU GEMM); default CPU. */
   matmul?: MatMul;
   /**
@@ -107,6 +109,8 @@ export interface LayerReport {
   bytesAfter: number;
   /** Wall-clock seconds spent on it (reading, quantizing, writing). */
   seconds: number;
+  /** W4A16 layers: the α of the activation-aware scaling kept (quant/awq.ts; 0: none). */
+  alpha?: number;
 }
 
 /** Policy rules with the W4A4 method replaced by `method`. */
@@ -258,6 +262,7 @@ export async function quantizeCheckpoint(
         matmul: opts.matmul,
         alphas: opts.alphas,
         rounds: opts.rounds,
+        awq: opts.awq,
         sourceBytes: sourceBytes(name),
       };
       // A planned choice is reproduced exactly: the same ladder of ranks up to it.
@@ -318,6 +323,7 @@ export async function quantizeCheckpoint(
             bytesBefore: q.bytesBefore,
             bytesAfter: q.bytesAfter,
             seconds: (performance.now() - t0) / 1000,
+            alpha: q.method === "w4a16" ? q.alpha : undefined,
           }, i);
         } else {
           const copy = await copyTensor(reader, name);

@@ -219,7 +219,8 @@ export interface BaselineResult {
   relError: number;
 }
 
-interface BaselineInput {
+/** Inputs of the baselines: the layer, its sample rows and their float outputs. */
+export interface BaselineInput {
   w: Float32Array;
   bias: Float32Array | null;
   n: number;

@@ -9,7 +9,7 @@
  * | `dilate`   | dilation             | rank R   | 4-bit, clipped   | 4-bit                  |
  * | `smooth`   | smoothing (searched) | none     | 4-bit, clipped   | 4-bit                  |
  * | `rtn`      | none                 | none     | 4-bit, RTN       | 4-bit                  |
- * | `w4a16`    | none                 | none     | INT4 g64 clipped | 16-bit                 |
+ * | `w4a16`    | none (AWQ: `awq`)    | none     | INT4 g64 clipped | 16-bit                 |
  * | `w8a8`     | none                 | none     | int8 per channel | int8 per token         |
  * | `float`    | none                 | none     | f16              | 16-bit                 |
  *
@@ -17,12 +17,14 @@
  * `wscales` F16 [N, K/64] (int4) or F8_E4M3 [N, K/16] + `tensor_scale` F32 [1] (nvfp4), `smooth`
  * F32 [K] (omitted when λ = 1, i.e. rtn), `lora_down` F16 [R, K] (already divided by λ) and
  * `lora_up` F16 [N, R] (omitted when R = 0), `bias` F32 [N] (when the layer has one or the
- * post-GELU shift is folded in). W4A16: `qweight`, `wscales` F16, `bias`. W8A8: `qweight` I8
+ * post-GELU shift is folded in). W4A16: `qweight`, `wscales` F16, `smooth` F32 [K] (when its
+ * activation-aware scaling has α > 0, quant/awq.ts), `bias`. W8A8: `qweight` I8
  * [N, K], `wscales` F32 [N], `bias`. Float: `weight` F16 [N, K], `bias`.
  *
  * @module
  */
-import { type LayerStats, syntheticStats } from "./calib.ts";
+import { amaxOverBuckets, type LayerStats, syntheticStats } from "./calib.ts";
+import { quantizeW4A16Awq } from "./awq.ts";
 import { cpuMatMul, type MatMul } from "./linalg.ts";
 import {
   type ActMode,
@@ -32,6 +34,7 @@ import {
 } from "../formats/packing.ts";
 import {
   actModeFor,
+  type BaselineInput,
   type BaselineResult,
   buildW4A4,
   type BuiltW4A4,
@@ -42,10 +45,10 @@ import {
   LayerScorer,
   quantizeFloat,
   quantizeRowsInt8,
-  quantizeW4A16,
   quantizeW8A8,
   rawTensor,
   simulateW4A4,
+  smoothActivations,
   type TensorEntry,
   type W4A4Layer,
 } from "./baselines.ts";
@@ -98,7 +101,10 @@ export interface QuantizedLinear {
   bytesBefore: number;
   /** Bytes of all tensors written. */
   bytesAfter: number;
-  /** The smoothing chosen by the search (svdquant, smooth): λ_c = amaxX_c^α / amaxW_c^β. */
+  /**
+   * The smoothing chosen by the search (svdquant, smooth): λ_c = amaxX_c^α / amaxW_c^β; for
+   * w4a16 the activation-aware scaling's α (quant/awq.ts; 0: none, no `smooth` tensor).
+   */
   alpha?: number;
   /** Weight exponent β of the chosen smoothing (set with `alpha`). */
   beta?: number;
@@ -135,6 +141,12 @@ export interface QuantizeLinearOptions {
   rankZeroFloor?: boolean;
   /** Calibration rows the smoothing search scores candidates on (default {@linkcode SEARCH_ROWS}). */
   searchRows?: number;
+  /**
+   * W4A16: search the activation-aware scaling (quant/awq.ts; stores `smooth` when α > 0).
+   * Default false: on the bundled model it lowers the layer errors but raises the model's output
+   * error (bench/RESULTS.md, "W4A16 activation-aware scaling").
+   */
+  awq?: boolean;
   /**
    * GPTQ for the W4A4 residual in the final fit (default true; layers with K ≤ quant/gptq.ts
    * `GPTQ_MAX_K`): each refinement round keeps the lower-scoring of the clipped and the GPTQ
@@ -272,14 +284,21 @@ export async function quantizeLinear(
   };
 
   if (method === "w4a16" || method === "w8a8" || method === "float") {
-    const f = method === "w4a16" ? quantizeW4A16 : method === "w8a8" ? quantizeW8A8 : quantizeFloat;
-    const res: BaselineResult = await f({ w, bias, n, k, x, s, yRef, matmul });
+    // W4A16: activation-aware scaling searched (quant/awq.ts), α = 0 being plain W4A16
+    const amax = stats.amax.length ? amaxOverBuckets(stats) : undefined;
+    const f = method === "w4a16"
+      ? (i: BaselineInput) => quantizeW4A16Awq(i, { amax, alphas: opts.awq ? undefined : [0] })
+      : method === "w8a8"
+      ? quantizeW8A8
+      : quantizeFloat;
+    const res: BaselineResult & { alpha?: number } = await f({ w, bias, n, k, x, s, yRef, matmul });
     return finish({
       ...base,
       format: res.format,
       r: 0,
       tensors: res.tensors,
       relError: res.relError,
+      alpha: opts.awq ? res.alpha : undefined, // reported only when searched
     });
   }
 
@@ -457,7 +476,9 @@ export async function evaluateQuantized(
     }
     : { format: "int4", n, k, qweight, wscales: f16Values(tensorOf(q, "wscales")) };
   if (q.method === "w4a16") {
-    return await floatOutput(gemmWeightValues(residual), bias, x, { m, n, k }, matmul);
+    const sm = q.tensors.has("smooth") ? f32Values(tensorOf(q, "smooth")) : null;
+    const xs = sm ? smoothActivations(x, m, k, sm) : x;
+    return await floatOutput(gemmWeightValues(residual), bias, xs, { m, n, k }, matmul);
   }
   const layer: W4A4Layer = {
     n,

@@ -101,6 +101,13 @@ export async function createLinear(
   if (spec.method === "w4a16") {
     const qw = stored("qweight"), ws = stored("wscales"), wz = stored("wzeros");
     if (!qw || !ws) throw new TypeError(`Cannot build ${name}: W4A16 needs qweight and wscales`);
+    // activation-aware scaling (quant/awq.ts): optional F32 [K] divisors of X
+    const sm = stored("smooth");
+    if (sm && (sm.dtype !== "F32" || sm.shape.join(",") !== String(k))) {
+      throw new TypeError(
+        `Cannot build ${name}: ${name}.smooth is ${sm.dtype} [${sm.shape}], expected F32 [${k}]`,
+      );
+    }
     // format "uint4" (AWQ layers imported from Nunchaku): unsigned codes with zero points
     if ((spec.format === "uint4") !== Boolean(wz)) {
       throw new TypeError(
@@ -117,19 +124,23 @@ export async function createLinear(
       bias: Boolean(bias),
       gelu: spec.gelu,
       zeroPoint: Boolean(wz),
+      smooth: Boolean(sm),
     });
     const qb = await gpu.upload(`buffer ${name}.qweight`, qw.data);
     const sb = await gpu.upload(`buffer ${name}.wscales`, ws.data);
     const zb = wz ? await gpu.upload(`buffer ${name}.wzeros`, wz.data) : undefined;
+    const lb = sm ? await gpu.upload(`buffer ${name}.smooth`, sm.data) : undefined;
     const bb = bias ? await gpu.upload(`buffer ${name}.bias`, bias) : undefined;
     return {
       name,
       kind: "w4a16",
-      weightBytes: qb.size + sb.size + (zb?.size ?? 0) + (bb?.size ?? 0),
-      dispatch: (x, y) => [op.dispatch({ x, qweight: qb, wscales: sb, bias: bb, y, wzeros: zb })],
+      weightBytes: qb.size + sb.size + (zb?.size ?? 0) + (lb?.size ?? 0) + (bb?.size ?? 0),
+      dispatch: (x, y) => [
+        op.dispatch({ x, qweight: qb, wscales: sb, bias: bb, y, wzeros: zb, smooth: lb }),
+      ],
       destroy: () => {
         op.destroy();
-        gpu.destroy(qb, sb, zb, bb);
+        gpu.destroy(qb, sb, zb, lb, bb);
       },
     };
   }

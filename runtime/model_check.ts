@@ -187,6 +187,8 @@ export function checkDitFile(f: CheckedFile): void {
       tensor(`${base}.qweight`, [n, k / 8], ["U32"]);
       tensor(`${base}.wscales`, [n, k / 64], ["F16"]);
       tensor(`${base}.bias`, [n], ["F32"]);
+      // optional activation-aware scaling (quant/awq.ts): X / smooth before the product
+      if (f.tensors.has(`${base}.smooth`)) tensor(`${base}.smooth`, [k], ["F32"]);
       if (pol.r !== 0) throw where(`r must be 0 for w4a16, found ${pol.r}`);
       return;
     }

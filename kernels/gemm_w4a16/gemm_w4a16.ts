@@ -1,8 +1,9 @@
 /**
  * Launcher of `gemm_w4a16`: `Y[M,N] = X[M,K] · Wᵀ + bias[N]` (optional GELU, tanh form) with an
  * INT4 weight (group 64 along K, f16 scales) dequantised in registers, X and Y in ACT, f32
- * accumulation. Used for the adaLN modulation layers (M = 1..2: a GEMV kernel) and, for large
- * M, on devices where the W4A4 integer-dot path is emulated (a tiled kernel).
+ * accumulation; optionally X divided by per-channel factors `smooth` [K] (AWQ-style scaling).
+ * Used for the adaLN modulation layers (M = 1..2: a GEMV kernel) and, for large M, on devices
+ * where the W4A4 integer-dot path is emulated (a tiled kernel).
  * See gemm_w4a16.wgsl and ARCHITECTURE.md for the layouts.
  *
  * @module
@@ -48,6 +49,12 @@ export interface GemmW4A16Shape {
    * Default false: two's complement codes, `W = q·s`.
    */
   zeroPoint?: boolean;
+  /**
+   * Divide X by the per-input-channel factors `smooth` [K] (f32, as the W4A4 kernels' smoothing)
+   * before the product: `Y = (X / smooth) · Wᵀ + bias` (activation-aware scaling, quant/awq.ts).
+   * Default false: a pipeline constant, so layers without it run the unchanged kernel.
+   */
+  smooth?: boolean;
 }
 
 /** Buffers of one dispatch, in binding order (binding 0 is the uniform params). */
@@ -64,6 +71,8 @@ export interface GemmW4A16Buffers {
   y: GPUBuffer;
   /** f16 bits [N, K/64], two per u32: zero points z (required when the shape has zeroPoint). */
   wzeros?: GPUBuffer;
+  /** f32 [K] divisors of X (required when the shape has smooth). */
+  smooth?: GPUBuffer;
 }
 
 /**
@@ -131,6 +140,7 @@ export class GemmW4A16 {
         HAS_BIAS: shape.bias ? 1 : 0,
         GELU: shape.gelu ? 1 : 0,
         ZERO_POINT: shape.zeroPoint ? 1 : 0,
+        SMOOTH: shape.smooth ? 1 : 0,
       },
       gemvDefines: { GV_KT: GEMV_KT },
       gemvMaxM: GEMV_MAX_M,
@@ -194,6 +204,8 @@ export function bufferSizes(s: GemmW4A16Shape): BufferRow<keyof GemmW4A16Buffers
       s.zeroPoint ? Math.ceil(groups / 2) * 4 : 0,
       `[N=${n}, K/64=${k / 64}] f16 (2 per u32)`,
     ],
+    // read as vec4<f32>: the 16-byte placeholder serves an unused binding
+    ["smooth", s.smooth ? k * 4 : 0, `[K=${k}] f32`],
   ];
 }
 

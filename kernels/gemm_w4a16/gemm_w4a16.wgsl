@@ -1,5 +1,6 @@
-// gemm_w4a16: Y[M,N] = X[M,K] · Wᵀ + bias[N], then optionally GELU (tanh form), where
-// W[n,k] = q[n,k] · s[n, k/64] is INT4 (ARCHITECTURE.md: qweight u32 [N, K/8], nibble j of word w
+// gemm_w4a16: Y[M,N] = (X[M,K] / smooth[K]) · Wᵀ + bias[N] (the division only with SMOOTH), then
+// optionally GELU (tanh form), where W[n,k] = q[n,k] · s[n, k/64] is INT4 (ARCHITECTURE.md:
+// qweight u32 [N, K/8], nibble j of word w
 // = element 8w+j, two's complement; wscales f16 bits, two per u32). X and Y in ACT, bias f32,
 // accumulation f32. K is a multiple of 64, so every row of X and of qweight is 16-byte aligned.
 //
@@ -38,10 +39,19 @@ struct Params {
 // nibble without the sign flip gives q − 8, so W = (q − 8)·s + o with o = 8·s + z (exact in f32:
 // s and z are 16-bit values within a few binades of each other).
 @group(0) @binding(6) var<storage, read> wzeros: array<u32>;
+// Activation-aware scaling (AWQ-style, quant/awq.ts): with SMOOTH every X value is divided by its
+// channel's factor, x[m, k] / smooth[k] (f32, the layout and arithmetic of quantize_act_lowrank's
+// W4A4 smoothing), before it meets the weight, which was quantized as W·diag(smooth). A division,
+// not a product with a stored reciprocal, so the kernel computes exactly what the quantizer
+// simulated (quant/baselines.ts smoothActivations); it is one divide per X value loaded, next to
+// 128 (tiled) or 4 (GEMV) multiply-adds per value and the memory-bound weight stream.
+// `smooth` is a reserved word in naga's WGSL.
+@group(0) @binding(7) var<storage, read> smooth_: array<vec4<f32>>; // [K/4]
 
 override HAS_BIAS: bool = false;
 override GELU: bool = false;
 override ZERO_POINT: bool = false;
+override SMOOTH: bool = false;
 // XOR that turns a packed word into offset binary: two's complement codes flip bit 3 of each
 // nibble; unsigned (zero-point) codes already are offset binary of q − 8.
 override FLIP: u32 = select(0x88888888u, 0u, ZERO_POINT);
@@ -145,8 +155,12 @@ fn step(acc: ptr<function, array<vec4<f32>, 16>>, k: u32, tx: u32, ty: u32) {
   mac(acc, xs[xo], xs[xo + 16u], ws[wo], ws[wo + 16u]);
 }
 
+// X[row, 4q..4q+3] / smooth (SMOOTH), zero for rows past M.
 fn ldx(row: u32, q: u32) -> vec4<f32> {
-  let v = vec4<f32>(x[min(row, params.m - 1u) * (params.k / 4u) + q]);
+  var v = vec4<f32>(x[min(row, params.m - 1u) * (params.k / 4u) + q]);
+  if (SMOOTH) {
+    v = v / smooth_[q];
+  }
   return select(vec4<f32>(), v, row < params.m);
 }
 
@@ -277,8 +291,13 @@ fn dot32(
   return (s.x + s.y) + (s.z + s.w);
 }
 
-fn ldxs(i: u32) -> vec4<f32> {
-  return vec4<f32>(x[i]) * INV16;
+// X quad i (k-quad q of its row) / smooth (SMOOTH), times 16^-(k mod 4).
+fn ldxs(i: u32, q: u32) -> vec4<f32> {
+  var v = vec4<f32>(x[i]);
+  if (SMOOTH) {
+    v = v / smooth_[q];
+  }
+  return v * INV16;
 }
 
 // Workgroup (m, b) computes Y[m, ROWS·b ..][:ROWS]. Invocation (row group g, lane l) sums the
@@ -306,15 +325,16 @@ fn gemm_w4a16_gemv(
     let q1 = qweight[n1 * chunks + c];
     let q2 = qweight[n2 * chunks + c];
     let q3 = qweight[n3 * chunks + c];
-    let xb = xrow + c * 8u;
-    let x0 = ldxs(xb);
-    let x1 = ldxs(xb + 1u);
-    let x2 = ldxs(xb + 2u);
-    let x3 = ldxs(xb + 3u);
-    let x4 = ldxs(xb + 4u);
-    let x5 = ldxs(xb + 5u);
-    let x6 = ldxs(xb + 6u);
-    let x7 = ldxs(xb + 7u);
+    let kq = c * 8u;
+    let xb = xrow + kq;
+    let x0 = ldxs(xb, kq);
+    let x1 = ldxs(xb + 1u, kq + 1u);
+    let x2 = ldxs(xb + 2u, kq + 2u);
+    let x3 = ldxs(xb + 3u, kq + 3u);
+    let x4 = ldxs(xb + 4u, kq + 4u);
+    let x5 = ldxs(xb + 5u, kq + 5u);
+    let x6 = ldxs(xb + 6u, kq + 6u);
+    let x7 = ldxs(xb + 7u, kq + 7u);
     let gi = c >> 1u;
     let d = vec4(
       dot32(q0, x0, x1, x2, x3, x4, x5, x6, x7),

@@ -20,10 +20,13 @@ export interface GemmW4A16RefInputs {
    * `zeroPoint`).
    */
   zeros?: ArrayLike<number>;
+  /** [K] per-input-channel divisors: the product runs on `X / smooth` (the kernel's `smooth`). */
+  smooth?: ArrayLike<number>;
 }
 
 /**
- * `Y = X · dequant(W)ᵀ + bias`, then GELU (tanh form) if asked; float64 [M, N].
+ * `Y = (X / smooth) · dequant(W)ᵀ + bias` (X as given without `smooth`), then GELU (tanh form) if
+ * asked; float64 [M, N] (the division in float64 too).
  *
  * @example
  * ```ts
@@ -35,7 +38,17 @@ export interface GemmW4A16RefInputs {
  * ```
  */
 export function gemmW4A16Ref(p: GemmW4A16RefInputs): Float64Array {
-  const { m, x, weight, bias, gelu, zeros } = p;
+  const { m, weight, bias, gelu, zeros, smooth } = p;
+  const k = weight.k;
+  let x: ArrayLike<number> = p.x;
+  if (smooth) {
+    if (smooth.length !== k) {
+      throw new TypeError(
+        `Cannot compute gemm_w4a16: smooth has ${smooth.length}, expected [K=${k}]`,
+      );
+    }
+    x = Float64Array.from({ length: m * k }, (_, i) => p.x[i] / smooth[i % k]);
+  }
   let w: Float32Array | Float64Array;
   if (zeros) {
     const { n, k } = weight, g = k / 64;

@@ -142,6 +142,104 @@ for (const c of ZP_CASES) {
   });
 }
 
+// Activation-aware scaling (quant/awq.ts): X divided by smooth [K] (f32, factors over ~4 binades as
+// amax^α gives) before the product; every path: both kernels, both dtypes, two's complement
+// and zero-point codes, awkward M and N. The error bound uses |x / smooth|.
+const SMOOTH_CASES: Case[] = [
+  { m: 1, k: 192, n: 100, dtype: "f32", bias: true },
+  { m: 2, k: 1152, n: 384, dtype: "f16", bias: true, gelu: true },
+  { m: 7, k: 64, n: 8, dtype: "f16", bias: false, zeroPoint: true },
+  { m: 3, k: 128, n: 100, dtype: "f32", bias: true, zeroPoint: true },
+  { m: 5, k: 128, n: 100, dtype: "f32", bias: false, kernel: "tiled" },
+  { m: 64, k: 192, n: 100, dtype: "f32", bias: false, zeroPoint: true, kernel: "tiled" },
+  { m: 257, k: 192, n: 384, dtype: "f16", bias: true },
+  { m: 130, k: 64, n: 100, dtype: "f32", bias: false, gelu: true },
+  { m: 33, k: 1152, n: 8, dtype: "f16", bias: true, zeroPoint: true },
+  { m: 40, k: 64, n: 36, dtype: "f16", bias: false, kernel: "gemv" },
+];
+
+for (const c of SMOOTH_CASES) {
+  const name = `${caseName(c)}${c.zeroPoint ? " zero points" : ""} smooth`;
+  Deno.test({
+    name,
+    ignore,
+    async fn() {
+      const gpu = (await testGpu())!;
+      if (c.dtype === "f16" && !gpu.caps.shaderF16) return;
+      const rng = freshRng(name);
+      const smooth = Float32Array.from({ length: c.k }, () => Math.exp(1.5 * rng.normal()));
+      // X with the channel spread the factors undo (outlier channels get large factors)
+      const x = toActArray(
+        Float32Array.from(rng.normals(c.m * c.k), (v, i) => v * smooth[i % c.k]),
+        c.dtype,
+      );
+      const groups = c.n * c.k / 64;
+      let weight: Int4Weight, zeros: Float32Array | undefined, w: Float32Array;
+      if (c.zeroPoint) {
+        const codes = Uint8Array.from({ length: c.n * c.k }, () => rng.int(0, 15));
+        const scales = Float32Array.from(
+          { length: groups },
+          () => roundF16(0.01 * (1 + rng.next())),
+        );
+        const z = scales.map((v) => roundF16(-7 * v * (1 + 0.01 * rng.normal())));
+        weight = {
+          format: "int4",
+          n: c.n,
+          k: c.k,
+          qweight: packNibbles(codes, c.n, c.k),
+          wscales: scales,
+        };
+        zeros = z;
+        w = Float32Array.from(
+          codes,
+          (q, i) => q * scales[Math.floor(i / 64)] + z[Math.floor(i / 64)],
+        );
+      } else {
+        weight = quantizeWeight(rng.normals(c.n * c.k, 3 / Math.sqrt(c.k)), c.n, c.k, "int4", {
+          name,
+        }) as Int4Weight;
+        w = dequantizeWeight(weight);
+      }
+      const bias = c.bias ? rng.normals(c.n) : undefined;
+      const shape = { ...c, smooth: true };
+      const bx = await gpu.upload("buffer test x", x);
+      const bq = await gpu.upload("buffer test qweight", weight.qweight);
+      const bs = await gpu.upload(
+        "buffer test wscales",
+        zeros ? packF16(weight.wscales) : weightScaleWords(weight),
+      );
+      const bz = zeros ? await gpu.upload("buffer test wzeros", packF16(zeros)) : undefined;
+      const bl = await gpu.upload("buffer test smooth", smooth);
+      const bb = bias ? await gpu.upload("buffer test bias", bias) : undefined;
+      const by = await gpu.upload("buffer test y", poison(c.m * c.n * actBytes(c.dtype)));
+      const op = await GemmW4A16.create(gpu, shape, c.kernel);
+      try {
+        const buffers = {
+          x: bx,
+          qweight: bq,
+          wscales: bs,
+          bias: bb,
+          y: by,
+          wzeros: bz,
+          smooth: bl,
+        };
+        await gpu.runChecked(`run ${name}`, [op.dispatch(buffers)]);
+        const got = fromActBytes(await gpu.read(by), c.dtype, c.m * c.n);
+        const ref = gemmW4A16Ref({ m: c.m, x, weight, bias, gelu: c.gelu, zeros, smooth });
+        const xs = Float64Array.from(x, (v, i) => v / smooth[i % c.k]);
+        const s = absProducts(c.m, c.k, c.n, xs, w, bias);
+        checkGemmOutput(name, got, ref, s, c.dtype === "f16");
+        // the factors matter: without them the reference is far off
+        const plain = gemmW4A16Ref({ m: c.m, x, weight, bias, gelu: c.gelu, zeros });
+        assert.ok(plain.some((v, i) => Math.abs(v - ref[i]) > 1e-2 * (s[i] + 1e-3)));
+      } finally {
+        op.destroy();
+        gpu.destroy(bx, bq, bs, bz, bl, bb, by);
+      }
+    },
+  });
+}
+
 Deno.test({
   name: "gemm_w4a16 rejects bad shapes and buffers before any GPU work",
   ignore,
@@ -181,6 +279,22 @@ Deno.test({
       await assert.rejects(
         () => gemmW4A16(gpu, { ...shape, m: 3 }, { x: y, qweight: x, wscales, bias, y }),
         { name: "TypeError", message: /x has 64 bytes, expected \[M=3, K=128\] f32 = 1536/ },
+      );
+      await assert.rejects(
+        () => gemmW4A16(gpu, { ...shape, smooth: true }, { x, qweight: x, wscales, bias, y }),
+        { name: "TypeError", message: /smooth is missing, expected \[K=128\] f32/ },
+      );
+      await assert.rejects(
+        () =>
+          gemmW4A16(gpu, { ...shape, smooth: true }, {
+            x,
+            qweight: x,
+            wscales,
+            bias,
+            y,
+            smooth: small,
+          }),
+        { name: "TypeError", message: /smooth has 28 bytes, expected \[K=128\] f32 = 512/ },
       );
     } finally {
       op.destroy();
