@@ -52,6 +52,14 @@ override HAS_BIAS: bool = false;
 override GELU: bool = false;
 override ZERO_POINT: bool = false;
 override SMOOTH: bool = false;
+// f16 output: a value beyond ±65504 is stored as ±65504 (WGSL leaves an out-of-range f32 → f16
+// conversion undefined; most drivers give ±inf). NaN stays NaN (the comparison is false).
+override SATURATE: bool = false;
+const F16_MAX: f32 = 65504.0;
+
+fn to_act(v: f32) -> ACT {
+  return ACT(select(v, sign(v) * F16_MAX, SATURATE && abs(v) > F16_MAX));
+}
 // XOR that turns a packed word into offset binary: two's complement codes flip bit 3 of each
 // nibble; unsigned (zero-point) codes already are offset binary of q − 8.
 override FLIP: u32 = select(0x88888888u, 0u, ZERO_POINT);
@@ -119,7 +127,7 @@ fn store4(row: u32, col: u32, v: vec4<f32>) {
   for (var j = 0u; j < 4u; j++) {
     let c = col + j;
     if (c < params.n) {
-      y[base + c] = ACT(epilogue(v[j], c));
+      y[base + c] = to_act(epilogue(v[j], c));
     }
   }
 }
@@ -365,7 +373,7 @@ fn gemm_w4a16_gemv(
     }
     let n = wid.y * GV_ROWS + tid;
     if (n < N) {
-      y[m * N + n] = ACT(epilogue(sum, n));
+      y[m * N + n] = to_act(epilogue(sum, n));
     }
   }
 }

@@ -318,3 +318,49 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "gemm_w4a16 f16 output saturates at ±65504 (no inf), both kernels, other outputs unchanged",
+  ignore,
+  async fn() {
+    const gpu = (await testGpu())!;
+    if (!gpu.caps.shaderF16) return; // the f16 output needs shader-f16
+    for (const kernel of ["gemv", "tiled"] as const) {
+      const c: Case = { m: 7, k: 64, n: 40, dtype: "f16", bias: true, kernel };
+      const name = `gemm_w4a16 saturate (${kernel})`;
+      const rng = freshRng(name);
+      const x = toActArray(rng.normals(c.m * c.k), c.dtype);
+      const weight = quantizeWeight(rng.normals(c.n * c.k, 0.1), c.n, c.k, "int4", {
+        name,
+      }) as Int4Weight;
+      // every fifth column's bias (f32) far beyond f16's range
+      const bias = Float64Array.from(rng.normals(c.n), (v, j) => j % 5 ? v : (j % 10 ? -1e5 : 1e5));
+      const bx = await gpu.upload("buffer test x", x);
+      const bq = await gpu.upload("buffer test qweight", weight.qweight);
+      const bs = await gpu.upload("buffer test wscales", weightScaleWords(weight));
+      const bb = await gpu.upload("buffer test bias", Float32Array.from(bias));
+      const by = await gpu.upload("buffer test y", poison(c.m * c.n * 2));
+      const op = await GemmW4A16.create(gpu, c, kernel);
+      try {
+        const buffers = { x: bx, qweight: bq, wscales: bs, bias: bb, y: by };
+        await gpu.runChecked(`run ${name}`, [op.dispatch(buffers)]);
+        const got = fromActBytes(await gpu.read(by), "f16", c.m * c.n);
+        const ref = gemmW4A16Ref({ m: c.m, x, weight, bias });
+        const s = absProducts(c.m, c.k, c.n, x, dequantizeWeight(weight), bias);
+        const g: number[] = [], r: number[] = [], a: number[] = [];
+        let saturated = 0;
+        for (let i = 0; i < ref.length; i++) {
+          if (Math.abs(ref[i]) > 65520) {
+            assert.equal(got[i], Math.sign(ref[i]) * 65504, `${name}: y[${i}] (ref ${ref[i]})`);
+            saturated++;
+          } else g.push(got[i]), r.push(ref[i]), a.push(s[i]);
+        }
+        assert.ok(saturated > 0 && g.length > 0, `${name}: ${saturated} saturated outputs`);
+        checkGemmOutput(name, g, r, a, true);
+      } finally {
+        op.destroy();
+        gpu.destroy(bx, bq, bs, bb, by);
+      }
+    }
+  },
+});

@@ -111,6 +111,7 @@ export class GemmW8A16 {
     const src = withActDtype(await loadWgsl(`./${NAME}.wgsl`, import.meta.url), shape.dtype);
     const pipeline = await gpu.pipeline(`${NAME}_${shape.dtype}`, src, {
       HAS_BIAS: shape.bias ? 1 : 0,
+      SATURATE: shape.dtype === "f16" ? 1 : 0,
     }, NAME);
     const params = await gpu.uniform(
       `buffer ${NAME} params`,

@@ -26,6 +26,14 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> y: array<ACT>; // [M, N]
 
 override HAS_BIAS: bool = false;
+// f16 output: a value beyond ±65504 is stored as ±65504 (WGSL leaves an out-of-range f32 → f16
+// conversion undefined; most drivers give ±inf). NaN stays NaN (the comparison is false).
+override SATURATE: bool = false;
+const F16_MAX: f32 = 65504.0;
+
+fn to_act(v: f32) -> ACT {
+  return ACT(select(v, sign(v) * F16_MAX, SATURATE && abs(v) > F16_MAX));
+}
 
 const TM = 64u;
 const TN = 64u;
@@ -45,7 +53,7 @@ fn store_row(m: u32, n0: u32, acc: vec4<f32>) {
       if (HAS_BIAS) {
         v += bias[n];
       }
-      y[m * params.n + n] = ACT(v);
+      y[m * params.n + n] = to_act(v);
     }
   }
 }
