@@ -356,13 +356,15 @@ export class FleetWorker {
       await retrying(async () => {
         if (image) await images.putBlob({ name: job.id }, image);
         await jobs.put(job.id, enc(end));
-        await msg.ackAck();
       });
+      // the result is stored: the job is finished whatever becomes of the ack below
       if (end.state === "done") this.#beat.finished++;
       progress({ t: "end", state: end.state });
+      await retrying(() => msg.ackAck());
     } catch (e) {
       // still failing: no ack, so the job is redelivered after the ack wait and, when the
-      // record made it, found done; else made again with the same seed (the same image)
+      // record made it, found done (and only acked); else made again with the same seed (the
+      // same image)
       this.#opts.log(`worker ${this.id}: cannot finish job ${job.id}: ${(e as Error).message}`);
     } finally {
       clearInterval(keepAlive);
