@@ -137,7 +137,8 @@ export async function fleet(
     perCaller: o.perCaller ?? o.maxPending ?? 16,
     heartbeatMs: HEARTBEAT_MS,
     pollMs: 200,
-    log: () => {},
+    // a request that found the queue unreachable shows in the test output, where CI keeps it
+    log: (l: string) => /unreachable/.test(l) && console.error(l),
   });
   let workers: WorkerProcess[];
   try {

@@ -83,7 +83,7 @@ export interface FleetStatus {
 
 /** A NATS failure as the 503 a client sees (the details go to the log). */
 function unreachable(e: unknown, log: (l: string) => void): HttpError {
-  log(`fleet: ${(e as Error).message}`);
+  log(`fleet: the queue is unreachable: ${(e as Error).message}`);
   return new HttpError(
     503,
     "Cannot queue the generation: the job queue is unreachable; retry later",
@@ -340,14 +340,19 @@ export class FleetEngine implements Engine {
     const fp = fingerprint(req);
     let seed = req.seed, rev: number, created = false;
     const fresh: JobRecord = { state: "queued", fp, seed, created: Date.now() };
+    // a server restart (seconds) is ridden out: a create whose reply was lost comes back as "wrong
+    // last sequence" on the next try and finds its own queued record below
+    const exists = (e: unknown) => /wrong last sequence/i.test((e as Error).message);
     try {
-      rev = await jobs.create(id, enc(fresh));
+      rev = await retrying(() => jobs.create(id, enc(fresh)), {
+        retry: (e) => !exists(e) && !req.signal.aborted,
+      });
       created = true;
     } catch (err) {
-      if (!/wrong last sequence/i.test((err as Error).message)) {
-        throw unreachable(err, this.#opts.log);
-      }
-      const e = await jobs.get(id);
+      if (!exists(err)) throw unreachable(err, this.#opts.log);
+      const e = await retrying(() => jobs.get(id)).catch((e) => {
+        throw unreachable(e, this.#opts.log);
+      });
       if (!e || e.operation !== "PUT") {
         throw new HttpError(409, "Cannot generate: this Idempotency-Key is being reset; retry");
       }
@@ -404,7 +409,11 @@ export class FleetEngine implements Engine {
     });
     try {
       try {
-        await this.#js.publish(jobSubject(req.model), enc(job), { msgID: `${id}-${rev}` });
+        // the message id makes a repeated publication a no-op
+        await retrying(
+          () => this.#js.publish(jobSubject(req.model), enc(job), { msgID: `${id}-${rev}` }),
+          { retry: (e) => !/maximum messages/i.test((e as Error).message) && !req.signal.aborted },
+        );
         this.#nc.publish(bellSubject(req.model));
       } catch (e) {
         if (created) await jobs.delete(id).catch(() => {});

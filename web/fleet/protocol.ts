@@ -213,11 +213,12 @@ export const dec = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(
 /**
  * Run `fn` until it succeeds: `tries` attempts at most (default 8), waiting 100 ms, 200 ms, …
  * 2 s between them, so a NATS server that restarts (≈ 1–5 s away, JetStream recovering its
- * streams) is ridden out; the last failure is thrown. For steps that are idempotent.
+ * streams) is ridden out; the last failure is thrown, and at once a failure `retry` says is an
+ * answer (a full stream, a record that exists). For steps that are idempotent.
  */
 export async function retrying<T>(
   fn: () => Promise<T>,
-  o: { tries?: number; waitMs?: (k: number) => number } = {},
+  o: { tries?: number; waitMs?: (k: number) => number; retry?: (e: unknown) => boolean } = {},
 ): Promise<T> {
   const tries = o.tries ?? 8;
   const wait = o.waitMs ?? ((k: number) => Math.min(2000, 100 * 2 ** k));
@@ -225,7 +226,7 @@ export async function retrying<T>(
     try {
       return await fn();
     } catch (e) {
-      if (k >= tries - 1) throw e;
+      if (k >= tries - 1 || (o.retry && !o.retry(e))) throw e;
       await new Promise((r) => setTimeout(r, wait(k)));
     }
   }

@@ -102,4 +102,13 @@ Deno.test("retrying: rides out failures, then gives up with the last error", asy
     /away 4/,
   );
   assert.equal(calls, 4, "four tries, no more");
+  calls = 0;
+  await assert.rejects(
+    retrying(() => Promise.reject(new Error(`full ${++calls}`)), {
+      waitMs: () => 1,
+      retry: (e) => !/full/.test((e as Error).message),
+    }),
+    /full 1/,
+  );
+  assert.equal(calls, 1, "an answer is not retried");
 });
