@@ -11,7 +11,9 @@
  *
  * `--workers N` (N > 1) quantizes the layers of a block in parallel in a pool of N Web Workers
  * (quant/pool.ts): per-layer lines then give each layer's wall time from its submission, and
- * the block's CPU time is the process's (all threads).
+ * the block's CPU time is the process's (all threads). The FLUX-sized layer, alone, is split
+ * across the pool instead (`QuantizePool.quantizeSplit`, quant/split.ts: its large kernels by
+ * blocks of rows, one block in the main thread; bit-identical to the serial run).
  *
  * @module
  */
@@ -62,7 +64,13 @@ if (workers > 1 && matmul) {
 const pool = workers > 1 ? new QuantizePool(workers) : null;
 const rng = new Rng(7);
 let cpuTotal = 0;
-async function layer(name: string, n: number, k: number, postGelu = false): Promise<number> {
+async function layer(
+  name: string,
+  n: number,
+  k: number,
+  postGelu = false,
+  split = false,
+): Promise<number> {
   const w = rng.normals(n * k, 1 / Math.sqrt(k));
   const bias = rng.normals(n, 0.02);
   const stats = syntheticStats(new Map([[name, k]]), {
@@ -71,7 +79,12 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
   }).layers.get(name)!;
   const method = name.includes("adaLN") ? "w4a16" : "svdquant";
   const t0 = performance.now(), c0 = process.cpuUsage();
-  const q = await (pool ? pool.quantize.bind(pool) : quantizeLinear)(name, w, bias, n, k, {
+  const run = !pool
+    ? quantizeLinear
+    : split
+    ? pool.quantizeSplit.bind(pool)
+    : pool.quantize.bind(pool);
+  const q = await run(name, w, bias, n, k, {
     method,
     format,
     r: 32,
@@ -87,15 +100,17 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
   if (!pool) cpuTotal += cpu;
   console.log(
     `  ${name.padEnd(28)} [N=${n}, K=${k}] ${method.padEnd(8)} ${s.toFixed(1).padStart(7)} s` +
-      (pool ? " (in parallel)" : ` (CPU ${cpu.toFixed(1)} s)`) +
+      (pool && !split ? " (in parallel)" : ` (CPU ${cpu.toFixed(1)} s, all threads)`) +
       `  rel.err ${q.relError.toFixed(4)}  load ${Deno.loadavg()[0].toFixed(1)}`,
   );
   return s;
 }
 
 if (!values["skip-large"]) {
-  console.log("one FLUX-sized MLP layer:");
-  await layer("mlp.fc1", 12288, 3072);
+  console.log(
+    `one FLUX-sized MLP layer${pool ? `, split across ${workers} cores (quantizeSplit)` : ""}:`,
+  );
+  await layer("mlp.fc1", 12288, 3072, false, true);
   cpuTotal = 0;
 }
 const blocks = Number(values.blocks);

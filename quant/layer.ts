@@ -51,6 +51,7 @@ import {
 } from "./baselines.ts";
 import { searchSmoothing } from "./smooth.ts";
 import { dilationFactors } from "./dilate.ts";
+import type { RowSplit } from "./split.ts";
 
 export type { TensorEntry };
 
@@ -149,6 +150,12 @@ export interface QuantizeLinearOptions {
   rounds?: number;
   /** Bytes per element of the source checkpoint, for `bytesBefore` (default 4). */
   sourceBytes?: number;
+  /**
+   * Run this layer's large kernels by blocks of rows on several cores (quant/split.ts, e.g.
+   * quant/pool.ts `QuantizePool.quantizeSplit`): the result is bit-identical to the serial one.
+   * The products use `split.matmul` unless `matmul` is given.
+   */
+  split?: RowSplit;
 }
 
 function w4a4Tensors(layer: W4A4Layer): Map<string, TensorEntry> {
@@ -258,7 +265,10 @@ export async function quantizeLinear(
 ): Promise<QuantizedLinear> {
   validate(name, w, bias, n, k, opts);
   const { method, format } = opts;
-  const postGelu = opts.postGelu ?? false, matmul = opts.matmul ?? cpuMatMul;
+  const postGelu = opts.postGelu ?? false;
+  const matmul = opts.matmul ?? opts.split?.matmul ?? cpuMatMul;
+  // The blocked residual product only where the products are the CPU's (a custom matmul keeps them).
+  const split = opts.split, scoreSplit = opts.matmul ? undefined : split;
   const stats = opts.stats ??
     syntheticStats(new Map([[name, k]]), { postGelu: postGelu ? [name] : [] }).layers.get(name)!;
   const { samples: x, s } = stats;
@@ -290,7 +300,7 @@ export async function quantizeLinear(
   if (!floor && r > 0 && (opts.rankZeroFloor ?? true)) {
     floor = await quantizeLinear(name, w, bias, n, k, { ...opts, r: 0, rankZeroFloor: false });
   }
-  const scorer = new LayerScorer(x, s, yRef, matmul);
+  const scorer = new LayerScorer(x, s, yRef, matmul, scoreSplit);
   // The smoothing search scores its candidates on a strided subset of the rows (the final fit
   // and the reported error use them all).
   const rows = Math.min(s, opts.searchRows ?? SEARCH_ROWS);
@@ -302,7 +312,7 @@ export async function quantizeLinear(
       xs.set(x.subarray(src * k, src * k + k), i * k);
       ys.set(yRef.subarray(src * n, src * n + n), i * n);
     }
-    searchScorer = new LayerScorer(xs, rows, ys, matmul);
+    searchScorer = new LayerScorer(xs, rows, ys, matmul, scoreSplit);
   }
   const scaleSearch = opts.scaleSearch ?? true;
   let best: BuiltW4A4;
@@ -318,6 +328,7 @@ export async function quantizeLinear(
       bias,
       scorer: searchScorer,
       matmul,
+      split,
       name,
     });
     ({ alpha, beta } = found);
@@ -337,6 +348,7 @@ export async function quantizeLinear(
       gptq: opts.gptq ?? true,
       svd: found.layer?.basis ? { start: found.layer.basis, iters: 1 } : {},
       matmul,
+      split,
       name,
     });
     // Keep the best layer tried: the refined fit, or the search's candidate if it scored lower.
@@ -356,6 +368,7 @@ export async function quantizeLinear(
       scaleSearch: method === "rtn" ? false : scaleSearch,
       gptq: method === "rtn" ? false : opts.gptq ?? true,
       matmul,
+      split,
       name,
     });
   }

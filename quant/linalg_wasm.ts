@@ -130,7 +130,10 @@ function check(a: Float32Array, b: Float32Array, m: number, k: number, n: number
 
 /**
  * `C[m,n] = A[m,k] · (transB ? B[n,k]ᵀ : B[k,n])` in WebAssembly SIMD (f32 accumulation; see
- * the module docs for the bound). Same contract as {@linkcode MatMul}: a new array of m·n values.
+ * the module docs for the bound). Same contract as {@linkcode MatMul}: a new array of m·n values,
+ * or `out` (m·n values, e.g. a block of rows of a larger result) overwritten and returned. Each
+ * value depends only on its row of A and its column of B, so products split by rows or columns
+ * give bit-identical blocks.
  *
  * @example
  * ```ts
@@ -146,16 +149,59 @@ export function simdMatMul(
   k: number,
   n: number,
   transB = false,
+  out?: Float32Array,
 ): Float32Array {
   check(a, b, m, k, n, transB);
+  if (out !== undefined && out.length !== m * n) {
+    throw new TypeError(
+      `Cannot multiply matrices: the output has ${out.length} elements, expected [m=${m}, n=${n}]`,
+    );
+  }
+  return product(a, b, m, k, n, transB, n, 0, out ?? new Float32Array(m * n));
+}
+
+/**
+ * Columns `c0 … c0+n−1` of `A[m,k] · B[k, ldb]` (B not transposed, row-major with `ldb` columns):
+ * `[m, n]`, each value bit-identical to the same column of {@linkcode simdMatMul}`(a, b, m, k,
+ * ldb)` (a column's sums do not depend on the other columns). Lets a product be split by output
+ * columns without copying B's strided column block.
+ */
+export function simdMatMulColumns(
+  a: Float32Array,
+  b: Float32Array,
+  m: number,
+  k: number,
+  ldb: number,
+  c0: number,
+  n: number,
+): Float32Array {
+  check(a, b, m, k, ldb, false);
+  if (!(Number.isInteger(c0) && Number.isInteger(n) && c0 >= 0 && n >= 0 && c0 + n <= ldb)) {
+    throw new RangeError(
+      `Cannot multiply matrices: columns ${c0} … ${c0 + n - 1} are outside B's ${ldb} columns`,
+    );
+  }
+  return product(a, b, m, k, n, false, ldb, c0, new Float32Array(m * n));
+}
+
+function product(
+  a: Float32Array,
+  b: Float32Array,
+  m: number,
+  k: number,
+  n: number,
+  transB: boolean,
+  ldb: number,
+  c0: number,
+  out: Float32Array,
+): Float32Array {
   if (transB && n > m && m > 0 && k > 0) {
     // A·Bᵀ = (B·Aᵀ)ᵀ: pack the smaller operand (packing is the strided part).
-    const t = simdMatMul(b, a, n, k, m, true), out = new Float32Array(m * n);
+    const t = product(b, a, n, k, m, true, m, 0, new Float32Array(m * n));
     for (let j = 0; j < n; j++) for (let i = 0; i < m; i++) out[i * n + j] = t[j * m + i];
     return out;
   }
-  const out = new Float32Array(m * n);
-  if (m === 0 || n === 0 || k === 0) return out;
+  if (m === 0 || n === 0 || k === 0) return out.fill(0);
   const mp = Math.ceil(m / 4) * 4, np = Math.ceil(n / 8) * 8;
   const aBytes = mp * k * 4, bBytes = np * k * 4, cBytes = mp * np * 4;
   const kern = kernelWith(aBytes + bBytes + cBytes);
@@ -174,7 +220,7 @@ export function simdMatMul(
         for (let p = 0, d = tile + jj; p < k; p++, d += 8) B[d] = b[src + p];
       }
     } else if (w === 8) {
-      for (let p = 0, d = tile, src = j0; p < k; p++, d += 8, src += n) {
+      for (let p = 0, d = tile, src = c0 + j0; p < k; p++, d += 8, src += ldb) {
         B[d] = b[src];
         B[d + 1] = b[src + 1];
         B[d + 2] = b[src + 2];
@@ -186,7 +232,7 @@ export function simdMatMul(
       }
     } else {
       for (let p = 0; p < k; p++) {
-        for (let jj = 0; jj < w; jj++) B[tile + p * 8 + jj] = b[p * n + j0 + jj];
+        for (let jj = 0; jj < w; jj++) B[tile + p * 8 + jj] = b[p * ldb + c0 + j0 + jj];
       }
     }
   }
