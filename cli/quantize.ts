@@ -42,8 +42,9 @@ Options:
   --alpha-step S           search alpha on a full grid of this step (default: coarse-to-fine, 0.25
                            then 0.05 around the best; the reference's full grid is 0.05)
   --rounds N               low-rank refinement rounds (default 3)
-  --workers N              quantize N layers at once in Web Workers (default 1; the file is
-                           byte-identical; ignored with --gpu and --budget)
+  --workers N              quantize N layers at once in Web Workers, the last layer split
+                           across them (default 1; the file is byte-identical; ignored with
+                           --gpu and --budget)
   --budget BYTES|Nbits     per-layer format and rank under a budget for the W4A4 layers: BYTES of
                            their tensors, or N bits per weight (e.g. 4.6bits); each layer is measured
                            as int4/nvfp4 × rank 0/16/32/64 and the least total error that fits is kept
