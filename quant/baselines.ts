@@ -492,7 +492,11 @@ export async function buildW4A4(
   opts: BuildW4A4Options,
 ): Promise<BuiltW4A4> {
   const { lambda, format, actMode } = opts;
-  const wHat = lambda ? smoothWeight(w, n, k, lambda, opts.split?.alloc(n * k)) : w;
+  const wHat = !lambda
+    ? w
+    : opts.split
+    ? await opts.split.smoothWeight(w, n, k, lambda)
+    : smoothWeight(w, n, k, lambda);
   const scorer = opts.scoreOn;
   if (opts.rtn) {
     const residual = quantizeWeight(wHat, n, k, format, { name: opts.name });

@@ -264,6 +264,8 @@ export async function quantizeLinear(
   opts: QuantizeLinearOptions,
 ): Promise<QuantizedLinear> {
   validate(name, w, bias, n, k, opts);
+  // Split across cores: the weight in shared memory, once, so the workers read their rows in place.
+  if (opts.split) w = opts.split.shared(w);
   const { method, format } = opts;
   const postGelu = opts.postGelu ?? false;
   const matmul = opts.matmul ?? opts.split?.matmul ?? cpuMatMul;

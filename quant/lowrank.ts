@@ -164,7 +164,8 @@ export async function lowRankQuantize(
     const lowRank = await topRSvd(target, n, k, r, { ...svd, matmul: mm });
     start = lowRank.basis;
     const res = await mm(lowRank.up, lowRank.down, n, r, k, false); // L, then Ŵ − L in place
-    for (let i = 0; i < res.length; i++) res[i] = wHat[i] - res[i];
+    if (split) await split.subtract(wHat, res);
+    else for (let i = 0; i < res.length; i++) res[i] = wHat[i] - res[i];
     let residual = await clipped(res);
     let error: number;
     if (opts.score) {

@@ -26,6 +26,7 @@ import {
   nvfp4ScaleSearchRows,
   quantizeWeightClipped,
 } from "./clip.ts";
+import { smoothWeight } from "./baselines.ts";
 import {
   dequantizeWeight,
   groupSize,
@@ -66,7 +67,9 @@ export type PartJob =
     opts: Pick<ClipOptions, "x" | "m">;
     tensorScales: number[];
   }
-  | { op: "residual"; xa: Float32Array; m: number; p: PackedWeight };
+  | { op: "residual"; xa: Float32Array; m: number; p: PackedWeight }
+  | { op: "smooth"; w: Float32Array; k: number; lambda: Float32Array; out: Float32Array }
+  | { op: "subtract"; a: Float32Array; b: Float32Array };
 
 /** What a block returns (null: written in place). */
 export type PartResult =
@@ -90,6 +93,14 @@ export function runPart(job: PartJob): PartResult {
       return nvfp4ScaleSearchRows(job.w, job.n, job.k, job.opts, job.tensorScales);
     case "residual":
       return simdMatMul(job.xa, dequantizeWeight(job.p), job.m, job.p.k, job.p.n, true);
+    case "smooth":
+      smoothWeight(job.w, job.w.length / job.k, job.k, job.lambda, job.out);
+      return null;
+    case "subtract": {
+      const { a, b } = job;
+      for (let i = 0; i < b.length; i++) b[i] = a[i] - b[i];
+      return null;
+    }
   }
 }
 
@@ -135,6 +146,12 @@ export interface RowSplit {
   residualProduct(xa: Float32Array, m: number, p: PackedWeight): Promise<Float32Array>;
   /** A zeroed `Float32Array` over a `SharedArrayBuffer` (workers use it without a copy). */
   alloc(length: number): Float32Array;
+  /** `w` in shared memory (itself when it already is; else a copy). */
+  shared(w: Float32Array): Float32Array;
+  /** quant/baselines.ts `smoothWeight` (`Ŵ = W·diag(λ)`) into a new shared array, by rows. */
+  smoothWeight(w: Float32Array, n: number, k: number, lambda: Float32Array): Promise<Float32Array>;
+  /** `b[i] = a[i] − b[i]` in place, by blocks (both shared for the workers to take part). */
+  subtract(a: Float32Array, b: Float32Array): Promise<void>;
 }
 
 /** Products smaller than this many multiply-adds stay whole (a block's overhead would dominate). */
@@ -363,7 +380,56 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
     return out;
   };
 
-  return { parts, matmul, clip, residualProduct, alloc };
+  const shared = (w: Float32Array) => {
+    if (isShared(w)) return w;
+    const out = alloc(w.length);
+    out.set(w);
+    return out;
+  };
+
+  const smooth = async (w: Float32Array, n: number, k: number, lambda: Float32Array) => {
+    const out = alloc(n * k);
+    if (parts === 1 || n * k < minWeights || !isShared(w) || w.length !== n * k) {
+      return smoothWeight(w, n, k, lambda, out);
+    }
+    const rows = blocks(n, parts, 1);
+    await run(rows.length, (i, remote) => {
+      const [r0, r1] = rows[i];
+      return {
+        op: "smooth",
+        w: w.subarray(r0 * k, r1 * k),
+        k,
+        lambda: operand(lambda, remote),
+        out: out.subarray(r0 * k, r1 * k),
+      };
+    });
+    return out;
+  };
+
+  const subtract = async (a: Float32Array, b: Float32Array) => {
+    if (
+      parts === 1 || b.length < minWeights || !isShared(a) || !isShared(b) || a.length !== b.length
+    ) {
+      for (let i = 0; i < b.length; i++) b[i] = a[i] - b[i];
+      return;
+    }
+    const ranges = blocks(b.length, parts, 1024);
+    await run(ranges.length, (i) => {
+      const [s0, s1] = ranges[i];
+      return { op: "subtract", a: a.subarray(s0, s1), b: b.subarray(s0, s1) };
+    });
+  };
+
+  return {
+    parts,
+    matmul,
+    clip,
+    residualProduct,
+    alloc,
+    shared,
+    smoothWeight: smooth,
+    subtract,
+  };
 }
 
 /** The non-shared buffers a job carries (its private copies, moved to the worker). */

@@ -7,6 +7,7 @@ import { dequantizeWeight, type PackedWeight } from "../formats/packing.ts";
 import { syntheticStats } from "./calib.ts";
 import { quantizeLinear, type QuantizeLinearOptions } from "./layer.ts";
 import { QuantizePool } from "./pool.ts";
+import { smoothWeight } from "./baselines.ts";
 
 /**
  * A runner that "sends" each block through structuredClone (as postMessage does: shared buffers
@@ -110,6 +111,25 @@ Deno.test("split clip and residual product: bit-identical to the whole weight's"
     split.clip(bad, n, k, "int4", {}),
     (e: Error) => e.message === whole.message,
   );
+});
+
+Deno.test("split smoothing and subtraction: bit-identical, shared or not", async () => {
+  const rng = new Rng(9);
+  const n = 29, k = 64;
+  const w = rng.normals(n * k), lambda = rng.normals(k).map((v) => Math.abs(v) + 0.1);
+  const want = smoothWeight(w, n, k, lambda);
+  for (const runner of [fakeRunner(2), fakeRunner(3), fakeRunner(2, true)]) {
+    const split = rowSplit(runner, ALL);
+    const ws = split.shared(w);
+    assert.equal(split.shared(ws), ws, "an array already shared is not copied again");
+    for (const input of [w, ws]) {
+      assert.deepEqual(Float32Array.from(await split.smoothWeight(input, n, k, lambda)), want);
+    }
+    const b = split.shared(rng.normals(n * k)), a = split.shared(want);
+    const diff = a.map((v, i) => v - b[i]);
+    await split.subtract(a, b);
+    assert.deepEqual(Float32Array.from(b), diff);
+  }
 });
 
 Deno.test("split layer: quantizeLinear with a pool of 2 is byte-identical to the serial call", async () => {
