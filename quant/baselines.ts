@@ -21,6 +21,7 @@
  */
 import type { RowSplit } from "./split.ts";
 import { cpuMatMul, type MatMul } from "./linalg.ts";
+import { simdResidualProduct } from "./linalg_wasm.ts";
 import type { LowRank } from "./svd.ts";
 import { quantizeWeightClipped } from "./clip.ts";
 import { lowRankQuantize } from "./lowrank.ts";
@@ -206,8 +207,8 @@ export async function simulateW4A4(
 ): Promise<Float32Array> {
   const { n, k, r } = layer;
   const y = Float32Array.from(
-    split
-      ? await split.residualProduct(xa, m, layer.residual)
+    split ? await split.residualProduct(xa, m, layer.residual) : matmul === cpuMatMul // the same product, dequantizing into the GEMM's operand memory
+      ? simdResidualProduct(xa, m, layer.residual)
       : await matmul(xa, gemmWeightValues(layer.residual), m, k, n, true),
   );
   if (r > 0) {

@@ -15,6 +15,7 @@
  * @module
  */
 import type { MatMul } from "./linalg.ts";
+import { dequantizeWeight, type PackedWeight } from "../formats/packing.ts";
 import { assembleModule, type WasmFunction } from "./wasm.ts";
 
 /** Rows of A per cache block. */
@@ -184,8 +185,36 @@ export function simdMatMulColumns(
   return product(a, b, m, k, n, false, ldb, c0, new Float32Array(m * n));
 }
 
+/**
+ * `xa [m, K] · deq(p)ᵀ` ([m, N]) with the dequantized weight written straight into the kernel's
+ * operand memory (no [N, K] f32 array): bit-identical to `simdMatMul(xa, dequantizeWeight(p), m,
+ * K, N, true)` — the same values, the same sums.
+ */
+export function simdResidualProduct(xa: Float32Array, m: number, p: PackedWeight): Float32Array {
+  const { n, k } = p;
+  check(xa, new Float32Array(0), m, k, 0, true);
+  const out = new Float32Array(m * n);
+  if (m === 0 || n === 0 || k === 0) return out;
+  // (deq · xaᵀ)ᵀ, the order simdMatMul takes for n > m; for n ≤ m its unswapped sums are
+  // Σ xa·w against Σ w·xa here: the same products (exact commutation) in the same order.
+  const t = product(
+    null,
+    xa,
+    n,
+    k,
+    m,
+    true,
+    m,
+    0,
+    new Float32Array(m * n),
+    (dst) => dequantizeWeight(p, dst),
+  );
+  for (let j = 0; j < n; j++) for (let i = 0; i < m; i++) out[i * n + j] = t[j * m + i];
+  return out;
+}
+
 function product(
-  a: Float32Array,
+  a: Float32Array | null,
   b: Float32Array,
   m: number,
   k: number,
@@ -194,8 +223,9 @@ function product(
   ldb: number,
   c0: number,
   out: Float32Array,
+  fillA?: (dst: Float32Array) => void,
 ): Float32Array {
-  if (transB && n > m && m > 0 && k > 0) {
+  if (a && transB && n > m && m > 0 && k > 0) {
     // A·Bᵀ = (B·Aᵀ)ᵀ: pack the smaller operand (packing is the strided part).
     const t = product(b, a, n, k, m, true, m, 0, new Float32Array(m * n));
     for (let j = 0; j < n; j++) for (let i = 0; i < m; i++) out[i * n + j] = t[j * m + i];
@@ -207,7 +237,8 @@ function product(
   const kern = kernelWith(aBytes + bBytes + cBytes);
   const buf = kern.memory.buffer;
   const A = new Float32Array(buf, 0, mp * k);
-  A.set(a);
+  if (a) A.set(a);
+  else fillA!(A.subarray(0, m * k));
   A.fill(0, m * k);
   // B packed [np/8][K][8].
   const B = new Float32Array(buf, aBytes, np * k);

@@ -19,7 +19,7 @@
  * @module
  */
 import type { MatMul } from "./linalg.ts";
-import { simdMatMul, simdMatMulColumns } from "./linalg_wasm.ts";
+import { simdMatMul, simdMatMulColumns, simdResidualProduct } from "./linalg_wasm.ts";
 import {
   type ClipOptions,
   NVFP4_TENSOR_FACTORS,
@@ -28,7 +28,6 @@ import {
 } from "./clip.ts";
 import { smoothWeight } from "./baselines.ts";
 import {
-  dequantizeWeight,
   groupSize,
   nvfp4TensorScale,
   type PackedWeight,
@@ -92,7 +91,7 @@ export function runPart(job: PartJob): PartResult {
     case "scales":
       return nvfp4ScaleSearchRows(job.w, job.n, job.k, job.opts, job.tensorScales);
     case "residual":
-      return simdMatMul(job.xa, dequantizeWeight(job.p), job.m, job.p.k, job.p.n, true);
+      return simdResidualProduct(job.xa, job.m, job.p);
     case "smooth":
       smoothWeight(job.w, job.w.length / job.k, job.k, job.lambda, job.out);
       return null;
@@ -357,7 +356,7 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
   ): Promise<Float32Array> => {
     const { n, k } = p, G = groupSize(p.format);
     if (parts === 1 || m * n * k < minMacs) {
-      return simdMatMul(xa, dequantizeWeight(p), m, k, n, true);
+      return simdResidualProduct(xa, m, p);
     }
     const rows = blocks(n, parts, 1);
     const got = await run(rows.length, (i, remote) => {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Rng } from "../gpu/_testing.ts";
 import { type PartJob, type PartRunner, rowSplit, runPart } from "./split.ts";
-import { simdMatMul } from "./linalg_wasm.ts";
+import { simdMatMul, simdResidualProduct } from "./linalg_wasm.ts";
 import { quantizeWeightClipped } from "./clip.ts";
 import { dequantizeWeight, type PackedWeight } from "../formats/packing.ts";
 import { syntheticStats } from "./calib.ts";
@@ -92,6 +92,15 @@ Deno.test("split clip and residual product: bit-identical to the whole weight's"
         const xa = rng.normals(m * k);
         const y = await split.residualProduct(xa, m, want);
         assert.deepEqual(y, simdMatMul(xa, dequantizeWeight(want), m, k, n, true), what);
+        // the fused product (no [N, K] array), both orders of N against m
+        for (const rows of [m, 7]) {
+          const xr = xa.subarray(0, rows * k);
+          assert.deepEqual(
+            simdResidualProduct(xr, rows, want),
+            simdMatMul(xr, dequantizeWeight(want), rows, k, n, true),
+            `${what} fused, ${rows} rows`,
+          );
+        }
       }
     }
   }
