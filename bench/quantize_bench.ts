@@ -62,6 +62,35 @@ if (workers > 1 && matmul) {
   throw new TypeError("Cannot run the benchmark: --workers and --gpu do not combine; pick one");
 }
 const pool = workers > 1 ? new QuantizePool(workers) : null;
+
+/** CPU seconds per thread of this process (Linux /proc; null elsewhere), by thread id. */
+function threadCpu(): Map<string, number> | null {
+  try {
+    const out = new Map<string, number>();
+    for (const e of Deno.readDirSync("/proc/self/task")) {
+      const stat = Deno.readTextFileSync(`/proc/self/task/${e.name}/stat`);
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // fields from 3 (state) on
+      out.set(e.name, (Number(f[11]) + Number(f[12])) / 100); // utime + stime, 100 ticks/s
+    }
+    return out;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The busiest threads' CPU seconds since `before`, main thread first: with a split layer the main
+ * thread's share bounds the wall time a quiet machine would give (it runs every serial stage).
+ */
+function threadLine(before: Map<string, number> | null): string {
+  const now = threadCpu();
+  if (!before || !now) return "";
+  const main = String(Deno.pid);
+  const d = [...now].map(([t, c]) => [t, c - (before.get(t) ?? 0)] as const)
+    .filter(([, c]) => c >= 0.5).sort((a, b) => b[1] - a[1]);
+  const list = d.map(([t, c]) => `${t === main ? "main" : "thread"} ${c.toFixed(1)}`);
+  return `  CPU-s by thread: ${list.join(", ")}`;
+}
 const rng = new Rng(7);
 let cpuTotal = 0;
 async function layer(
@@ -78,7 +107,7 @@ async function layer(
     postGelu: postGelu ? [name] : [],
   }).layers.get(name)!;
   const method = name.includes("adaLN") ? "w4a16" : "svdquant";
-  const t0 = performance.now(), c0 = process.cpuUsage();
+  const t0 = performance.now(), c0 = process.cpuUsage(), threads0 = threadCpu();
   const run = !pool
     ? quantizeLinear
     : split
@@ -103,6 +132,7 @@ async function layer(
       (pool && !split ? " (in parallel)" : ` (CPU ${cpu.toFixed(1)} s, all threads)`) +
       `  rel.err ${q.relError.toFixed(4)}  load ${Deno.loadavg()[0].toFixed(1)}`,
   );
+  if (split) console.log(threadLine(threads0));
   return s;
 }
 
