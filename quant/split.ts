@@ -157,24 +157,15 @@ export interface RowSplit {
 export const SPLIT_MIN_MACS = 1 << 24;
 /** Weights smaller than this many elements are clipped whole. */
 export const SPLIT_MIN_WEIGHTS = 1 << 20;
-/**
- * This thread's block relative to a worker's. FLUX fc1 with 2 parts of equal size: main thread
- * 46.1 CPU-s, worker 40.2 (it also runs the ≈ 6 s of serial stages), so its block is made smaller.
- */
-export const FIRST_BLOCK = 0.85;
 
-/**
- * `[start, end)` of `parts` blocks of `total`, starts multiples of `align`: block 0 (this thread's)
- * `first` times the size of each other block.
- */
-function blocks(total: number, parts: number, align: number, first: number): [number, number][] {
+/** `[start, end)` of `parts` near-equal blocks of `total`, starts multiples of `align`. */
+function blocks(total: number, parts: number, align: number): [number, number][] {
   const out: [number, number][] = [];
   let start = 0;
-  const unit = total / (first + parts - 1);
   for (let i = 0; i < parts && start < total; i++) {
     const end = i === parts - 1
       ? total
-      : Math.min(total, Math.ceil((unit * (first + i)) / align) * align);
+      : Math.min(total, Math.ceil((total * (i + 1)) / parts / align) * align);
     if (end > start) out.push([start, end]);
     start = end;
   }
@@ -193,21 +184,12 @@ export interface RowSplitOptions {
   minMacs?: number;
   /** Weights with fewer elements are clipped whole (default {@linkcode SPLIT_MIN_WEIGHTS}). */
   minWeights?: number;
-  /**
-   * Size of this thread's block relative to a worker's (default {@linkcode FIRST_BLOCK}: this
-   * thread also runs every stage that is not split, so a smaller block evens the finish times).
-   */
-  first?: number;
 }
 
 /** A {@link RowSplit} over `runner`'s idle workers. */
 export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSplit {
   const parts = opts.parts ?? runner.size;
   const minMacs = opts.minMacs ?? SPLIT_MIN_MACS, minWeights = opts.minWeights ?? SPLIT_MIN_WEIGHTS;
-  const first = opts.first ?? FIRST_BLOCK;
-  if (!(first > 0 && first <= 16)) {
-    throw new RangeError(`Cannot split a layer: first must be in (0, 16], got ${first}`);
-  }
   if (!Number.isInteger(parts) || parts < 1) {
     throw new RangeError(`Cannot split a layer into ${parts} parts: use an integer ≥ 1`);
   }
@@ -240,7 +222,7 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
     }
     if (m > n) {
       // Blocks of rows of A, written in place into a shared result.
-      const out = alloc(m * n), rows = blocks(m, parts, 4, first);
+      const out = alloc(m * n), rows = blocks(m, parts, 4);
       await run(rows.length, (i, remote) => {
         const [r0, r1] = rows[i];
         return {
@@ -257,7 +239,7 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
       return out;
     }
     // Blocks of columns of the result (rows of Bᵀ, or a column block of B read in place).
-    const cols = blocks(n, parts, 8, first);
+    const cols = blocks(n, parts, 8);
     const got = await run(cols.length, (i, remote) => {
       const [c0, c1] = cols[i];
       if (transB) {
@@ -304,7 +286,7 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
       !(Number.isInteger(n) && Number.isInteger(k) && w.length === n * k && k > 0 &&
         k % G === 0 && xOk)
     ) return whole(); // throws the canonical error
-    const rows = blocks(n, parts, 1, first);
+    const rows = blocks(n, parts, 1);
     const clipX = (remote: boolean) => x && { x: operand(x, remote), m };
     const merge = (ps: PackedWeight[]): PackedWeight => {
       const qweight = new Uint32Array((n * k) >> 3);
@@ -376,7 +358,7 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
     if (parts === 1 || m * n * k < minMacs) {
       return simdResidualProduct(xa, m, p);
     }
-    const rows = blocks(n, parts, 1, first);
+    const rows = blocks(n, parts, 1);
     const got = await run(rows.length, (i, remote) => {
       const [r0, r1] = rows[i];
       const slice = <T extends Uint32Array | Uint8Array | Float32Array>(t: T, per: number) =>
@@ -409,7 +391,7 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
     if (parts === 1 || n * k < minWeights || !isShared(w) || w.length !== n * k) {
       return smoothWeight(w, n, k, lambda, out);
     }
-    const rows = blocks(n, parts, 1, first);
+    const rows = blocks(n, parts, 1);
     await run(rows.length, (i, remote) => {
       const [r0, r1] = rows[i];
       return {
@@ -430,7 +412,7 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
       for (let i = 0; i < b.length; i++) b[i] = a[i] - b[i];
       return;
     }
-    const ranges = blocks(b.length, parts, 1024, first);
+    const ranges = blocks(b.length, parts, 1024);
     await run(ranges.length, (i) => {
       const [s0, s1] = ranges[i];
       return { op: "subtract", a: a.subarray(s0, s1), b: b.subarray(s0, s1) };

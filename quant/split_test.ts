@@ -43,8 +43,7 @@ Deno.test("split matmul: every shape and transpose is bit-identical to the whole
   for (const parts of [2, 3]) {
     const idle = fakeRunner(parts);
     for (const runner of [idle, fakeRunner(parts, true)]) {
-      // uneven blocks (this thread's half or twice a worker's) give the same values
-      const split = rowSplit(runner, { ...ALL, parts, first: parts === 2 ? 0.5 : 2 });
+      const split = rowSplit(runner, { ...ALL, parts });
       for (const [m, k, n] of [[5, 33, 70], [70, 33, 5], [13, 64, 13], [1, 9, 1], [40, 17, 23]]) {
         for (const transB of [false, true]) {
           const a = rng.normals(m * k), b = rng.normals(k * n);
@@ -84,7 +83,7 @@ Deno.test("split clip and residual product: bit-identical to the whole weight's"
   w[7 * k + 3] = 9; // an outlier row
   const x = rng.normals(m * k);
   for (const runner of [fakeRunner(2), fakeRunner(3), fakeRunner(2, true)]) {
-    const split = rowSplit(runner, { ...ALL, first: runner.size === 3 ? 3 : 0.85 });
+    const split = rowSplit(runner, ALL);
     for (const format of ["int4", "nvfp4"] as const) {
       for (const opts of [{}, { x, m }, { x, m, scaleSearch: true }, { ratios: [1, 0.8] }]) {
         const what = `${format} ${JSON.stringify(Object.keys(opts))} parts ${split.parts}`;
