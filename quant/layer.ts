@@ -299,8 +299,16 @@ export async function quantizeLinear(
   const r = method === "svdquant" || method === "dilate" ? opts.r : 0;
   // Rank that never hurts for a plain run: the rank-0 fit is the floor unless one was given.
   let floor = opts.floor;
+  let floorAside: Promise<QuantizedLinear> | null = null;
   if (!floor && r > 0 && (opts.rankZeroFloor ?? true)) {
-    floor = await quantizeLinear(name, w, bias, n, k, { ...opts, r: 0, rankZeroFloor: false });
+    const floorOpts = { ...opts, r: 0, rankZeroFloor: false };
+    // Split across cores: the rank-0 fit runs whole on an idle worker beside this fit when one is
+    // free (it fills the second core while this thread runs the stages that are not split).
+    floorAside = opts.split && !opts.matmul
+      ? opts.split.aside(name, w, bias, n, k, { ...floorOpts, split: undefined })
+      : null;
+    floorAside?.catch(() => {}); // surfaced when awaited below
+    if (!floorAside) floor = await quantizeLinear(name, w, bias, n, k, floorOpts);
   }
   const scorer = new LayerScorer(x, s, yRef, matmul, scoreSplit);
   // The smoothing search scores its candidates on a strided subset of the rows (the final fit
@@ -383,6 +391,7 @@ export async function quantizeLinear(
     relError: best.error,
     ...(alpha !== undefined ? { alpha, beta } : {}),
   });
+  if (floorAside) floor = await floorAside;
   return floor && floor.relError < q.relError ? floor : q;
 }
 

@@ -132,6 +132,23 @@ export class QuantizePool implements PartRunner {
   }
 
   /**
+   * Starts a whole layer on an idle worker (quant/split.ts `aside`: a split layer's rank-0 floor)
+   * when another worker stays idle for the split's blocks; else null.
+   */
+  tryLayer(
+    name: string,
+    w: Float32Array,
+    bias: Float32Array | null,
+    n: number,
+    k: number,
+    opts: QuantizeLinearOptions,
+  ): Promise<QuantizedLinear> | null {
+    // One worker stays for the blocks of the layer this one runs beside.
+    if (this.#closed || this.#idle.length < 2 || this.#queue.length > 0) return null;
+    return this.quantize(name, w, bias, n, k, opts);
+  }
+
+  /**
    * Runs one block of a split layer on an idle worker, or returns null when none is idle (the
    * caller then computes it itself; quant/split.ts). Buffers in `transfer` move to the worker.
    */

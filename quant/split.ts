@@ -19,6 +19,7 @@
  * @module
  */
 import type { MatMul } from "./linalg.ts";
+import type { QuantizedLinear, QuantizeLinearOptions } from "./layer.ts";
 import { simdMatMul, simdMatMulColumns, simdResidualProduct } from "./linalg_wasm.ts";
 import {
   type ClipOptions,
@@ -122,6 +123,18 @@ export interface PartRunner {
   readonly size: number;
   /** Starts `job` on an idle worker (the buffers in `transfer` move there), or returns null. */
   tryRun(job: PartJob, transfer: ArrayBuffer[]): Promise<PartResult> | null;
+  /**
+   * Starts a whole layer (quant/layer.ts `quantizeLinear`, serial) on an idle worker while at
+   * least one other worker stays for blocks, or returns null (absent: never).
+   */
+  tryLayer?(
+    name: string,
+    w: Float32Array,
+    bias: Float32Array | null,
+    n: number,
+    k: number,
+    opts: QuantizeLinearOptions,
+  ): Promise<QuantizedLinear> | null;
 }
 
 /**
@@ -151,6 +164,18 @@ export interface RowSplit {
   smoothWeight(w: Float32Array, n: number, k: number, lambda: Float32Array): Promise<Float32Array>;
   /** `b[i] = a[i] − b[i]` in place, by blocks (both shared for the workers to take part). */
   subtract(a: Float32Array, b: Float32Array): Promise<void>;
+  /**
+   * A whole fit of the same layer (e.g. its rank-0 floor) on an idle worker beside this one, or
+   * null when none is free (then the caller runs it itself; the result is the same).
+   */
+  aside(
+    name: string,
+    w: Float32Array,
+    bias: Float32Array | null,
+    n: number,
+    k: number,
+    opts: QuantizeLinearOptions,
+  ): Promise<QuantizedLinear> | null;
 }
 
 /** Products smaller than this many multiply-adds stay whole (a block's overhead would dominate). */
@@ -419,8 +444,18 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
     });
   };
 
+  const aside = (
+    name: string,
+    w: Float32Array,
+    bias: Float32Array | null,
+    n: number,
+    k: number,
+    opts: QuantizeLinearOptions,
+  ) => parts > 1 && runner.tryLayer ? runner.tryLayer(name, w, bias, n, k, opts) : null;
+
   return {
     parts,
+    aside,
     matmul,
     clip,
     residualProduct,

@@ -175,10 +175,26 @@ Deno.test("split layer: quantizeLinear with a pool of 2 is byte-identical to the
             return started;
           },
         };
-        const split = postGelu
+        // …and the whole layers started beside it (its rank-0 floor, on the second worker).
+        let aside = 0;
+        const withAside: PartRunner = {
+          ...counting,
+          tryLayer: (...args) => {
+            const started = pool.tryLayer(...args);
+            if (started) aside++;
+            return started;
+          },
+        };
+        const split = format === "int4"
           ? await pool.quantizeSplit("fc", w, bias, n, k, opts, ALL)
-          : await quantizeLinear("fc", w, bias, n, k, { ...opts, split: rowSplit(counting, ALL) });
-        if (!postGelu) assert.ok(sent > 10, `${sent} blocks ran on a worker`);
+          : await quantizeLinear("fc", w, bias, n, k, {
+            ...opts,
+            split: rowSplit(postGelu ? withAside : counting, ALL),
+          });
+        if (format === "nvfp4") {
+          assert.ok(sent > 10, `${sent} blocks ran on a worker`);
+          assert.equal(aside, postGelu ? 1 : 0, "the rank-0 floor ran on a worker beside the fit");
+        }
         const what = `${format} postGelu ${postGelu}`;
         assert.equal(split.relError, serial.relError, what);
         assert.equal(split.alpha, serial.alpha, what);
