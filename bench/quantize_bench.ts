@@ -6,14 +6,15 @@
  * extrapolated from the blocks measured (labelled as such).
  *
  * ```sh
- * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S] [--no-gptq] [--no-rank0-floor] [--workers N]
+ * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S] [--no-gptq] [--no-rank0-floor] [--workers N] [--no-aside]
  * ```
  *
  * `--workers N` (N > 1) quantizes the layers of a block in parallel in a pool of N Web Workers
  * (quant/pool.ts): per-layer lines then give each layer's wall time from its submission, and
  * the block's CPU time is the process's (all threads). The FLUX-sized layer, alone, is split
  * across the pool instead (`QuantizePool.quantizeSplit`, quant/split.ts: its large kernels by
- * blocks of rows, one block in the main thread; bit-identical to the serial run).
+ * blocks of rows, one block in the main thread, and its rank-0 floor whole on the second worker
+ * unless `--no-aside`; bit-identical to the serial run).
  *
  * @module
  */
@@ -37,6 +38,7 @@ const { values } = parseArgs({
     "no-gptq": { type: "boolean", default: false },
     "no-rank0-floor": { type: "boolean", default: false },
     workers: { type: "string", default: "1" },
+    "no-aside": { type: "boolean", default: false },
   },
 });
 const format = values.format as WeightFormat;
@@ -111,7 +113,8 @@ async function layer(
   const run = !pool
     ? quantizeLinear
     : split
-    ? pool.quantizeSplit.bind(pool)
+    ? (...a: Parameters<typeof quantizeLinear>) =>
+      pool.quantizeSplit(...a, { aside: !values["no-aside"] })
     : pool.quantize.bind(pool);
   const q = await run(name, w, bias, n, k, {
     method,

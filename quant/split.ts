@@ -209,12 +209,15 @@ export interface RowSplitOptions {
   minMacs?: number;
   /** Weights with fewer elements are clipped whole (default {@linkcode SPLIT_MIN_WEIGHTS}). */
   minWeights?: number;
+  /** Let `aside` start whole fits on idle workers (default true). */
+  aside?: boolean;
 }
 
 /** A {@link RowSplit} over `runner`'s idle workers. */
 export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSplit {
   const parts = opts.parts ?? runner.size;
   const minMacs = opts.minMacs ?? SPLIT_MIN_MACS, minWeights = opts.minWeights ?? SPLIT_MIN_WEIGHTS;
+  const asideOn = opts.aside ?? true;
   if (!Number.isInteger(parts) || parts < 1) {
     throw new RangeError(`Cannot split a layer into ${parts} parts: use an integer ≥ 1`);
   }
@@ -450,8 +453,11 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
     bias: Float32Array | null,
     n: number,
     k: number,
-    opts: QuantizeLinearOptions,
-  ) => parts > 1 && runner.tryLayer ? runner.tryLayer(name, w, bias, n, k, opts) : null;
+    layerOpts: QuantizeLinearOptions,
+  ) =>
+    parts > 1 && asideOn && runner.tryLayer
+      ? runner.tryLayer(name, w, bias, n, k, layerOpts)
+      : null;
 
   return {
     parts,
