@@ -139,7 +139,21 @@ export interface PartRunner {
 
 /**
  * The seams a split layer goes through (quant/layer.ts `split`): each gives bit-identical results
- * to its serial counterpart.
+ * to its serial counterpart. Made by {@linkcode rowSplit}; quant/pool.ts `quantizeSplit` passes one.
+ *
+ * @example
+ * ```ts ignore
+ * import { QuantizePool } from "./pool.ts";
+ * const pool = new QuantizePool(2);
+ * try {
+ *   // One large layer on both cores; the same tensors as quantizeLinear(...) with the same options.
+ *   const q = await pool.quantizeSplit("mlp.fc1", w, bias, 12288, 3072, {
+ *     method: "svdquant", format: "int4", r: 32, stats,
+ *   });
+ * } finally {
+ *   pool.close();
+ * }
+ * ```
  */
 export interface RowSplit {
   /** Blocks per kernel call (this thread + workers). */
