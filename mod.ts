@@ -244,6 +244,8 @@ export type { Budget, BudgetChoice, BudgetLayer, BudgetPlan } from "./quant/budg
 export type { Method, QuantizedLinear, QuantizeLinearOptions, TensorEntry } from "./quant/layer.ts";
 export type { TensorDtype } from "./quant/baselines.ts";
 export type { MatMul } from "./quant/linalg.ts";
+export type { RowSplit } from "./quant/split.ts";
+export type { ClipOptions } from "./quant/clip.ts";
 export { quantizeCheckpoint } from "./convert/model.ts";
 export { importNunchakuFlux } from "./quant/nunchaku_flux.ts";
 export type { ImportOptions, ImportReport, PlanItem } from "./quant/nunchaku_flux.ts";

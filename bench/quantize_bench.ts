@@ -6,12 +6,15 @@
  * extrapolated from the blocks measured (labelled as such).
  *
  * ```sh
- * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S] [--no-gptq] [--no-rank0-floor] [--workers N]
+ * deno run -A bench/quantize_bench.ts [--gpu] [--format int4|nvfp4] [--blocks 1] [--alpha-step S] [--no-gptq] [--no-rank0-floor] [--workers N] [--no-aside]
  * ```
  *
  * `--workers N` (N > 1) quantizes the layers of a block in parallel in a pool of N Web Workers
  * (quant/pool.ts): per-layer lines then give each layer's wall time from its submission, and
- * the block's CPU time is the process's (all threads).
+ * the block's CPU time is the process's (all threads). The FLUX-sized layer, alone, is split
+ * across the pool instead (`QuantizePool.quantizeSplit`, quant/split.ts: its large kernels by
+ * blocks of rows, one block in the main thread, and its rank-0 floor whole on the second worker
+ * unless `--no-aside`; bit-identical to the serial run).
  *
  * @module
  */
@@ -35,6 +38,7 @@ const { values } = parseArgs({
     "no-gptq": { type: "boolean", default: false },
     "no-rank0-floor": { type: "boolean", default: false },
     workers: { type: "string", default: "1" },
+    "no-aside": { type: "boolean", default: false },
   },
 });
 const format = values.format as WeightFormat;
@@ -60,9 +64,44 @@ if (workers > 1 && matmul) {
   throw new TypeError("Cannot run the benchmark: --workers and --gpu do not combine; pick one");
 }
 const pool = workers > 1 ? new QuantizePool(workers) : null;
+
+/** CPU seconds per thread of this process (Linux /proc; null elsewhere), by thread id. */
+function threadCpu(): Map<string, number> | null {
+  try {
+    const out = new Map<string, number>();
+    for (const e of Deno.readDirSync("/proc/self/task")) {
+      const stat = Deno.readTextFileSync(`/proc/self/task/${e.name}/stat`);
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // fields from 3 (state) on
+      out.set(e.name, (Number(f[11]) + Number(f[12])) / 100); // utime + stime, 100 ticks/s
+    }
+    return out;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The busiest threads' CPU seconds since `before`, main thread first: with a split layer the main
+ * thread's share bounds the wall time a quiet machine would give (it runs every serial stage).
+ */
+function threadLine(before: Map<string, number> | null): string {
+  const now = threadCpu();
+  if (!before || !now) return "";
+  const main = String(Deno.pid);
+  const d = [...now].map(([t, c]) => [t, c - (before.get(t) ?? 0)] as const)
+    .filter(([, c]) => c >= 0.5).sort((a, b) => b[1] - a[1]);
+  const list = d.map(([t, c]) => `${t === main ? "main" : "thread"} ${c.toFixed(1)}`);
+  return `  CPU-s by thread: ${list.join(", ")}`;
+}
 const rng = new Rng(7);
 let cpuTotal = 0;
-async function layer(name: string, n: number, k: number, postGelu = false): Promise<number> {
+async function layer(
+  name: string,
+  n: number,
+  k: number,
+  postGelu = false,
+  split = false,
+): Promise<number> {
   const w = rng.normals(n * k, 1 / Math.sqrt(k));
   const bias = rng.normals(n, 0.02);
   const stats = syntheticStats(new Map([[name, k]]), {
@@ -70,8 +109,14 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
     postGelu: postGelu ? [name] : [],
   }).layers.get(name)!;
   const method = name.includes("adaLN") ? "w4a16" : "svdquant";
-  const t0 = performance.now(), c0 = process.cpuUsage();
-  const q = await (pool ? pool.quantize.bind(pool) : quantizeLinear)(name, w, bias, n, k, {
+  const t0 = performance.now(), c0 = process.cpuUsage(), threads0 = threadCpu();
+  const run = !pool
+    ? quantizeLinear
+    : split
+    ? (...a: Parameters<typeof quantizeLinear>) =>
+      pool.quantizeSplit(...a, { aside: !values["no-aside"] })
+    : pool.quantize.bind(pool);
+  const q = await run(name, w, bias, n, k, {
     method,
     format,
     r: 32,
@@ -87,15 +132,18 @@ async function layer(name: string, n: number, k: number, postGelu = false): Prom
   if (!pool) cpuTotal += cpu;
   console.log(
     `  ${name.padEnd(28)} [N=${n}, K=${k}] ${method.padEnd(8)} ${s.toFixed(1).padStart(7)} s` +
-      (pool ? " (in parallel)" : ` (CPU ${cpu.toFixed(1)} s)`) +
+      (pool && !split ? " (in parallel)" : ` (CPU ${cpu.toFixed(1)} s, all threads)`) +
       `  rel.err ${q.relError.toFixed(4)}  load ${Deno.loadavg()[0].toFixed(1)}`,
   );
+  if (split) console.log(threadLine(threads0));
   return s;
 }
 
 if (!values["skip-large"]) {
-  console.log("one FLUX-sized MLP layer:");
-  await layer("mlp.fc1", 12288, 3072);
+  console.log(
+    `one FLUX-sized MLP layer${pool ? `, split across ${workers} cores (quantizeSplit)` : ""}:`,
+  );
+  await layer("mlp.fc1", 12288, 3072, false, true);
   cpuTotal = 0;
 }
 const blocks = Number(values.blocks);

@@ -45,8 +45,9 @@ Options:
   --awq                    W4A16 layers: search an activation-aware per-channel scale (AWQ-style,
                            alpha 0..1 by calibration error; stored as <layer>.smooth). Off by
                            default: on the bundled model it lowers layer errors, not image quality
-  --workers N              quantize N layers at once in Web Workers (default 1; the file is
-                           byte-identical; ignored with --gpu and --budget)
+  --workers N              quantize N layers at once in Web Workers, the last layer split
+                           across them (default 1; the file is byte-identical; ignored with
+                           --gpu and --budget)
   --budget BYTES|Nbits     per-layer format and rank under a budget for the W4A4 layers: BYTES of
                            their tensors, or N bits per weight (e.g. 4.6bits); each layer is measured
                            as int4/nvfp4 × rank 0/16/32/64 and the least total error that fits is kept

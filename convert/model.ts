@@ -68,7 +68,10 @@ export interface QuantizeModelOptions {
   /**
    * Web Workers quantizing linear layers in parallel (quant/pool.ts; default 1 = serial, in this
    * thread). The file is byte-identical either way; peak memory grows to about `workers` layers.
-   * Ignored with `matmul` (a GPU product stays in this thread) and with `budget`.
+   * The last linear layer is split across this thread and whichever workers are idle
+   * (`QuantizePool.quantizeSplit`, quant/split.ts), so a model with fewer layers than workers, or
+   * a large final layer, still uses the cores. Ignored with `matmul` (a GPU product stays in this
+   * thread) and with `budget`.
    */
   workers?: number;
   /** Called once per tensor written. */
@@ -233,7 +236,7 @@ export async function quantizeCheckpoint(
     }
 
     // One linear layer, read and quantized (on a worker when there is a pool).
-    const quantizeOne = async (name: string): Promise<QuantizedLinear> => {
+    const quantizeOne = async (name: string, split = false): Promise<QuantizedLinear> => {
       const info = reader.tensors.get(name)!;
       const base = name.slice(0, -7);
       const rule = policyFor(base, rules);
@@ -279,7 +282,10 @@ export async function quantizeCheckpoint(
           layerOpts,
         )).at(-1)!
         : pool
-        ? pool.quantize(base, w, bias, n, k, { ...layerOpts, r: rule.rank ?? rank })
+        ? (split ? pool.quantizeSplit.bind(pool) : pool.quantize.bind(pool))(base, w, bias, n, k, {
+          ...layerOpts,
+          r: rule.rank ?? rank,
+        })
         : quantizeLinear(base, w, bias, n, k, { ...layerOpts, r: rule.rank ?? rank });
     };
     // With a pool, up to `workers` linear layers are in flight ahead of the one being written; the
@@ -291,7 +297,8 @@ export async function quantizeCheckpoint(
       if (!pool) return quantizeOne(name);
       while (nextAhead < linearNames.length && ahead.size < pool.size) {
         const next = linearNames[nextAhead++];
-        const p = quantizeOne(next);
+        // The last layer runs here, split across the workers as they become idle.
+        const p = quantizeOne(next, nextAhead === linearNames.length);
         p.catch(() => {}); // surfaced when awaited below, in order
         ahead.set(next, p);
       }

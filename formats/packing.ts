@@ -627,12 +627,21 @@ export function weightGroupScales(p: PackedWeight): Float32Array {
   return out;
 }
 
-/** Dequantized weight [N, K] (f32): `weightCode · weightGroupScale` per element. */
-export function dequantizeWeight(p: PackedWeight): Float32Array {
+/**
+ * Dequantized weight [N, K] (f32): `weightCode · weightGroupScale` per element, into `out` when
+ * given (N·K values, e.g. a product's operand buffer; quant/linalg_wasm.ts `simdResidualProduct`).
+ */
+export function dequantizeWeight(p: PackedWeight, out?: Float32Array): Float32Array {
   // Fused: no [N, K] code array. G is a multiple of 8, so the 8 codes of a u32 share one scale;
   // each value is `weightCodes(p)[i] · weightGroupScales(p)[g]` exactly as the two-pass form.
   const scales = weightGroupScales(p), G = groupSize(p.format), count = p.n * p.k;
-  const out = new Float32Array(count), q = p.qweight, wordsPerGroup = G >> 3;
+  if (out === undefined) out = new Float32Array(count);
+  else if (out.length !== count) {
+    throw new TypeError(
+      `Cannot dequantize a weight: the output has ${out.length} elements, expected [N=${p.n}, K=${p.k}]`,
+    );
+  }
+  const q = p.qweight, wordsPerGroup = G >> 3;
   if (p.format === "int4") {
     for (let w = 0, i = 0; i < count; w++) {
       const v = q[w], s = scales[(w / wordsPerGroup) | 0];

@@ -19,7 +19,9 @@
  *
  * @module
  */
+import type { RowSplit } from "./split.ts";
 import { cpuMatMul, type MatMul } from "./linalg.ts";
+import { simdResidualProduct } from "./linalg_wasm.ts";
 import type { LowRank } from "./svd.ts";
 import { quantizeWeightClipped } from "./clip.ts";
 import { lowRankQuantize } from "./lowrank.ts";
@@ -201,9 +203,14 @@ export async function simulateW4A4(
   m: number,
   matmul: MatMul = cpuMatMul,
   xa: Float32Array = gemmActValues(x, m, layer.k, layer.actMode, layer.smooth),
+  split?: RowSplit,
 ): Promise<Float32Array> {
   const { n, k, r } = layer;
-  const y = Float32Array.from(await matmul(xa, gemmWeightValues(layer.residual), m, k, n, true));
+  const y = Float32Array.from(
+    split ? await split.residualProduct(xa, m, layer.residual) : matmul === cpuMatMul // the same product, dequantizing into the GEMM's operand memory
+      ? simdResidualProduct(xa, m, layer.residual)
+      : await matmul(xa, gemmWeightValues(layer.residual), m, k, n, true),
+  );
   if (r > 0) {
     const act = Float32Array.from(await matmul(x, layer.down, m, k, r, true)); // lora_act, f32
     const lo = await matmul(act, layer.up, m, r, n, true);
@@ -324,8 +331,13 @@ export async function quantizeFloat(inp: BaselineInput): Promise<BaselineResult>
 }
 
 /** `Ŵ = W·diag(λ)` [N, K] in f32 (each element `fround(w·λ_k)`). */
-export function smoothWeight(w: Float32Array, n: number, k: number, lambda: Float32Array) {
-  const out = new Float32Array(n * k);
+export function smoothWeight(
+  w: Float32Array,
+  n: number,
+  k: number,
+  lambda: Float32Array,
+  out: Float32Array = new Float32Array(n * k),
+) {
   for (let i = 0; i < out.length; i++) out[i] = w[i] * lambda[i % k];
   return out;
 }
@@ -371,6 +383,8 @@ export interface BuildW4A4Options {
   /** Warm start of the first SVD (topRSvd `start`) and its power iterations. */
   svd?: { start?: Float32Array; iters?: number };
   matmul?: MatMul;
+  /** Run the large kernels by blocks of rows on several cores (quant/split.ts; bit-identical). */
+  split?: RowSplit;
   name?: string;
 }
 
@@ -392,14 +406,25 @@ export class LayerScorer {
   readonly s: number;
   readonly yRef: Float32Array;
   readonly matmul: MatMul;
+  readonly split?: RowSplit;
   #xa = new Map<string, { lambda: Float32Array | null; xa: Float32Array }[]>();
 
-  /** `x` [S, K] raw samples, `yRef` [S, N] the float output with bias. */
-  constructor(x: Float32Array, s: number, yRef: Float32Array, matmul: MatMul = cpuMatMul) {
+  /**
+   * `x` [S, K] raw samples, `yRef` [S, N] the float output with bias; `split` runs the residual
+   * product by blocks of rows on several cores (quant/split.ts, bit-identical).
+   */
+  constructor(
+    x: Float32Array,
+    s: number,
+    yRef: Float32Array,
+    matmul: MatMul = cpuMatMul,
+    split?: RowSplit,
+  ) {
     this.x = x;
     this.s = s;
     this.yRef = yRef;
     this.matmul = matmul;
+    this.split = split;
   }
 
   /** Dequantized activation operand for (λ, mode), cached for the last few λ. */
@@ -417,7 +442,10 @@ export class LayerScorer {
   /** Relative output error of `layer` on the samples. */
   async error(layer: W4A4Layer): Promise<number> {
     const xa = this.activations(layer.k, layer.actMode, layer.smooth);
-    return relativeError(await simulateW4A4(layer, this.x, this.s, this.matmul, xa), this.yRef);
+    return relativeError(
+      await simulateW4A4(layer, this.x, this.s, this.matmul, xa, this.split),
+      this.yRef,
+    );
   }
 }
 
@@ -466,7 +494,11 @@ export async function buildW4A4(
   opts: BuildW4A4Options,
 ): Promise<BuiltW4A4> {
   const { lambda, format, actMode } = opts;
-  const wHat = lambda ? smoothWeight(w, n, k, lambda) : w;
+  const wHat = !lambda
+    ? w
+    : opts.split
+    ? await opts.split.smoothWeight(w, n, k, lambda)
+    : smoothWeight(w, n, k, lambda);
   const scorer = opts.scoreOn;
   if (opts.rtn) {
     const residual = quantizeWeight(wHat, n, k, format, { name: opts.name });
@@ -487,6 +519,7 @@ export async function buildW4A4(
     matmul: opts.matmul ?? cpuMatMul,
     name: opts.name,
     svd: opts.svd,
+    split: opts.split,
     scaleSearch: opts.scaleSearch,
     clipRatios: opts.clipRatios,
     ...(opts.gptq && xHat && scorer && k <= GPTQ_MAX_K && gptqApplies(s, k)

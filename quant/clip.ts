@@ -43,6 +43,12 @@ export interface ClipOptions {
    * times the amax-based one, keeping the tensor scale with the least total objective.
    */
   scaleSearch?: boolean;
+  /**
+   * NVFP4: the per-tensor scale to use instead of the one from `w`'s amax — for a block of rows
+   * of a larger weight (quant/split.ts), whose scale is the whole weight's. Ignored by
+   * `scaleSearch` (see {@linkcode nvfp4ScaleSearchRows}).
+   */
+  tensorScale?: number;
 }
 
 /** Factors on the amax-based NVFP4 per-tensor scale tried by the scale search (≥ 1: no group saturates). */
@@ -106,7 +112,7 @@ export function quantizeWeightClipped(
     throw new Error(`Cannot quantize ${name} with clipping: the candidates did not reject it`);
   };
   if (k === 0 || (format !== "int4" && format !== "nvfp4")) replay();
-  const tensorScale = format === "nvfp4" ? nvfp4TensorScale(w) : 1;
+  const tensorScale = format === "nvfp4" ? opts.tensorScale ?? nvfp4TensorScale(w) : 1;
   if (!Number.isFinite(tensorScale)) replay();
   const G = obj.G, R = ratios.length, count = n * obj.groups;
   const qweight = new Uint32Array((n * k) >> 3);
@@ -146,12 +152,35 @@ export function quantizeWeightClipped(
     : { format, n, k, qweight, wscales: wscales as Uint8Array, tensorScale };
 }
 
+/**
+ * The NVFP4 scale search of {@link quantizeWeightClipped} (`scaleSearch`) on a block of rows of a
+ * larger weight, at each of the given per-tensor scales (the whole weight's
+ * `fround(nvfp4TensorScale(W) · f)` for f in {@linkcode NVFP4_TENSOR_FACTORS}): per scale the
+ * block's packed weight and each group's objective. Summing the blocks' objectives in row order
+ * gives exactly the whole weight's total, so a caller that splits the rows picks the same scale
+ * and gets bit-identical codes (quant/split.ts).
+ */
+export function nvfp4ScaleSearchRows(
+  w: Float32Array,
+  n: number,
+  k: number,
+  opts: Pick<ClipOptions, "x" | "m" | "name">,
+  tensorScales: readonly number[],
+): { p: PackedWeight; errors: Float64Array }[] {
+  const obj = setupObjective(w, n, k, "nvfp4", opts.x, opts.m, opts.name ?? "weight");
+  return tensorScales.map((ts) => {
+    const errors = new Float64Array(n * obj.groups);
+    return { p: nvfp4ScaleSearch(w, n, obj, ts, errors).p, errors };
+  });
+}
+
 /** One pass of the NVFP4 scale search at a fixed per-tensor scale: the weight and its objective. */
 function nvfp4ScaleSearch(
   w: Float32Array,
   n: number,
   obj: Objective,
   tensorScale: number,
+  errors?: Float64Array,
 ): { p: PackedWeight; total: number } {
   const G = obj.G, k = obj.k, R = NVFP4_CODE_OFFSETS.length, count = n * obj.groups;
   const qweight = new Uint32Array((n * k) >> 3), wscales = new Uint8Array(count);
@@ -169,6 +198,7 @@ function nvfp4ScaleSearch(
     let best = 1; // the nearest code wins ties
     for (let r = 0; r < R; r++) if (err[r] < err[best]) best = r;
     total += err[best];
+    if (errors) errors[gi] = err[best];
     wscales[gi] = scales[best];
     packNibblesInto(codes, best * G, G, qweight, base >> 3);
   }

@@ -54,6 +54,7 @@ import {
 } from "./baselines.ts";
 import { searchSmoothing } from "./smooth.ts";
 import { dilationFactors } from "./dilate.ts";
+import type { RowSplit } from "./split.ts";
 
 export type { TensorEntry };
 
@@ -161,6 +162,12 @@ export interface QuantizeLinearOptions {
   rounds?: number;
   /** Bytes per element of the source checkpoint, for `bytesBefore` (default 4). */
   sourceBytes?: number;
+  /**
+   * Run this layer's large kernels by blocks of rows on several cores (quant/split.ts, e.g.
+   * quant/pool.ts `QuantizePool.quantizeSplit`): the result is bit-identical to the serial one.
+   * The products use `split.matmul` unless `matmul` is given.
+   */
+  split?: RowSplit;
 }
 
 function w4a4Tensors(layer: W4A4Layer): Map<string, TensorEntry> {
@@ -269,8 +276,13 @@ export async function quantizeLinear(
   opts: QuantizeLinearOptions,
 ): Promise<QuantizedLinear> {
   validate(name, w, bias, n, k, opts);
+  // Split across cores: the weight in shared memory, once, so the workers read their rows in place.
+  if (opts.split) w = opts.split.shared(w);
   const { method, format } = opts;
-  const postGelu = opts.postGelu ?? false, matmul = opts.matmul ?? cpuMatMul;
+  const postGelu = opts.postGelu ?? false;
+  const matmul = opts.matmul ?? opts.split?.matmul ?? cpuMatMul;
+  // The blocked residual product only where the products are the CPU's (a custom matmul keeps them).
+  const split = opts.split, scoreSplit = opts.matmul ? undefined : split;
   const stats = opts.stats ??
     syntheticStats(new Map([[name, k]]), { postGelu: postGelu ? [name] : [] }).layers.get(name)!;
   const { samples: x, s } = stats;
@@ -306,10 +318,18 @@ export async function quantizeLinear(
   const r = method === "svdquant" || method === "dilate" ? opts.r : 0;
   // Rank that never hurts for a plain run: the rank-0 fit is the floor unless one was given.
   let floor = opts.floor;
+  let floorAside: Promise<QuantizedLinear> | null = null;
   if (!floor && r > 0 && (opts.rankZeroFloor ?? true)) {
-    floor = await quantizeLinear(name, w, bias, n, k, { ...opts, r: 0, rankZeroFloor: false });
+    const floorOpts = { ...opts, r: 0, rankZeroFloor: false };
+    // Split across cores: the rank-0 fit runs whole on an idle worker beside this fit when one is
+    // free (it fills the second core while this thread runs the stages that are not split).
+    floorAside = opts.split && !opts.matmul
+      ? opts.split.aside(name, w, bias, n, k, { ...floorOpts, split: undefined })
+      : null;
+    floorAside?.catch(() => {}); // surfaced when awaited below
+    if (!floorAside) floor = await quantizeLinear(name, w, bias, n, k, floorOpts);
   }
-  const scorer = new LayerScorer(x, s, yRef, matmul);
+  const scorer = new LayerScorer(x, s, yRef, matmul, scoreSplit);
   // The smoothing search scores its candidates on a strided subset of the rows (the final fit
   // and the reported error use them all).
   const rows = Math.min(s, opts.searchRows ?? SEARCH_ROWS);
@@ -321,7 +341,7 @@ export async function quantizeLinear(
       xs.set(x.subarray(src * k, src * k + k), i * k);
       ys.set(yRef.subarray(src * n, src * n + n), i * n);
     }
-    searchScorer = new LayerScorer(xs, rows, ys, matmul);
+    searchScorer = new LayerScorer(xs, rows, ys, matmul, scoreSplit);
   }
   const scaleSearch = opts.scaleSearch ?? true;
   let best: BuiltW4A4;
@@ -337,6 +357,7 @@ export async function quantizeLinear(
       bias,
       scorer: searchScorer,
       matmul,
+      split,
       name,
     });
     ({ alpha, beta } = found);
@@ -356,6 +377,7 @@ export async function quantizeLinear(
       gptq: opts.gptq ?? true,
       svd: found.layer?.basis ? { start: found.layer.basis, iters: 1 } : {},
       matmul,
+      split,
       name,
     });
     // Keep the best layer tried: the refined fit, or the search's candidate if it scored lower.
@@ -375,6 +397,7 @@ export async function quantizeLinear(
       scaleSearch: method === "rtn" ? false : scaleSearch,
       gptq: method === "rtn" ? false : opts.gptq ?? true,
       matmul,
+      split,
       name,
     });
   }
@@ -387,6 +410,7 @@ export async function quantizeLinear(
     relError: best.error,
     ...(alpha !== undefined ? { alpha, beta } : {}),
   });
+  if (floorAside) floor = await floorAside;
   return floor && floor.relError < q.relError ? floor : q;
 }
 

@@ -15,6 +15,7 @@
  * @module
  */
 import type { MatMul } from "./linalg.ts";
+import { dequantizeWeight, type PackedWeight } from "../formats/packing.ts";
 import { assembleModule, type WasmFunction } from "./wasm.ts";
 
 /** Rows of A per cache block. */
@@ -130,7 +131,10 @@ function check(a: Float32Array, b: Float32Array, m: number, k: number, n: number
 
 /**
  * `C[m,n] = A[m,k] · (transB ? B[n,k]ᵀ : B[k,n])` in WebAssembly SIMD (f32 accumulation; see
- * the module docs for the bound). Same contract as {@linkcode MatMul}: a new array of m·n values.
+ * the module docs for the bound). Same contract as {@linkcode MatMul}: a new array of m·n values,
+ * or `out` (m·n values, e.g. a block of rows of a larger result) overwritten and returned. Each
+ * value depends only on its row of A and its column of B, so products split by rows or columns
+ * give bit-identical blocks.
  *
  * @example
  * ```ts
@@ -146,22 +150,95 @@ export function simdMatMul(
   k: number,
   n: number,
   transB = false,
+  out?: Float32Array,
 ): Float32Array {
   check(a, b, m, k, n, transB);
-  if (transB && n > m && m > 0 && k > 0) {
+  if (out !== undefined && out.length !== m * n) {
+    throw new TypeError(
+      `Cannot multiply matrices: the output has ${out.length} elements, expected [m=${m}, n=${n}]`,
+    );
+  }
+  return product(a, b, m, k, n, transB, n, 0, out ?? new Float32Array(m * n));
+}
+
+/**
+ * Columns `c0 … c0+n−1` of `A[m,k] · B[k, ldb]` (B not transposed, row-major with `ldb` columns):
+ * `[m, n]`, each value bit-identical to the same column of {@linkcode simdMatMul}`(a, b, m, k,
+ * ldb)` (a column's sums do not depend on the other columns). Lets a product be split by output
+ * columns without copying B's strided column block.
+ */
+export function simdMatMulColumns(
+  a: Float32Array,
+  b: Float32Array,
+  m: number,
+  k: number,
+  ldb: number,
+  c0: number,
+  n: number,
+): Float32Array {
+  check(a, b, m, k, ldb, false);
+  if (!(Number.isInteger(c0) && Number.isInteger(n) && c0 >= 0 && n >= 0 && c0 + n <= ldb)) {
+    throw new RangeError(
+      `Cannot multiply matrices: columns ${c0} … ${c0 + n - 1} are outside B's ${ldb} columns`,
+    );
+  }
+  return product(a, b, m, k, n, false, ldb, c0, new Float32Array(m * n));
+}
+
+/**
+ * `xa [m, K] · deq(p)ᵀ` ([m, N]) with the dequantized weight written straight into the kernel's
+ * operand memory (no [N, K] f32 array): bit-identical to `simdMatMul(xa, dequantizeWeight(p), m,
+ * K, N, true)` — the same values, the same sums.
+ */
+export function simdResidualProduct(xa: Float32Array, m: number, p: PackedWeight): Float32Array {
+  const { n, k } = p;
+  check(xa, new Float32Array(0), m, k, 0, true);
+  const out = new Float32Array(m * n);
+  if (m === 0 || n === 0 || k === 0) return out;
+  // (deq · xaᵀ)ᵀ, the order simdMatMul takes for n > m; for n ≤ m its unswapped sums are
+  // Σ xa·w against Σ w·xa here: the same products (exact commutation) in the same order.
+  const t = product(
+    null,
+    xa,
+    n,
+    k,
+    m,
+    true,
+    m,
+    0,
+    new Float32Array(m * n),
+    (dst) => dequantizeWeight(p, dst),
+  );
+  for (let j = 0; j < n; j++) for (let i = 0; i < m; i++) out[i * n + j] = t[j * m + i];
+  return out;
+}
+
+function product(
+  a: Float32Array | null,
+  b: Float32Array,
+  m: number,
+  k: number,
+  n: number,
+  transB: boolean,
+  ldb: number,
+  c0: number,
+  out: Float32Array,
+  fillA?: (dst: Float32Array) => void,
+): Float32Array {
+  if (a && transB && n > m && m > 0 && k > 0) {
     // A·Bᵀ = (B·Aᵀ)ᵀ: pack the smaller operand (packing is the strided part).
-    const t = simdMatMul(b, a, n, k, m, true), out = new Float32Array(m * n);
+    const t = product(b, a, n, k, m, true, m, 0, new Float32Array(m * n));
     for (let j = 0; j < n; j++) for (let i = 0; i < m; i++) out[i * n + j] = t[j * m + i];
     return out;
   }
-  const out = new Float32Array(m * n);
-  if (m === 0 || n === 0 || k === 0) return out;
+  if (m === 0 || n === 0 || k === 0) return out.fill(0);
   const mp = Math.ceil(m / 4) * 4, np = Math.ceil(n / 8) * 8;
   const aBytes = mp * k * 4, bBytes = np * k * 4, cBytes = mp * np * 4;
   const kern = kernelWith(aBytes + bBytes + cBytes);
   const buf = kern.memory.buffer;
   const A = new Float32Array(buf, 0, mp * k);
-  A.set(a);
+  if (a) A.set(a);
+  else fillA!(A.subarray(0, m * k));
   A.fill(0, m * k);
   // B packed [np/8][K][8].
   const B = new Float32Array(buf, aBytes, np * k);
@@ -174,7 +251,7 @@ export function simdMatMul(
         for (let p = 0, d = tile + jj; p < k; p++, d += 8) B[d] = b[src + p];
       }
     } else if (w === 8) {
-      for (let p = 0, d = tile, src = j0; p < k; p++, d += 8, src += n) {
+      for (let p = 0, d = tile, src = c0 + j0; p < k; p++, d += 8, src += ldb) {
         B[d] = b[src];
         B[d + 1] = b[src + 1];
         B[d + 2] = b[src + 2];
@@ -186,7 +263,7 @@ export function simdMatMul(
       }
     } else {
       for (let p = 0; p < k; p++) {
-        for (let jj = 0; jj < w; jj++) B[tile + p * 8 + jj] = b[p * n + j0 + jj];
+        for (let jj = 0; jj < w; jj++) B[tile + p * 8 + jj] = b[p * ldb + c0 + j0 + jj];
       }
     }
   }

@@ -10,6 +10,7 @@ import { gptqQuantize } from "./gptq.ts";
 import { cpuMatMul, frobeniusNorm, type MatMul } from "./linalg.ts";
 import { dequantizeWeight, type PackedWeight, type WeightFormat } from "../formats/packing.ts";
 import { type LowRank, topRSvd } from "./svd.ts";
+import type { RowSplit } from "./split.ts";
 
 /** Result of {@link lowRankQuantize}. */
 export interface LowRankResult {
@@ -61,6 +62,11 @@ export interface LowRankOptions {
    * candidate's residual is also quantized by GPTQ, and the lower-scoring of the two is kept.
    */
   gptq?: Float64Array;
+  /**
+   * Run the clipping and the N×K scratch by blocks of rows on several cores (quant/split.ts;
+   * bit-identical); the products go through `matmul` (pass `split.matmul` there too).
+   */
+  split?: RowSplit;
   /** Tensor name for error messages. */
   name?: string;
 }
@@ -113,6 +119,10 @@ export async function lowRankQuantize(
   }
   const mm = opts.matmul ?? cpuMatMul;
   const clip = { x, m, name, scaleSearch: opts.scaleSearch, ratios: opts.clipRatios };
+  const split = opts.split;
+  const clipped = async (w: Float32Array) =>
+    split ? await split.clip(w, n, k, format, clip) : quantizeWeightClipped(w, n, k, format, clip);
+  const scratch = () => split?.alloc(n * k) ?? new Float32Array(n * k);
 
   // Score of a candidate from D = Ŵ − L − deq(residual).
   const reference = opts.score
@@ -128,7 +138,7 @@ export async function lowRankQuantize(
   };
 
   if (r === 0) {
-    let residual = quantizeWeightClipped(wHat, n, k, format, clip);
+    let residual = await clipped(wHat);
     const lowRank = { r: 0, up: new Float32Array(0), down: new Float32Array(0) };
     let error: number;
     if (opts.score) {
@@ -154,8 +164,9 @@ export async function lowRankQuantize(
     const lowRank = await topRSvd(target, n, k, r, { ...svd, matmul: mm });
     start = lowRank.basis;
     const res = await mm(lowRank.up, lowRank.down, n, r, k, false); // L, then Ŵ − L in place
-    for (let i = 0; i < res.length; i++) res[i] = wHat[i] - res[i];
-    let residual = quantizeWeightClipped(res, n, k, format, clip);
+    if (split) await split.subtract(wHat, res);
+    else for (let i = 0; i < res.length; i++) res[i] = wHat[i] - res[i];
+    let residual = await clipped(res);
     let error: number;
     if (opts.score) {
       error = await opts.score(lowRank, residual);
@@ -166,13 +177,13 @@ export async function lowRankQuantize(
       }
       if (round < rounds) {
         const dq = dequantizeWeight(residual);
-        if (target === wHat) target = new Float32Array(n * k);
+        if (target === wHat) target = scratch();
         for (let i = 0; i < dq.length; i++) target[i] = wHat[i] - dq[i];
       }
     } else {
       const dq = dequantizeWeight(residual);
       if (round < rounds) {
-        if (target === wHat) target = new Float32Array(n * k);
+        if (target === wHat) target = scratch();
         for (let i = 0; i < dq.length; i++) target[i] = wHat[i] - dq[i];
       }
       for (let i = 0; i < dq.length; i++) dq[i] = res[i] - dq[i];

@@ -21,8 +21,15 @@
  *
  * @module
  */
-import type { QuantizedLinear, QuantizeLinearOptions } from "./layer.ts";
-import type { LayerAnswer, LayerJob } from "./layer_worker.ts";
+import { type QuantizedLinear, quantizeLinear, type QuantizeLinearOptions } from "./layer.ts";
+import type { LayerAnswer, LayerJob, PartMessage } from "./layer_worker.ts";
+import {
+  type PartJob,
+  type PartResult,
+  type PartRunner,
+  rowSplit,
+  type RowSplitOptions,
+} from "./split.ts";
 
 /** Worker count that uses every core the runtime reports (at least 1). */
 export function defaultWorkers(): number {
@@ -30,13 +37,18 @@ export function defaultWorkers(): number {
 }
 
 interface Pending {
-  job: LayerJob;
-  resolve: (q: QuantizedLinear) => void;
+  job: LayerJob | PartMessage;
+  transfer?: ArrayBuffer[];
+  resolve: (v: QuantizedLinear & PartResult) => void;
   reject: (e: Error) => void;
 }
 
-/** A fixed set of quantizer workers; jobs queue when all are busy. Call `close()` when done. */
-export class QuantizePool {
+/**
+ * A fixed set of quantizer workers; jobs queue when all are busy. Call `close()` when done.
+ * Whole layers go to one worker each ({@linkcode QuantizePool.quantize}); one large layer can
+ * also use several cores ({@linkcode QuantizePool.quantizeSplit}).
+ */
+export class QuantizePool implements PartRunner {
   /** Number of workers. */
   readonly size: number;
   #idle: Worker[] = [];
@@ -81,16 +93,70 @@ export class QuantizePool {
     if (this.#closed) {
       return Promise.reject(new Error(`Cannot quantize ${name}: the worker pool is closed`));
     }
-    if (opts.matmul) {
+    if (opts.matmul || opts.split) {
       return Promise.reject(
         new TypeError(
-          `Cannot quantize ${name} in a worker: a custom matmul cannot be sent to one; quantize serially`,
+          `Cannot quantize ${name} in a worker: a custom matmul or split cannot be sent to one; ` +
+            `quantize serially or with quantizeSplit`,
         ),
       );
     }
-    const job: LayerJob = { id: this.#nextId++, name, w, bias, n, k, opts };
+    const job: LayerJob = { kind: "layer", id: this.#nextId++, name, w, bias, n, k, opts };
     return new Promise((resolve, reject) => {
       this.#queue.push({ job, resolve, reject });
+      this.#pump();
+    });
+  }
+
+  /**
+   * {@link quantizeLinear} in this thread with its large kernels cut into {@linkcode size} blocks
+   * of rows: one computed here, the others on whichever workers are idle (quant/split.ts). For a
+   * layer that would otherwise leave cores idle (one large layer, or the last one of a model).
+   * The result is bit-identical to the serial call; `opts.matmul` (e.g. a GPU product), if given,
+   * keeps the products. `split` sets the block sizes (quant/split.ts `rowSplit`; tests use it
+   * to split small layers).
+   */
+  quantizeSplit(
+    name: string,
+    w: Float32Array,
+    bias: Float32Array | null,
+    n: number,
+    k: number,
+    opts: QuantizeLinearOptions,
+    split: RowSplitOptions = {},
+  ): Promise<QuantizedLinear> {
+    if (this.#closed) {
+      return Promise.reject(new Error(`Cannot quantize ${name}: the worker pool is closed`));
+    }
+    return quantizeLinear(name, w, bias, n, k, { ...opts, split: rowSplit(this, split) });
+  }
+
+  /**
+   * Starts a whole layer on an idle worker (quant/split.ts `aside`: a split layer's rank-0 floor)
+   * when another worker stays idle for the split's blocks; else null.
+   */
+  tryLayer(
+    name: string,
+    w: Float32Array,
+    bias: Float32Array | null,
+    n: number,
+    k: number,
+    opts: QuantizeLinearOptions,
+  ): Promise<QuantizedLinear> | null {
+    // One worker stays for the blocks of the layer this one runs beside.
+    if (this.#closed || this.#idle.length < 2 || this.#queue.length > 0) return null;
+    return this.quantize(name, w, bias, n, k, opts);
+  }
+
+  /**
+   * Runs one block of a split layer on an idle worker, or returns null when none is idle (the
+   * caller then computes it itself; quant/split.ts). Buffers in `transfer` move to the worker.
+   */
+  tryRun(job: PartJob, transfer: ArrayBuffer[]): Promise<PartResult> | null {
+    if (this.#closed || this.#idle.length === 0 || this.#queue.length > 0) return null;
+    const msg: PartMessage = { kind: "part", id: this.#nextId++, job };
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ job: msg, transfer, resolve, reject });
       this.#pump();
     });
   }
@@ -110,7 +176,7 @@ export class QuantizePool {
     while (this.#idle.length > 0 && this.#queue.length > 0) {
       const worker = this.#idle.pop()!, p = this.#queue.shift()!;
       this.#running.set(worker, p);
-      worker.postMessage(p.job);
+      worker.postMessage(p.job, p.transfer ?? []);
     }
   }
 
@@ -119,7 +185,7 @@ export class QuantizePool {
     if (!p || p.job.id !== a.id) return;
     this.#running.delete(worker);
     this.#idle.push(worker);
-    if (a.ok) p.resolve(a.q);
+    if (a.ok) p.resolve(("q" in a ? a.q : a.part) as QuantizedLinear & PartResult);
     else {
       const e = a.error.name === "RangeError"
         ? new RangeError(a.error.message)

@@ -20,6 +20,7 @@
 import { amaxOverBuckets, type LayerStats } from "./calib.ts";
 import { cpuMatMul, type MatMul } from "./linalg.ts";
 import type { ActMode, WeightFormat } from "../formats/packing.ts";
+import type { RowSplit } from "./split.ts";
 import {
   actModeFor,
   buildW4A4,
@@ -105,6 +106,8 @@ export interface SmoothingSearchOptions {
   /** Scorer on the layer's samples (default: one over `stats.samples` with `X·Wᵀ + bias`). */
   scorer?: LayerScorer;
   matmul?: MatMul;
+  /** Run the large kernels by blocks of rows on several cores (quant/split.ts; bit-identical). */
+  split?: RowSplit;
   /** Layer name for messages. */
   name?: string;
 }
@@ -222,6 +225,7 @@ export async function searchSmoothing(
       svd: start ? { start, iters: 0 } : {},
       clipRatios: SEARCH_CLIP_RATIOS,
       matmul,
+      split: opts.split,
       name,
     });
     if (layer.basis) warm = { lambda, basis: layer.basis };
