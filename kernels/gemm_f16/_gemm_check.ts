@@ -82,3 +82,33 @@ export function checkGemmOutput(
   );
   return { maxAbs, maxRelToS, worstRatio };
 }
+
+/**
+ * The f16 saturation check shared by the GEMM tests: every output whose reference is beyond f16's
+ * range (|ref| > 65520, where round-to-nearest would give inf) must be exactly ±65504; throws
+ * unless both kinds occur. Returns the indices of the in-range outputs, for the caller's own
+ * bound.
+ */
+export function inRangeAfterSaturation(
+  name: string,
+  got: ArrayLike<number>,
+  ref: ArrayLike<number>,
+): number[] {
+  const keep: number[] = [];
+  let saturated = 0;
+  for (let i = 0; i < ref.length; i++) {
+    if (Math.abs(ref[i]) > 65520) {
+      const want = Math.sign(ref[i]) * 65504;
+      if (got[i] !== want) {
+        throw new Error(`${name}: y[${i}] is ${got[i]}, expected ${want} (reference ${ref[i]})`);
+      }
+      saturated++;
+    } else keep.push(i);
+  }
+  if (saturated === 0 || keep.length === 0) {
+    throw new Error(
+      `${name}: ${saturated} saturated and ${keep.length} in-range outputs; want both`,
+    );
+  }
+  return keep;
+}
