@@ -18,10 +18,12 @@ Deno.test({
       let ev = await s.next();
       while (ev && ev.event !== "step") ev = await s.next();
       assert.ok(ev, "a step arrived from the first worker");
-      const [spare] = await startWorkers(f.server.url, 1, { stepMs: 40, ackWaitS: 1 }, "spare");
-      f.workers.push(spare);
+      // killed first, then the spare started: a slow start (a loaded machine) cannot let the
+      // first worker finish the job before the kill
       await f.workers[0].kill("SIGKILL");
       const t0 = performance.now();
+      const [spare] = await startWorkers(f.server.url, 1, { stepMs: 40, ackWaitS: 1 }, "spare");
+      f.workers.push(spare);
       const seen: string[] = [];
       let done: any = null;
       while ((ev = await s.next())) {
@@ -120,9 +122,10 @@ Deno.test({
       const s = sse(res);
       let ev = await s.next();
       while (ev && ev.event !== "step") ev = await s.next();
-      // a live worker keeps pulling: the server looks at the dead job's deliveries then
-      g.workers.push(...await startWorkers(g.server.url, 1, { ackWaitS: 1, maxDeliver: 1 }, "x"));
+      // killed first (so the job cannot finish there while the next worker starts); a live worker
+      // keeps pulling: the server looks at the dead job's deliveries then
       await g.workers[0].kill("SIGKILL");
+      g.workers.push(...await startWorkers(g.server.url, 1, { ackWaitS: 1, maxDeliver: 1 }, "x"));
       while (ev && ev.event !== "error" && ev.event !== "done") ev = await s.next();
       assert.equal(ev?.event, "error");
       assert.equal(ev.data.status, 503);
