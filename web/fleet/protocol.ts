@@ -9,8 +9,7 @@
  *
  * @module
  */
-import type { SamplerName } from "../../runtime/pipeline.ts";
-import { MODEL_ID, type ModelInfo } from "../engine.ts";
+import { type EngineRequest, MODEL_ID, type ModelInfo } from "../engine.ts";
 import { type GenerateParams, HttpError, parseParams } from "../params.ts";
 
 /** The stream of jobs (work-queue retention: a job leaves it when a worker acks it). */
@@ -60,26 +59,17 @@ function checkJobId(id: string): void {
   if (!JOB_ID.test(id)) throw new RangeError(`Cannot use job id "${id.slice(0, 40)}"`);
 }
 
-/** One generation job as published on the stream. */
-export interface Job {
+/**
+ * One generation job as published on the stream: the engine request's generation fields (model,
+ * class, prompt, seed, steps, cfg, sampler), plus the job's id, record revision and previews flag.
+ */
+export interface Job
+  extends
+    Pick<EngineRequest, "model" | "classId" | "prompt" | "seed" | "steps" | "cfg" | "sampler"> {
   /** Job id (32 hex digits). */
   id: string;
   /** Revision of the job record this publication belongs to (a re-run after a failure bumps it). */
   rev: number;
-  /** Registry id of the model. */
-  model: string;
-  /** Class id. */
-  classId: number;
-  /** The prompt of a text-to-image model (FLUX). */
-  prompt?: string;
-  /** Seed. */
-  seed: number;
-  /** Steps. */
-  steps: number;
-  /** Guidance scale. */
-  cfg: number;
-  /** Sampler. */
-  sampler: SamplerName;
   /** Send previews with the steps. */
   preview: boolean;
 }
