@@ -878,26 +878,40 @@ function checkFinite(action: string, a: Float32Array, k: number, what: string) {
   }
 }
 
-function checkPacked(p: PackedWeight) {
-  const G = groupSize(p.format);
-  checkMatrix("read packed weight", p.n * p.k, p.n, p.k, "N", G, p.format);
-  if (p.qweight.length < (p.n * p.k) >> 3 || p.wscales.length < p.n * (p.k / G)) {
+/** A packed 4-bit matrix's shape and array lengths ([rows, K] codes, [rows, K/G] scales). */
+function checkCodes(
+  what: string,
+  rows: number,
+  k: number,
+  rowName: string,
+  mode: WeightFormat | ActMode,
+  arrays: [codes: string, words: number, scales: string, count: number],
+) {
+  const G = groupSize(mode);
+  checkMatrix(`read ${what}`, rows * k, rows, k, rowName, G, mode);
+  const [codes, words, scales, count] = arrays;
+  if (words < (rows * k) >> 3 || count < rows * (k / G)) {
     throw new TypeError(
-      `Cannot read packed weight: qweight has ${p.qweight.length} words and wscales ` +
-        `${p.wscales.length} elements, expected [N=${p.n}, K/8=${p.k / 8}] and ` +
-        `[N=${p.n}, K/${G}=${p.k / G}]`,
+      `Cannot read ${what}: ${codes} has ${words} words and ${scales} ${count} elements, ` +
+        `expected [${rowName}=${rows}, K/8=${k / 8}] and [${rowName}=${rows}, K/${G}=${k / G}]`,
     );
   }
 }
 
+function checkPacked(p: PackedWeight) {
+  checkCodes("packed weight", p.n, p.k, "N", p.format, [
+    "qweight",
+    p.qweight.length,
+    "wscales",
+    p.wscales.length,
+  ]);
+}
+
 function checkAct(q: QuantAct) {
-  const G = groupSize(q.mode);
-  checkMatrix("read quantized activation", q.m * q.k, q.m, q.k, "M", G, q.mode);
-  if (q.qact.length < (q.m * q.k) >> 3 || q.ascales.length < q.m * (q.k / G)) {
-    throw new TypeError(
-      `Cannot read quantized activation: qact has ${q.qact.length} words and ascales ` +
-        `${q.ascales.length} elements, expected [M=${q.m}, K/8=${q.k / 8}] and ` +
-        `[M=${q.m}, K/${G}=${q.k / G}]`,
-    );
-  }
+  checkCodes("quantized activation", q.m, q.k, "M", q.mode, [
+    "qact",
+    q.qact.length,
+    "ascales",
+    q.ascales.length,
+  ]);
 }
