@@ -249,7 +249,12 @@ export type { ClipOptions } from "./quant/clip.ts";
 export { quantizeCheckpoint } from "./convert/model.ts";
 export { importNunchakuFlux } from "./quant/nunchaku_flux.ts";
 export type { ImportOptions, ImportReport, PlanItem } from "./quant/nunchaku_flux.ts";
-export type { LayerReport, ModelMethod, QuantizeModelOptions } from "./convert/model.ts";
+export type {
+  LayerReport,
+  ModelMethod,
+  QuantizeCommonOptions,
+  QuantizeModelOptions,
+} from "./convert/model.ts";
 export { FORMAT_VERSION, QuantFile, writeQuantFile } from "./formats/format.ts";
 export type {
   LayerPolicyEntry,

@@ -8,7 +8,6 @@
  */
 import { FormatError } from "../gpu/errors.ts";
 import { FluxWeights } from "../runtime/flux/weights.ts";
-import type { CalibStats } from "../quant/calib.ts";
 import {
   type LayerPolicyEntry,
   type QuantConfig,
@@ -16,35 +15,16 @@ import {
   writeQuantFile,
 } from "../formats/format.ts";
 import { quantizeLinear } from "../quant/layer.ts";
-import type { LayerReport, ModelMethod } from "./model.ts";
-import type { MatMul } from "../quant/linalg.ts";
-import { groupSize, type WeightFormat } from "../formats/packing.ts";
+import type { LayerReport, QuantizeCommonOptions } from "./model.ts";
+import { groupSize } from "../formats/packing.ts";
 import { FLUX_POLICY, fluxTensorList } from "../quant/flux_policy.ts";
 import { type LayerPolicyRule, policyFor } from "../quant/policy.ts";
 import { fromFloat32 } from "../formats/safetensors.ts";
 
 /** Options of {@linkcode quantizeFlux}. */
-export interface QuantizeFluxOptions {
-  /** Method for the policy's W4A4 layers (default "svdquant"). */
-  method?: ModelMethod;
-  /** 4-bit residual format (default "int4"). */
-  format?: WeightFormat;
-  /** Low-rank rank R (default 32). */
-  rank?: number;
-  /** Calibration statistics (runtime/flux/calibrate.ts); layers without use synthetic ones. */
-  calib?: CalibStats;
+export interface QuantizeFluxOptions extends QuantizeCommonOptions {
   /** Rules tried before {@linkcode FLUX_POLICY}. */
   policy?: readonly LayerPolicyRule[];
-  /** α grid of the smoothing search. */
-  alphas?: readonly number[];
-  /** Low-rank refinement rounds (default 3). */
-  rounds?: number;
-  /** W4A16 (modulation) layers: search the activation-aware scaling (quant/awq.ts; default false). */
-  awq?: boolean;
-  /** Big matrix products (e.g. a GPU GEMM); default CPU. */
-  matmul?: MatMul;
-  /** Called once per layer / tensor written. */
-  onLayer?: (report: LayerReport, index: number, total: number) => void;
 }
 
 /**

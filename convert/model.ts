@@ -37,25 +37,17 @@ import { fromFloat32, SafetensorsReader } from "../formats/safetensors.ts";
 /** Methods that replace the policy's W4A4 method for every W4A4 layer. */
 export type ModelMethod = Exclude<Method, "float">;
 
-/** Options of {@linkcode quantizeCheckpoint}. */
-export interface QuantizeModelOptions {
+/** The options every whole-model quantizer shares (DiT: {@linkcode quantizeCheckpoint}; FLUX). */
+export interface QuantizeCommonOptions {
   /** Method for the policy's W4A4 layers (default "svdquant"). */
   method?: ModelMethod;
   /** 4-bit residual format (default "int4"). */
   format?: WeightFormat;
-  /**
-   * 4-bit format of the post-GELU W4A4 layers (`mlp.fc2`) when `format` is nvfp4 and their rule
-   * names none. Default "int4": its unsigned shifted activation mode beats NVFP4's signed codes
-   * there (bundled model, rank 16: layer error 0.048–0.092 vs 0.062–0.101, every block), and
-   * costs fewer bytes than giving NVFP4 more rank (r=32: 0.053 at 1.3× the bytes). The runtime
-   * runs any per-layer format; the file's policy records it.
-   */
-  geluFormat?: WeightFormat;
   /** Low-rank rank R (default 32). */
   rank?: number;
   /** Calibration statistics; layers without statistics use synthetic ones. */
   calib?: CalibStats;
-  /** Layer policy (default {@linkcode DEFAULT_DIT_POLICY}). */
+  /** Layer policy rules (each quantizer's default policy after them, or instead of them). */
   policy?: readonly LayerPolicyRule[];
   /** α grid of the smoothing search. */
   alphas?: readonly number[];
@@ -65,6 +57,22 @@ export interface QuantizeModelOptions {
   awq?: boolean;
   /** Big matrix products (e.g. a GPU GEMM); default CPU. */
   matmul?: MatMul;
+  /** Called once per tensor written. */
+  onLayer?: (report: LayerReport, index: number, total: number) => void;
+}
+
+/** Options of {@linkcode quantizeCheckpoint}. */
+export interface QuantizeModelOptions extends QuantizeCommonOptions {
+  /**
+   * 4-bit format of the post-GELU W4A4 layers (`mlp.fc2`) when `format` is nvfp4 and their rule
+   * names none. Default "int4": its unsigned shifted activation mode beats NVFP4's signed codes
+   * there (bundled model, rank 16: layer error 0.048–0.092 vs 0.062–0.101, every block), and
+   * costs fewer bytes than giving NVFP4 more rank (r=32: 0.053 at 1.3× the bytes). The runtime
+   * runs any per-layer format; the file's policy records it.
+   */
+  geluFormat?: WeightFormat;
+  /** Layer policy (default {@linkcode DEFAULT_DIT_POLICY}). */
+  policy?: readonly LayerPolicyRule[];
   /**
    * Web Workers quantizing linear layers in parallel (quant/pool.ts; default 1 = serial, in this
    * thread). The file is byte-identical either way; peak memory grows to about `workers` layers.
@@ -74,8 +82,6 @@ export interface QuantizeModelOptions {
    * thread) and with `budget`.
    */
   workers?: number;
-  /** Called once per tensor written. */
-  onLayer?: (report: LayerReport, index: number, total: number) => void;
   /**
    * Byte budget of the W4A4 layers (all their tensors): each such layer is first measured in
    * every 4-bit format at every rank of quant/budget.ts `BUDGET_RANKS`, then quantized with the
