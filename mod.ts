@@ -244,7 +244,7 @@ export type { Budget, BudgetChoice, BudgetLayer, BudgetPlan } from "./quant/budg
 export type { Method, QuantizedLinear, QuantizeLinearOptions, TensorEntry } from "./quant/layer.ts";
 export type { TensorDtype } from "./quant/baselines.ts";
 export type { MatMul } from "./quant/linalg.ts";
-export type { RowSplit } from "./quant/split.ts";
+export type { LinearArgs, RowSplit } from "./quant/split.ts";
 export type { ClipOptions } from "./quant/clip.ts";
 export { quantizeCheckpoint } from "./convert/model.ts";
 export { importNunchakuFlux } from "./quant/nunchaku_flux.ts";

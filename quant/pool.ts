@@ -24,6 +24,7 @@
 import { type QuantizedLinear, quantizeLinear, type QuantizeLinearOptions } from "./layer.ts";
 import type { LayerAnswer, LayerJob, PartMessage } from "./layer_worker.ts";
 import {
+  type LinearArgs,
   type PartJob,
   type PartResult,
   type PartRunner,
@@ -135,17 +136,10 @@ export class QuantizePool implements PartRunner {
    * Starts a whole layer on an idle worker (quant/split.ts `aside`: a split layer's rank-0 floor)
    * when another worker stays idle for the split's blocks; else null.
    */
-  tryLayer(
-    name: string,
-    w: Float32Array,
-    bias: Float32Array | null,
-    n: number,
-    k: number,
-    opts: QuantizeLinearOptions,
-  ): Promise<QuantizedLinear> | null {
+  tryLayer(...args: LinearArgs): Promise<QuantizedLinear> | null {
     // One worker stays for the blocks of the layer this one runs beside.
     if (this.#closed || this.#idle.length < 2 || this.#queue.length > 0) return null;
-    return this.quantize(name, w, bias, n, k, opts);
+    return this.quantize(...args);
   }
 
   /**

@@ -20,6 +20,16 @@
  */
 import type { MatMul } from "./linalg.ts";
 import type { QuantizedLinear, QuantizeLinearOptions } from "./layer.ts";
+
+/** quant/layer.ts `quantizeLinear`'s arguments, as the split's seams pass a whole fit on. */
+export type LinearArgs = [
+  name: string,
+  w: Float32Array,
+  bias: Float32Array | null,
+  n: number,
+  k: number,
+  opts: QuantizeLinearOptions,
+];
 import { simdMatMul, simdMatMulColumns, simdResidualProduct } from "./linalg_wasm.ts";
 import {
   type ClipOptions,
@@ -127,14 +137,7 @@ export interface PartRunner {
    * Starts a whole layer (quant/layer.ts `quantizeLinear`, serial) on an idle worker while at
    * least one other worker stays for blocks, or returns null (absent: never).
    */
-  tryLayer?(
-    name: string,
-    w: Float32Array,
-    bias: Float32Array | null,
-    n: number,
-    k: number,
-    opts: QuantizeLinearOptions,
-  ): Promise<QuantizedLinear> | null;
+  tryLayer?(...args: LinearArgs): Promise<QuantizedLinear> | null;
 }
 
 /**
@@ -182,14 +185,7 @@ export interface RowSplit {
    * A whole fit of the same layer (e.g. its rank-0 floor) on an idle worker beside this one, or
    * null when none is free (then the caller runs it itself; the result is the same).
    */
-  aside(
-    name: string,
-    w: Float32Array,
-    bias: Float32Array | null,
-    n: number,
-    k: number,
-    opts: QuantizeLinearOptions,
-  ): Promise<QuantizedLinear> | null;
+  aside(...args: LinearArgs): Promise<QuantizedLinear> | null;
 }
 
 /** Products smaller than this many multiply-adds stay whole (a block's overhead would dominate). */
@@ -461,17 +457,8 @@ export function rowSplit(runner: PartRunner, opts: RowSplitOptions = {}): RowSpl
     });
   };
 
-  const aside = (
-    name: string,
-    w: Float32Array,
-    bias: Float32Array | null,
-    n: number,
-    k: number,
-    layerOpts: QuantizeLinearOptions,
-  ) =>
-    parts > 1 && asideOn && runner.tryLayer
-      ? runner.tryLayer(name, w, bias, n, k, layerOpts)
-      : null;
+  const aside = (...args: LinearArgs) =>
+    parts > 1 && asideOn && runner.tryLayer ? runner.tryLayer(...args) : null;
 
   return {
     parts,
