@@ -9,6 +9,7 @@ import {
   writeQuantFile,
 } from "./format.ts";
 import { SafetensorsReader, SafetensorsWriter } from "./safetensors.ts";
+import { listDir, withTempDir as withTempDirIn } from "./_testing.ts";
 
 const META: QuantFileMetaInput = {
   quantConfig: {
@@ -50,20 +51,7 @@ async function* slowly(list: QuantTensor[]): AsyncGenerator<QuantTensor> {
   }
 }
 
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "format_test_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-async function listDir(dir: string): Promise<string[]> {
-  const names: string[] = [];
-  for await (const e of Deno.readDir(dir)) names.push(e.name);
-  return names.sort();
-}
+const withTempDir = (fn: (dir: string) => Promise<void>) => withTempDirIn("format_test_", fn);
 
 async function openError(path: string, verify = true): Promise<FormatError> {
   const err = await QuantFile.open(path, { verify }).then(

@@ -16,6 +16,7 @@ import {
   TINY_DIT_PATH,
   tinyDitTensors,
 } from "../tests/fixtures/make_fixture.ts";
+import { listDir, withTempDir as withTempDirIn } from "./_testing.ts";
 
 /** Builds safetensors bytes from a header (object or raw text) and a data region. */
 function craft(header: unknown, data: Uint8Array, opts: { len?: bigint } = {}): Uint8Array {
@@ -29,20 +30,7 @@ function craft(header: unknown, data: Uint8Array, opts: { len?: bigint } = {}): 
   return out;
 }
 
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "safetensors_test_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-async function listDir(dir: string): Promise<string[]> {
-  const names: string[] = [];
-  for await (const e of Deno.readDir(dir)) names.push(e.name);
-  return names.sort();
-}
+const withTempDir = (fn: (dir: string) => Promise<void>) => withTempDirIn("safetensors_test_", fn);
 
 function randomBytes(n: number): Uint8Array {
   const out = new Uint8Array(n);
