@@ -220,6 +220,29 @@ export function sse(res: Response) {
   };
 }
 
+/**
+ * The rest of a stream whose worker was just killed: the events' names, and the image of its
+ * `done` event (null if none). Throws on an `error` event or a `retry` that is not the second
+ * attempt.
+ */
+export async function restAfterKill(
+  s: ReturnType<typeof sse>,
+): Promise<{ seen: string[]; png: Uint8Array | null }> {
+  const seen: string[] = [];
+  let png: Uint8Array | null = null;
+  for (let ev = await s.next(); ev; ev = await s.next()) {
+    seen.push(ev.event);
+    if (ev.event === "retry" && ev.data.attempt !== 2) {
+      throw new Error(`retry event with attempt ${ev.data.attempt}, expected 2`);
+    }
+    if (ev.event === "error") throw new Error(`error event: ${JSON.stringify(ev.data)}`);
+    if (ev.event === "done") {
+      png = Uint8Array.from(atob(ev.data.image.split(",")[1]), (c) => c.charCodeAt(0));
+    }
+  }
+  return { seen, png };
+}
+
 export const opts = {
   ignore: NO_NATS_REASON !== null,
   sanitizeResources: false,

@@ -3,7 +3,16 @@
 // subprocesses, so job times are known). Real workers on the bundled model: fleet_real_test.ts.
 import assert from "node:assert/strict";
 import { startWorkers } from "./_nats_testing.ts";
-import { fakePng, fleet, opts, postGen, sse, status, sum } from "./_fleet_testing.ts";
+import {
+  fakePng,
+  fleet,
+  opts,
+  postGen,
+  restAfterKill,
+  sse,
+  status,
+  sum,
+} from "./_fleet_testing.ts";
 // opts.ignore is set only without nats-server (NO_NATS_REASON in _nats_testing.ts says why).
 
 Deno.test({
@@ -24,17 +33,9 @@ Deno.test({
       const t0 = performance.now();
       const [spare] = await startWorkers(f.server.url, 1, { stepMs: 40, ackWaitS: 1 }, "spare");
       f.workers.push(spare);
-      const seen: string[] = [];
-      let done: any = null;
-      while ((ev = await s.next())) {
-        seen.push(ev.event);
-        if (ev.event === "retry") assert.equal(ev.data.attempt, 2);
-        if (ev.event === "done") done = ev.data;
-        if (ev.event === "error") assert.fail(`error event: ${JSON.stringify(ev.data)}`);
-      }
+      const { seen, png } = await restAfterKill(s);
       assert.ok(seen.includes("retry"), `a retry event in ${seen.join(",")}`);
-      assert.ok(done, "the client got its image");
-      const png = Uint8Array.from(atob(done.image.split(",")[1]), (c) => c.charCodeAt(0));
+      assert.ok(png, "the client got its image");
       assert.deepEqual(png, await fakePng(77, 1));
       const recoveryMs = performance.now() - t0;
       assert.ok(recoveryMs < 10_000, `finished ${recoveryMs.toFixed(0)} ms after the kill`);
