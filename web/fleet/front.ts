@@ -349,10 +349,8 @@ export class FleetEngine implements Engine {
       });
       created = true;
     } catch (err) {
-      if (!exists(err)) throw unreachable(err, this.#opts.log);
-      const e = await retrying(() => jobs.get(id)).catch((e) => {
-        throw unreachable(e, this.#opts.log);
-      });
+      if (!exists(err)) throw err; // generate() answers it with a 503
+      const e = await retrying(() => jobs.get(id));
       if (!e || e.operation !== "PUT") {
         throw new HttpError(409, "Cannot generate: this Idempotency-Key is being reset; retry");
       }
@@ -424,7 +422,7 @@ export class FleetEngine implements Engine {
             this.#retryAfterS(),
           );
         }
-        throw unreachable(e, this.#opts.log);
+        throw e; // generate() answers it with a 503
       }
       const rec = await this.#wait(id, req.signal, (f) => wake = f);
       if (rec.state === "done") return await this.#result(id, rec);
@@ -483,12 +481,7 @@ export class FleetEngine implements Engine {
   async #result(id: string, rec: JobRecord): Promise<EngineResult> {
     // read again while the server is away or mid-restart (a worker that retried its upload may
     // be replacing the object's chunks): the record says done, so the image is there
-    let blob: Uint8Array | null;
-    try {
-      blob = await retrying(() => this.#infra.images.getBlob(id));
-    } catch (e) {
-      throw unreachable(e, this.#opts.log);
-    }
+    const blob = await retrying(() => this.#infra.images.getBlob(id));
     if (!blob) {
       throw new HttpError(503, "Cannot return the image: it expired from the store; retry");
     }
