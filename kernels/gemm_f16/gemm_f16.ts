@@ -114,7 +114,6 @@ export class GemmF16 {
       defines: {
         HAS_BIAS: shape.bias ? 1 : 0,
         GELU: shape.gelu ? 1 : 0,
-        SATURATE: shape.dtype === "f16" ? 1 : 0,
       },
       gemvMaxM: GEMV_MAX_M,
       gemvCols: GEMV_COLS,
@@ -204,16 +203,18 @@ export async function buildGemmKernel(gpu: Gpu, opts: {
   gemvCols: number;
 }): Promise<GemmBuild> {
   const { name, src, shape: { m, k, n, dtype } } = opts;
+  // an f16 output saturates at ±65504 (each shader built here declares the override)
+  const base = { ...opts.defines, SATURATE: dtype === "f16" ? 1 : 0 };
   const which = opts.kernel ?? (m <= opts.gemvMaxM ? "gemv" : "tiled");
   let pipeline: GPUComputePipeline;
   let grid: [number, number];
   if (which === "gemv") {
-    const defines = { ...opts.defines, ...opts.gemvDefines };
+    const defines = { ...base, ...opts.gemvDefines };
     pipeline = await gpu.pipeline(`${name}_gemv_${dtype}`, src, defines, `${name}_gemv`);
     grid = [m, Math.ceil(n / opts.gemvCols)];
   } else {
     const pad = tilePad(gpu, name);
-    pipeline = await gpu.pipeline(`${name}_${dtype}`, src, { ...opts.defines, PAD: pad }, name);
+    pipeline = await gpu.pipeline(`${name}_${dtype}`, src, { ...base, PAD: pad }, name);
     grid = [Math.ceil(n / TILE), Math.ceil(m / TILE)];
   }
   checkGrid(gpu, grid, {

@@ -141,7 +141,6 @@ export class GemmW4A16 {
         GELU: shape.gelu ? 1 : 0,
         ZERO_POINT: shape.zeroPoint ? 1 : 0,
         SMOOTH: shape.smooth ? 1 : 0,
-        SATURATE: shape.dtype === "f16" ? 1 : 0,
       },
       gemvDefines: { GV_KT: GEMV_KT },
       gemvMaxM: GEMV_MAX_M,
