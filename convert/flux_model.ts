@@ -15,7 +15,7 @@ import {
   writeQuantFile,
 } from "../formats/format.ts";
 import { quantizeLinear } from "../quant/layer.ts";
-import type { LayerReport, QuantizeCommonOptions } from "./model.ts";
+import { type LayerReport, linearReport, type QuantizeCommonOptions } from "./model.ts";
 import { groupSize } from "../formats/packing.ts";
 import { FLUX_POLICY, fluxTensorList } from "../quant/flux_policy.ts";
 import { type LayerPolicyRule, policyFor } from "../quant/policy.ts";
@@ -94,17 +94,7 @@ export async function quantizeFlux(
         for (const [suffix, t] of q.tensors) {
           yield { name: `${l.base}.${suffix}`, dtype: t.dtype, shape: t.shape, data: t.data };
         }
-        report({
-          name: l.base,
-          method: q.method,
-          format: q.format,
-          r: q.r,
-          relError: q.relError,
-          bytesBefore: q.bytesBefore,
-          bytesAfter: q.bytesAfter,
-          seconds: (performance.now() - t0) / 1000,
-          alpha: q.method === "w4a16" ? q.alpha : undefined,
-        });
+        report(linearReport(q, t0));
       }
       for (const o of others) {
         const t0 = performance.now();

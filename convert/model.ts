@@ -122,6 +122,21 @@ export interface LayerReport {
   alpha?: number;
 }
 
+/** The report of a quantized linear layer begun at `t0` (`performance.now()`). */
+export function linearReport(q: QuantizedLinear, t0: number): LayerReport {
+  return {
+    name: q.name,
+    method: q.method,
+    format: q.format,
+    r: q.r,
+    relError: q.relError,
+    bytesBefore: q.bytesBefore,
+    bytesAfter: q.bytesAfter,
+    seconds: (performance.now() - t0) / 1000,
+    alpha: q.method === "w4a16" ? q.alpha : undefined,
+  };
+}
+
 /** Policy rules with the W4A4 method replaced by `method`. */
 function rulesFor(policy: readonly LayerPolicyRule[], method: ModelMethod): LayerPolicyRule[] {
   const w4a4: Method[] = ["svdquant", "dilate", "smooth", "rtn"];
@@ -327,17 +342,7 @@ export async function quantizeCheckpoint(
             checkOutput(input, `${base}.${suffix}`, t.dtype, t.data);
             yield { name: `${base}.${suffix}`, dtype: t.dtype, shape: t.shape, data: t.data };
           }
-          report({
-            name: base,
-            method: q.method,
-            format: q.format,
-            r: q.r,
-            relError: q.relError,
-            bytesBefore: q.bytesBefore,
-            bytesAfter: q.bytesAfter,
-            seconds: (performance.now() - t0) / 1000,
-            alpha: q.method === "w4a16" ? q.alpha : undefined,
-          }, i);
+          report(linearReport(q, t0), i);
         } else {
           const copy = await copyTensor(reader, name);
           checkOutput(input, name, copy.dtype, copy.data);
